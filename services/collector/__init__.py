@@ -1,0 +1,1 @@
+"""Collector: scrapes every proxy replica and writes SQL rollups."""

@@ -1,0 +1,1 @@
+"""Dashboard API: REST history, SSE live stream and the built web UI."""

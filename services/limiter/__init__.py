@@ -1,0 +1,1 @@
+"""Limiter control plane: the rate controller, the Redis key schema and Lua scripts."""

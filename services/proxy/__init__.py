@@ -1,0 +1,1 @@
+"""Proxy data plane: forwarding, streaming, token accounting, metrics."""
