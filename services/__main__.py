@@ -1,0 +1,5 @@
+import sys
+
+from zai_proxy.cli import main
+
+sys.exit(main())

@@ -1,0 +1,93 @@
+"""The ``zai-proxy`` command: one entry point, a subcommand per service."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from pydantic import ValidationError
+
+EXIT_USAGE = 2
+
+
+def _settings_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]).upper()
+        lines.append(f"  {field}: {error['msg']}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def _run_proxy(args: argparse.Namespace) -> int:
+    from zai_proxy.proxy.server import serve
+    from zai_proxy.proxy.settings import ProxySettings
+
+    settings = ProxySettings()
+    if args.processes is not None:
+        settings = settings.model_copy(update={"proxy_processes": args.processes})
+    settings.require_key()
+    serve(settings, args.host or settings.proxy_host, _port(args.port, settings.proxy_port))
+    return 0
+
+
+def _port(cli: int | None, configured: int) -> int:
+    return configured if cli is None else cli
+
+
+def _not_yet(issue: int) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        print(
+            f"zai-proxy {args.command}: not implemented yet (tracked in issue #{issue})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="zai-proxy",
+        description="LLM gateway: token accounting, metrics and an adaptive rate limiter.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def service(name: str, help_text: str, run: Callable[[argparse.Namespace], int]) -> None:
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("--host", help="listen address (default from the environment)")
+        command.add_argument("--port", type=int, help="listen port (default from the environment)")
+        command.set_defaults(run=run)
+        if name == "proxy":
+            command.add_argument("--processes", type=int, help="worker processes (PROXY_PROCESSES)")
+
+    service("proxy", "the data plane (:8080)", _run_proxy)
+    service("limiter", "the rate limiter control plane (:8090)", _not_yet(3))
+    service("collector", "scrape proxies and write SQL rollups", _not_yet(4))
+    service("dashboard", "the dashboard API and web UI (:3000)", _not_yet(5))
+    service("up", "everything on one machine", _not_yet(6))
+    service("demo", "up plus a simulated upstream and load", _not_yet(6))
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.set_defaults(run=_not_yet(4))
+    status = sub.add_parser("status", help="health and figures of a running system")
+    status.set_defaults(run=_not_yet(6))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except ValidationError as exc:
+        print(f"zai-proxy {args.command}: {_settings_error(exc)}", file=sys.stderr)
+    except ValueError as exc:
+        print(f"zai-proxy {args.command}: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

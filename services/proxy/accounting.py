@@ -1,0 +1,175 @@
+"""Token accounting of one exchange: exact from the upstream's usage, estimated otherwise.
+
+The request body is parsed once. An OpenAI stream whose client did not ask for usage gets
+``stream_options.include_usage`` added on the way up, and the usage-only chunk (and the
+``"usage":null`` fields that come with it) taken out on the way down, so every stream is
+counted exactly and the client still receives the stream it asked for. While that filter
+runs, only complete SSE events are passed on: an SSE client cannot act on half an event,
+so holding the tail of one until its blank line arrives delays nothing it could use.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import orjson
+
+from zai_proxy.proxy.routing import Dialect, Route
+from zai_proxy.proxy.streaming import SSESplitter, event_data
+from zai_proxy.proxy.tokens import TokenEstimator
+from zai_proxy.proxy.usage import (
+    AnthropicStreamAccount,
+    OpenAIStreamAccount,
+    RequestInfo,
+    Usage,
+    anthropic_output_text,
+    anthropic_usage,
+    openai_output_text,
+    openai_usage,
+    request_fields,
+    request_text,
+)
+
+# Routes whose streams carry usage only when asked (OpenAI's stream_options).
+_USAGE_OPTIONAL = frozenset({"/v1/chat/completions", "/v1/completions"})
+_USAGE_NULL = re.compile(rb'\s*"usage"\s*:\s*null\s*,|,\s*"usage"\s*:\s*null')
+_INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
+# Non-streamed answers larger than this are passed on without a usage read.
+MAX_JSON_BODY = 8 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class Request:
+    """What the proxy learned from a request body, and the body to send upstream."""
+
+    body: bytes
+    info: RequestInfo | None
+    injected: bool = False
+
+    @property
+    def model(self) -> str | None:
+        return self.info.model if self.info else None
+
+
+class StreamTap:
+    """Reads usage out of an SSE stream as it passes; optionally removes injected usage."""
+
+    def __init__(self, dialect: Dialect, strip_usage: bool) -> None:
+        self.strip_usage = strip_usage
+        self.splitter = SSESplitter()
+        self.account: OpenAIStreamAccount | AnthropicStreamAccount = (
+            AnthropicStreamAccount() if dialect == "anthropic" else OpenAIStreamAccount()
+        )
+        self._held = 0  # bytes received and not yet passed on (strip mode)
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Account for a chunk; return the bytes to pass on to the client now."""
+        splitter = self.splitter
+        if splitter.overflowed:
+            return chunk
+        if not self.strip_usage:
+            for event in splitter.feed(chunk):
+                self._account(event)
+            return chunk
+        held = splitter.pending if self._held + len(chunk) > splitter.max_event_bytes else b""
+        events = splitter.feed(chunk)
+        if splitter.overflowed:
+            # One event is too large to hold: stop filtering, pass everything on as it comes.
+            return held + chunk
+        out = []
+        for event in events:
+            self._held -= len(event)
+            obj = self._account(event)
+            if b'"usage"' in event:
+                if obj is not None and obj.get("choices") == [] and obj.get("usage") is not None:
+                    continue
+                event = _USAGE_NULL.sub(b"", event)
+            out.append(event)
+        self._held += len(chunk)
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        """What is left when the stream ends: an unterminated last event, passed on as is."""
+        if not self.strip_usage or self.splitter.overflowed:
+            return b""
+        return self.splitter.pending
+
+    def _account(self, event: bytes) -> dict | None:
+        data = event_data(event)
+        if data is None or data == b"[DONE]":
+            return None
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        self.account.feed(obj)
+        return obj if isinstance(obj, dict) else None
+
+
+class Accounting:
+    """Per-request token accounting; one instance per process."""
+
+    def __init__(self, estimator: TokenEstimator | None) -> None:
+        self.estimator = estimator
+
+    @property
+    def enabled(self) -> bool:
+        return self.estimator is not None
+
+    def prepare(self, route: Route, method: str, body: bytes) -> Request:
+        """Parse the request once; add usage to OpenAI streams that did not ask for it."""
+        if not self.enabled or method != "POST" or not body:
+            return Request(body, None)
+        info = request_fields(body)
+        if info is None or not info.stream or route.dialect != "openai":
+            return Request(body, info)
+        if info.include_usage or route.template not in _USAGE_OPTIONAL:
+            return Request(body, info)
+        parsed = info.parsed
+        assert isinstance(parsed, dict)  # request_fields only returns objects
+        options = parsed.get("stream_options")
+        if options is None:
+            start = body.index(b"{") + 1
+            return Request(body[:start] + _INCLUDE_USAGE + body[start:], info, injected=True)
+        if isinstance(options, dict):
+            updated = {**parsed, "stream_options": {**options, "include_usage": True}}
+            return Request(orjson.dumps(updated), info, injected=True)
+        return Request(body, info)
+
+    def tap(self, route: Route, request: Request) -> StreamTap | None:
+        """A tap for a streamed answer, or None when counting is off."""
+        if not self.enabled:
+            return None
+        return StreamTap(route.dialect, strip_usage=request.injected)
+
+    def usage_of_body(self, dialect: Dialect, body: bytes) -> tuple[Usage | None, str]:
+        """Usage and output text of a non-streamed JSON answer."""
+        try:
+            obj = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None, ""
+        if dialect == "anthropic":
+            usage = anthropic_usage(obj)
+            return usage, "" if usage else anthropic_output_text(obj)
+        usage = openai_usage(obj)
+        return usage, "" if usage else openai_output_text(obj)
+
+    async def estimate(
+        self, dialect: Dialect, request: Request, output_text: str, overflow_chars: int = 0
+    ) -> Usage:
+        """Estimate a whole exchange with the local tokenizer."""
+        assert self.estimator is not None
+        usage = Usage()
+        if request.info is not None:
+            text, messages = request_text(dialect, request.info.parsed)
+            usage.input = await self.estimator.count_async(text)
+            if messages:
+                usage.input = self.estimator.estimate_input_from_count(usage.input, messages)
+        if output_text or overflow_chars:
+            usage.output = await self.estimator.count_async(output_text)
+            if overflow_chars:
+                usage.output = self.estimator.extrapolate(
+                    usage.output, len(output_text), overflow_chars
+                )
+        return usage

@@ -1,0 +1,95 @@
+"""Errors the proxy itself answers with, and their HTTP form.
+
+    ProxyError                  any answer the proxy makes instead of the upstream
+    ├── BadRequestTarget        400  the target could steer the request elsewhere
+    ├── RequestTooLarge         413  the body is over MAX_REQUEST_BODY_BYTES
+    ├── Overloaded              503  no worker slot within QUEUE_TIMEOUT, or the queue is full
+    ├── UpstreamUnavailable     502  the upstream could not be reached or broke off
+    └── UpstreamTimeout         504  the upstream did not answer in time
+
+Bodies take the error shape of the client's dialect so that SDKs show the message, and
+carry ``"source": "proxy"`` (and an ``X-Proxy-Error`` header) so nobody mistakes them for
+the upstream's answers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import orjson
+
+
+class ProxyError(Exception):
+    """An answer made by the proxy rather than the upstream."""
+
+    status = 500
+    code = "proxy_error"
+    anthropic_type = "api_error"
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+    def body(self, dialect: Literal["openai", "anthropic"]) -> bytes:
+        """The JSON body in the client's dialect."""
+        if dialect == "anthropic":
+            return orjson.dumps(
+                {
+                    "type": "error",
+                    "error": {"type": self.anthropic_type, "message": self.message},
+                    "source": "proxy",
+                }
+            )
+        return orjson.dumps(
+            {
+                "error": {"message": self.message, "type": self.code, "code": self.code},
+                "source": "proxy",
+            }
+        )
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Headers that go with the answer."""
+        headers = [(b"content-type", b"application/json"), (b"x-proxy-error", self.code.encode())]
+        if self.retry_after is not None:
+            headers.append((b"retry-after", str(max(1, math.ceil(self.retry_after))).encode()))
+        return headers
+
+
+class BadRequestTarget(ProxyError):
+    """The request target is not a plain path on the configured upstream."""
+
+    status = 400
+    code = "invalid_request_target"
+    anthropic_type = "invalid_request_error"
+
+
+class RequestTooLarge(ProxyError):
+    """The request body is larger than the configured limit."""
+
+    status = 413
+    code = "request_too_large"
+    anthropic_type = "request_too_large"
+
+
+class Overloaded(ProxyError):
+    """Every worker slot stayed busy for the whole queue timeout."""
+
+    status = 503
+    code = "proxy_overloaded"
+    anthropic_type = "overloaded_error"
+
+
+class UpstreamUnavailable(ProxyError):
+    """The upstream refused the connection, reset it or answered nothing usable."""
+
+    status = 502
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(ProxyError):
+    """The upstream did not answer within the configured timeouts."""
+
+    status = 504
+    code = "upstream_timeout"

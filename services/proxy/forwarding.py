@@ -1,0 +1,359 @@
+"""The hot path: one request's way through the proxy.
+
+resolve the target → read the body → parse it once (model, stream) → take a worker →
+open the upstream response → pass it on (whole when small, chunk by chunk otherwise,
+reading usage as it goes) → count tokens → record metrics and one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+
+from zai_proxy.proxy.accounting import MAX_JSON_BODY, Accounting, Request, StreamTap
+from zai_proxy.proxy.admission import WorkerPool
+from zai_proxy.proxy.classify import classify_status
+from zai_proxy.proxy.errors import (
+    ProxyError,
+    RequestTooLarge,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from zai_proxy.proxy.headers import (
+    UpstreamAuth,
+    client_response_headers,
+    request_id_of,
+    upstream_request_headers,
+)
+from zai_proxy.proxy.metrics import UNKNOWN, ProxyMetrics
+from zai_proxy.proxy.routing import Dialect, Route, Router
+from zai_proxy.proxy.upstream import UPSTREAM_ERRORS, open_response, translate
+from zai_proxy.proxy.usage import Usage
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+
+# Non-streamed answers with a known length up to this size are read whole and sent in
+# one write; anything else is passed on chunk by chunk as it arrives.
+WHOLE_BODY_LIMIT = 1 << 20
+STATUS_CLIENT_CLOSED = 499
+
+access_log = logging.getLogger("zai_proxy.access")
+log = logging.getLogger("zai_proxy.proxy")
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its request was read."""
+
+
+@dataclass(slots=True)
+class Exchange:
+    """What is known about one request as it passes; read by metrics and the access log."""
+
+    start: float
+    method: str
+    request_id: str
+    template: str = "/other"
+    dialect: Dialect = "openai"
+    model: str = UNKNOWN
+    status: int = 0
+    size: int = 0
+    ttfb: float | None = None
+    started: bool = False
+    finished: bool = False
+    disconnected: bool = False
+    request: Request | None = None
+    tap: StreamTap | None = None
+    body_usage: Usage | None = None
+    output_text: str = ""
+    usage: Usage | None = None
+    usage_source: str = ""
+
+
+class DisconnectWatch:
+    """Cancels the request's task when the client goes away, freeing its worker."""
+
+    __slots__ = ("_exchange", "_receive", "_task", "_watcher")
+
+    def __init__(self, receive: Any, exchange: Exchange) -> None:
+        self._receive = receive
+        self._exchange = exchange
+        self._task: asyncio.Task[Any] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    def __enter__(self) -> DisconnectWatch:
+        self._task = asyncio.current_task()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                # uvicorn also answers "disconnect" once the response is complete.
+                if not self._exchange.finished and self._task is not None:
+                    self._exchange.disconnected = True
+                    self._task.cancel()
+                return
+
+
+async def read_body(receive: Any, headers: list[tuple[bytes, bytes]], limit: int) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes."""
+    for name, value in headers:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            raise RequestTooLarge(f"request body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise RequestTooLarge(f"request body is larger than {limit} bytes")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class Forwarder:
+    """Forwards requests to the upstream and streams the answers back."""
+
+    def __init__(
+        self,
+        *,
+        router: Router,
+        auth: UpstreamAuth,
+        session: aiohttp.ClientSession,
+        pool: WorkerPool,
+        metrics: ProxyMetrics,
+        accounting: Accounting,
+        max_body: int,
+        log_requests: bool,
+    ) -> None:
+        self.router = router
+        self.auth = auth
+        self.session = session
+        self.pool = pool
+        self.metrics = metrics
+        self.accounting = accounting
+        self.max_body = max_body
+        self.log_requests = log_requests
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        exchange = Exchange(time.perf_counter(), scope["method"], request_id_of(scope["headers"]))
+        try:
+            try:
+                await self._forward(scope, receive, send, exchange)
+            except ProxyError as err:
+                await self._refuse(send, exchange, err)
+            except ClientDisconnected:
+                exchange.disconnected = True
+            except asyncio.CancelledError:
+                if not exchange.disconnected:
+                    raise
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            await self._count_tokens(exchange)
+        finally:
+            self._record(exchange)
+
+    async def _forward(self, scope: Scope, receive: Any, send: Any, exchange: Exchange) -> None:
+        route = self.router.resolve(scope["raw_path"], scope["query_string"])
+        exchange.template, exchange.dialect = route.template, route.dialect
+        body = await read_body(receive, scope["headers"], self.max_body)
+        request = exchange.request = self.accounting.prepare(route, exchange.method, body)
+        if request.info is None and self.accounting.enabled and body:
+            self.metrics.unparseable.inc()
+        exchange.model = self.metrics.models(request.model)
+
+        pool, metrics = self.pool, self.metrics
+        metrics.queued.inc()
+        try:
+            queue_wait = await pool.acquire()
+        finally:
+            metrics.queued.dec()
+        metrics.waited(0.0, queue_wait)
+        metrics.in_flight.inc()
+        try:
+            with DisconnectWatch(receive, exchange):
+                headers = upstream_request_headers(
+                    scope["headers"], route.dialect, self.auth, exchange.request_id
+                )
+                async with open_response(
+                    self.session, exchange.method, route.url, headers, request.body
+                ) as response:
+                    await self._respond(response, send, exchange, route, request)
+        finally:
+            metrics.in_flight.dec()
+            pool.release()
+
+    async def _respond(
+        self,
+        response: aiohttp.ClientResponse,
+        send: Any,
+        exchange: Exchange,
+        route: Route,
+        request: Request,
+    ) -> None:
+        status = exchange.status = response.status
+        content_type = response.headers.get("Content-Type", "")
+        is_sse = content_type.startswith("text/event-stream")
+        length = response.content_length
+        if not is_sse and length is not None and length <= WHOLE_BODY_LIMIT:
+            await self._respond_whole(response, send, exchange, route)
+            return
+
+        self._count_upstream_status(status, b"")
+        tap = self.accounting.tap(route, request) if is_sse and status < 300 else None
+        exchange.tap = tap
+        keep_length = tap is None or not tap.strip_usage
+        headers = client_response_headers(
+            response.raw_headers, exchange.request_id, keep_length=keep_length
+        )
+        if is_sse:
+            headers.append((b"x-accel-buffering", b"no"))
+            if "Cache-Control" not in response.headers:
+                headers.append((b"cache-control", b"no-cache"))
+        read_json = (
+            tap is None and self.accounting.enabled and status < 300 and "json" in content_type
+        )
+        json_body = bytearray()
+
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        exchange.started = True
+        try:
+            async for chunk in response.content.iter_any():
+                out = tap.feed(chunk) if tap is not None else chunk
+                if read_json and len(json_body) + len(chunk) <= MAX_JSON_BODY:
+                    json_body += chunk
+                if out:
+                    if exchange.ttfb is None:
+                        exchange.ttfb = time.perf_counter() - exchange.start
+                    exchange.size += len(out)
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+        except UPSTREAM_ERRORS as exc:
+            # Headers are out: end the stream cleanly and count the break.
+            kind = "timeout" if isinstance(translate(exc), UpstreamTimeout) else "truncated"
+            self.metrics.upstream_error(kind)
+            log.warning("upstream broke off a response: request_id=%s", exchange.request_id)
+        tail = tap.flush() if tap is not None else b""
+        exchange.size += len(tail)
+        exchange.finished = True
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        if json_body:
+            exchange.body_usage, exchange.output_text = self.accounting.usage_of_body(
+                route.dialect, bytes(json_body)
+            )
+
+    async def _respond_whole(
+        self, response: aiohttp.ClientResponse, send: Any, exchange: Exchange, route: Route
+    ) -> None:
+        try:
+            body = await response.read()
+        except UPSTREAM_ERRORS as exc:
+            raise translate(exc) from exc
+        status = exchange.status
+        self._count_upstream_status(status, body)
+        headers = client_response_headers(
+            response.raw_headers, exchange.request_id, keep_length=True
+        )
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        exchange.started = True
+        exchange.ttfb = time.perf_counter() - exchange.start
+        exchange.size = len(body)
+        exchange.finished = True
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+        if status < 300 and self.accounting.enabled and body:
+            exchange.body_usage, exchange.output_text = self.accounting.usage_of_body(
+                route.dialect, body
+            )
+
+    def _count_upstream_status(self, status: int, body: bytes) -> None:
+        """Count a 429 (by Z.ai class, from the body) or a 5xx answer as an upstream error."""
+        if status == 429 or status >= 500:
+            self.metrics.upstream_error(classify_status(status, body).value)
+
+    async def _refuse(self, send: Any, exchange: Exchange, err: ProxyError) -> None:
+        if isinstance(err, UpstreamTimeout):
+            self.metrics.upstream_error("timeout")
+        elif isinstance(err, UpstreamUnavailable):
+            self.metrics.upstream_error("network")
+        if exchange.started:
+            if not exchange.finished:
+                exchange.finished = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        exchange.status = err.status
+        body = err.body(exchange.dialect)
+        headers = [*err.headers(), (b"x-request-id", exchange.request_id.encode())]
+        await send({"type": "http.response.start", "status": err.status, "headers": headers})
+        exchange.started = exchange.finished = True
+        exchange.size = len(body)
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _count_tokens(self, exchange: Exchange) -> None:
+        """Exact usage when the upstream reported it, else an estimate for a successful answer."""
+        request = exchange.request
+        if not self.accounting.enabled or request is None or not 200 <= exchange.status < 300:
+            return
+        tap = exchange.tap
+        usage = tap.account.usage if tap is not None else exchange.body_usage
+        if usage is not None:
+            exchange.usage, exchange.usage_source = usage, "usage"
+        elif request.info is not None:
+            if tap is not None:
+                text, overflow = tap.account.output_text(), tap.account.overflow_chars
+            else:
+                text, overflow = exchange.output_text, 0
+            exchange.usage = await self.accounting.estimate(
+                exchange.dialect, request, text, overflow
+            )
+            exchange.usage_source = "estimate"
+        if exchange.usage is not None:
+            self.metrics.observe_tokens(exchange.model, exchange.usage, exchange.usage_source)
+
+    def _record(self, exchange: Exchange) -> None:
+        if exchange.disconnected and not exchange.finished:
+            exchange.status = STATUS_CLIENT_CLOSED
+        duration = time.perf_counter() - exchange.start
+        self.metrics.observe_request(
+            exchange.method,
+            exchange.template,
+            exchange.status,
+            exchange.model,
+            duration,
+            exchange.ttfb,
+            exchange.size,
+        )
+        if self.log_requests:
+            usage = exchange.usage
+            access_log.info(
+                "request_id=%s method=%s path=%s status=%d duration_ms=%.1f model=%s "
+                "tokens_in=%d tokens_out=%d tokens_source=%s",
+                exchange.request_id,
+                exchange.method,
+                exchange.template,
+                exchange.status,
+                duration * 1000,
+                exchange.model,
+                usage.input if usage else 0,
+                usage.output if usage else 0,
+                exchange.usage_source or "none",
+            )

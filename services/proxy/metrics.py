@@ -1,0 +1,267 @@
+"""The proxy's Prometheus metrics: names, labels and bounded label values.
+
+Names are defined here once; the collector, the Helm chart's dashboard and the docs read
+them from this module. Label values are bounded: ``path`` is a route template,
+``model`` is normalised and capped at METRICS_MAX_MODELS distinct values per process
+(later ones become ``other``), so no client can grow memory by inventing names.
+
+With PROMETHEUS_MULTIPROC_DIR set (``zai-proxy proxy --processes N``), prometheus_client
+writes every value to shared files and ``render`` merges the processes.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from zai_proxy import __version__
+from zai_proxy.proxy.usage import Usage
+
+REQUESTS_TOTAL = "proxy_requests_total"
+REQUEST_DURATION = "proxy_request_duration_seconds"
+RESPONSE_SIZE = "proxy_response_size_bytes"
+TIME_TO_FIRST_BYTE = "proxy_time_to_first_byte_seconds"
+UPSTREAM_ERRORS = "proxy_upstream_errors_total"
+TOKEN_INPUT = "proxy_token_input_total"
+TOKEN_OUTPUT = "proxy_token_output_total"
+TOKEN_CACHE_READ = "proxy_token_cache_read_total"
+TOKEN_CACHE_WRITE = "proxy_token_cache_write_total"
+TOKEN_REASONING = "proxy_token_reasoning_total"
+RATE_LIMIT_WAIT = "proxy_rate_limit_wait_seconds"
+QUEUE_WAIT = "proxy_queue_wait_seconds"
+IN_FLIGHT = "proxy_in_flight_requests"
+QUEUED = "proxy_queued_requests"
+WORKERS = "proxy_workers"
+UNPARSEABLE = "proxy_request_unparseable_total"
+BUILD_INFO = "proxy_build_info"
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+TTFB_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+SIZE_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+OTHER = "other"
+UNKNOWN = "unknown"
+_MODEL_CHARS = re.compile(r"[^a-z0-9._:/@+-]")
+
+
+class ModelLabels:
+    """Normalises model names and caps how many distinct ones become label values."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._labels: set[str] = set()
+        self._seen: dict[str, str] = {}
+
+    def __call__(self, model: str | None) -> str:
+        if not model:
+            return UNKNOWN
+        label = self._seen.get(model)
+        if label is not None:
+            return label
+        label = _MODEL_CHARS.sub("", model[:256].strip().lower())[:64] or UNKNOWN
+        if label not in self._labels:
+            if len(self._labels) >= self.limit:
+                label = OTHER
+            else:
+                self._labels.add(label)
+        # The raw-name cache stays small too: a flood of invented names must not grow it.
+        if len(self._seen) < self.limit * 4:
+            self._seen[model] = label
+        return label
+
+
+class ProxyMetrics:
+    """Every metric the proxy exports, with cached label children for the hot path."""
+
+    def __init__(self, variant: str, max_models: int, registry: CollectorRegistry) -> None:
+        self.variant = variant
+        self.models = ModelLabels(max_models)
+        self.registry = registry
+        r = registry
+        self.requests = Counter(
+            REQUESTS_TOTAL,
+            "Requests answered, by route template and status.",
+            ["method", "path", "status", "model", "variant"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            REQUEST_DURATION,
+            "Whole request time, from arrival to the last byte sent.",
+            ["path", "model", "variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttfb = Histogram(
+            TIME_TO_FIRST_BYTE,
+            "Time from arrival to the first response body byte sent to the client.",
+            ["path", "model", "variant"],
+            buckets=TTFB_BUCKETS,
+            registry=r,
+        )
+        self.size = Histogram(
+            RESPONSE_SIZE,
+            "Response body bytes sent to the client.",
+            ["path", "variant"],
+            buckets=SIZE_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            UPSTREAM_ERRORS,
+            "Upstream attempts that failed, by error type (429s by class).",
+            ["type", "variant"],
+            registry=r,
+        )
+        token_labels = ["model", "variant", "source"]
+        self.tokens_in = Counter(
+            TOKEN_INPUT,
+            "Input tokens, all of them (cache reads included).",
+            token_labels,
+            registry=r,
+        )
+        self.tokens_out = Counter(
+            TOKEN_OUTPUT, "Output tokens (reasoning included).", token_labels, registry=r
+        )
+        self.tokens_cache_read = Counter(
+            TOKEN_CACHE_READ,
+            "Input tokens read from the prompt cache.",
+            token_labels,
+            registry=r,
+        )
+        self.tokens_cache_write = Counter(
+            TOKEN_CACHE_WRITE,
+            "Input tokens written to the prompt cache.",
+            token_labels,
+            registry=r,
+        )
+        self.tokens_reasoning = Counter(
+            TOKEN_REASONING, "Output tokens spent on reasoning.", token_labels, registry=r
+        )
+        self.rate_limit_wait = Histogram(
+            RATE_LIMIT_WAIT,
+            "Time a request waited for the rate limiter before going upstream.",
+            ["variant"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            QUEUE_WAIT,
+            "Time a request waited for a free upstream worker (MAX_WORKERS).",
+            ["variant"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            IN_FLIGHT,
+            "Requests being proxied now (holding a worker).",
+            ["variant"],
+            multiprocess_mode="livesum",
+            registry=r,
+        ).labels(variant)
+        self.queued = Gauge(
+            QUEUED,
+            "Requests waiting for a free worker.",
+            ["variant"],
+            multiprocess_mode="livesum",
+            registry=r,
+        ).labels(variant)
+        self.workers = Gauge(
+            WORKERS,
+            "Upstream worker slots (MAX_WORKERS, summed over processes).",
+            ["variant"],
+            multiprocess_mode="livesum",
+            registry=r,
+        ).labels(variant)
+        self.unparseable = Counter(
+            UNPARSEABLE,
+            "Requests whose body was not a JSON object (forwarded unchanged).",
+            ["variant"],
+            registry=r,
+        ).labels(variant)
+        Gauge(
+            BUILD_INFO,
+            "Build information; always 1.",
+            ["version", "python", "variant"],
+            multiprocess_mode="max",
+            registry=r,
+        ).labels(__version__, platform.python_version(), variant).set(1)
+
+        self._cache: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._cache.get(key)
+        if child is None:
+            child = self._cache[key] = metric.labels(*labels)
+        return child
+
+    def observe_request(
+        self,
+        method: str,
+        path: str,
+        status: int,
+        model: str,
+        duration: float,
+        ttfb: float | None,
+        size: int,
+    ) -> None:
+        """Record one finished request."""
+        v = self.variant
+        self._child(self.requests, method, path, str(status), model, v).inc()
+        self._child(self.duration, path, model, v).observe(duration)
+        if ttfb is not None:
+            self._child(self.ttfb, path, model, v).observe(ttfb)
+        self._child(self.size, path, v).observe(size)
+
+    def observe_tokens(self, model: str, usage: Usage, source: str) -> None:
+        """Record the tokens of one exchange; source is "usage" or "estimate"."""
+        v = self.variant
+        for metric, value in (
+            (self.tokens_in, usage.input),
+            (self.tokens_out, usage.output),
+            (self.tokens_cache_read, usage.cache_read),
+            (self.tokens_cache_write, usage.cache_write),
+            (self.tokens_reasoning, usage.reasoning),
+        ):
+            child = self._child(metric, model, v, source)
+            if value:
+                child.inc(value)
+
+    def upstream_error(self, kind: str) -> None:
+        """Count one failed upstream attempt."""
+        self._child(self.upstream_errors, kind, self.variant).inc()
+
+    def waited(self, limiter: float, queue: float) -> None:
+        """Record the admission waits of one request."""
+        self._child(self.rate_limit_wait, self.variant).observe(limiter)
+        self._child(self.queue_wait, self.variant).observe(queue)
+
+
+def renderer(registry: CollectorRegistry) -> Callable[[], tuple[bytes, str]]:
+    """Exposition of this process, or of every process in multiprocess mode."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged)
+
+        def render_all() -> tuple[bytes, str]:
+            return generate_latest(merged), CONTENT_TYPE_LATEST
+
+        return render_all
+
+    def render() -> tuple[bytes, str]:
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+    return render

@@ -1,0 +1,131 @@
+"""Serving the proxy: uvicorn with a drain on SIGTERM, in one or several processes.
+
+Shutdown order on SIGTERM: report not ready at once (so load balancers stop sending),
+keep serving for SHUTDOWN_DELAY seconds, then let uvicorn stop accepting, close idle
+connections and wait up to SHUTDOWN_GRACE seconds for in-flight requests and streams,
+and cancel what is left. A second signal skips the delay.
+
+With PROXY_PROCESSES > 1 the parent binds the socket, starts that many spawned children
+that share it, forwards SIGTERM/SIGINT to them and waits; metrics are merged through
+PROMETHEUS_MULTIPROC_DIR, which the parent creates empty before the children start.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+from types import FrameType
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from zai_proxy.proxy.app import Lifecycle, ProxyApp
+from zai_proxy.proxy.settings import ProxySettings
+
+
+class TargetPreservingProtocol(HttpToolsProtocol):
+    """httptools protocol that keeps absolute-form targets visible to the router.
+
+    httptools reduces ``GET http://other.host/x`` to the path ``/x``; the proxy must see
+    the original target to refuse it, so the raw target replaces raw_path when it does
+    not start with a slash.
+    """
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if "raw_path" in self.scope and not self.url.startswith(b"/"):
+            self.scope["raw_path"] = self.url.partition(b"?")[0]
+
+
+class DrainingServer(uvicorn.Server):
+    """A uvicorn server that reports not-ready and waits before it stops accepting."""
+
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, delay: float) -> None:
+        super().__init__(config)
+        self.lifecycle = lifecycle
+        self.delay = delay
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.lifecycle.draining or self.delay <= 0:
+            self.lifecycle.draining = True
+            super().handle_exit(sig, frame)
+            return
+        self.lifecycle.draining = True
+        timer = threading.Timer(self.delay, super().handle_exit, (sig, frame))
+        timer.daemon = True
+        timer.start()
+
+
+def uvicorn_config(app: ProxyApp, settings: ProxySettings, host: str, port: int) -> uvicorn.Config:
+    """The uvicorn configuration the proxy runs with."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http=TargetPreservingProtocol,
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        server_header=False,
+        date_header=False,  # the upstream's Date passes through
+        timeout_graceful_shutdown=int(settings.shutdown_grace),
+        timeout_keep_alive=75,
+    )
+
+
+def _serve(settings: ProxySettings, host: str, port: int, sock: socket.socket | None) -> None:
+    from zai_proxy.logs import configure_logging
+
+    configure_logging(settings.log_level)
+    app = ProxyApp(settings)
+    server = DrainingServer(
+        uvicorn_config(app, settings, host, port), app.lifecycle, settings.shutdown_delay
+    )
+    server.run(sockets=[sock] if sock is not None else None)
+    if not server.started:
+        raise SystemExit(3)
+
+
+def serve(settings: ProxySettings, host: str, port: int) -> None:
+    """Run the proxy until it is told to stop."""
+    if settings.proxy_processes == 1:
+        _serve(settings, host, port, None)
+        return
+    _serve_processes(settings, host, port)
+
+
+def _serve_processes(settings: ProxySettings, host: str, port: int) -> None:
+    metrics_dir = tempfile.mkdtemp(prefix="zai-proxy-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(target=_serve, args=(settings, host, port, sock), daemon=False)
+        for _ in range(settings.proxy_processes)
+    ]
+    for child in children:
+        child.start()
+
+    def forward(sig: int, frame: FrameType | None) -> None:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, sig)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    try:
+        for child in children:
+            child.join()
+    finally:
+        sock.close()
+        shutil.rmtree(metrics_dir, ignore_errors=True)

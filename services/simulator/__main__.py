@@ -1,0 +1,48 @@
+"""Command line: `python -m zai_proxy.simulator --host 127.0.0.1 --port 0 [limits]`."""
+
+import argparse
+
+from .config import SimulatorConfig
+from .ratelimit import parse_schedule
+from .server import serve
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m zai_proxy.simulator",
+        description="A simulated OpenAI- and Anthropic-compatible LLM upstream.",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--rate-limit", type=float, default=None, help="hidden limit in requests per second"
+    )
+    parser.add_argument(
+        "--schedule",
+        default="",
+        help='hidden limit changes as rate@seconds-since-start, e.g. "40@0,20@60,60@120"',
+    )
+    parser.add_argument(
+        "--max-concurrency", type=int, default=None, help="hidden cap on requests at once"
+    )
+    parser.add_argument("--log-level", default="warning")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse the command line and serve until interrupted."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        config = SimulatorConfig(
+            rate_limit=args.rate_limit,
+            schedule=parse_schedule(args.schedule),
+            max_concurrency=args.max_concurrency,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    serve(config, args.host, args.port, log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    main()

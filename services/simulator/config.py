@@ -1,0 +1,42 @@
+"""Configuration of a simulated upstream: its hidden limits and how much it remembers."""
+
+import math
+import time
+from dataclasses import dataclass
+
+from .ratelimit import Schedule, validate_schedule
+from .types import Clock
+
+DEFAULT_RECORDED_REQUESTS = 1000
+DEFAULT_FAIL_FIRST_KEYS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class SimulatorConfig:
+    """Hidden limits of the simulated upstream; all optional, unlimited by default."""
+
+    rate_limit: float | None = None
+    """Requests per second before the first schedule step (None: unlimited)."""
+    schedule: Schedule = ()
+    """(seconds since start, requests per second) steps that change the rate."""
+    max_concurrency: int | None = None
+    """Requests served at once before answering 429 code 1302 (None: unlimited)."""
+    recorded_requests: int = DEFAULT_RECORDED_REQUESTS
+    """How many requests with an X-Request-Id are remembered for /_sim/requests."""
+    fail_first_keys: int = DEFAULT_FAIL_FIRST_KEYS
+    """How many x-sim-key counters are remembered for x-sim-fail-first."""
+    clock: Clock = time.monotonic
+    """Monotonic seconds; tests pass a fake one."""
+
+    def __post_init__(self) -> None:
+        if self.rate_limit is not None and not (
+            math.isfinite(self.rate_limit) and self.rate_limit > 0
+        ):
+            raise ValueError(f"rate_limit must be a number > 0, got {self.rate_limit}")
+        validate_schedule(self.schedule)
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+        if self.recorded_requests < 1:
+            raise ValueError(f"recorded_requests must be >= 1, got {self.recorded_requests}")
+        if self.fail_first_keys < 1:
+            raise ValueError(f"fail_first_keys must be >= 1, got {self.fail_first_keys}")

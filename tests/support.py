@@ -1,0 +1,103 @@
+"""Starting real service processes on loopback for the tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+TEST_KEY = "sk-upstream-secret-0123456789abcdef"
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:
+    """Wait until a URL answers (any status), or fail."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before serving {url}")
+        try:
+            httpx.get(url, timeout=1.0)
+            return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+@dataclass
+class ServiceProcess:
+    """A service started as a subprocess, with its log captured to a file."""
+
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        self.process.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+@contextlib.contextmanager
+def start_proxy(
+    upstream: str,
+    env: Mapping[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> Iterator[ServiceProcess]:
+    """Run `zai-proxy proxy` against an upstream base URL until the block ends."""
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "ZAI_API_KEY": TEST_KEY,
+        "ZAI_TARGET_URL": f"{upstream}/api/paas/v4",
+        "ZAI_ANTHROPIC_URL": f"{upstream}/api/anthropic",
+        "PROXY_PORT": str(port),
+        "PROXY_HOST": "127.0.0.1",
+        "LOG_LEVEL": "INFO",
+        **(env or {}),
+    }
+    full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - outlives this frame
+        prefix="zai-proxy-", suffix=".log", delete=False
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "zai_proxy", "proxy", *args],
+        env=full_env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    service = ServiceProcess(process, f"http://127.0.0.1:{port}", Path(log_file.name), full_env)
+    try:
+        wait_http(f"{service.url}/health", process=process)
+        yield service
+    finally:
+        service.stop()
+        log_file.close()
