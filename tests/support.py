@@ -101,3 +101,35 @@ def start_proxy(
     finally:
         service.stop()
         log_file.close()
+
+
+class Scrape:
+    """One /metrics exposition, parsed with prometheus_client's parser."""
+
+    def __init__(self, text: str) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        self.samples = [
+            (sample.name, sample.labels, sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        ]
+
+    def value(self, name: str, **labels: str) -> float:
+        """Sum of the samples of a name whose labels include the given ones."""
+        return sum(
+            value
+            for sample_name, sample_labels, value in self.samples
+            if sample_name == name and all(sample_labels.get(k) == v for k, v in labels.items())
+        )
+
+    def series(self, name: str) -> list[dict[str, str]]:
+        """Label sets of every sample of a name."""
+        return [labels for sample_name, labels, _ in self.samples if sample_name == name]
+
+
+def scrape(base_url: str) -> Scrape:
+    """Fetch and parse a service's /metrics."""
+    response = httpx.get(f"{base_url}/metrics", timeout=5)
+    response.raise_for_status()
+    return Scrape(response.text)

@@ -197,8 +197,8 @@ def step(
     rate_signal = _Signal(
         ratio=window.frequency_ratio,
         load=attempts / params.window_seconds,
-        # Demand is a count and rate x window rarely is: within one request counts as "at".
-        saturated=attempts > 0 and window.demand >= math.floor(rate.value * params.window_seconds),
+        saturated=attempts > 0
+        and window.demand >= _requests_at(rate.value * params.window_seconds),
     )
     rate, rate_decision = _step_limit(rate, rate_signal, rate_bounds, params)
 
@@ -220,8 +220,7 @@ def step(
         concurrency_signal = _Signal(
             ratio=window.concurrency_ratio,
             load=float(window.peak_concurrency),
-            saturated=attempts > 0
-            and window.peak_concurrency >= max(1, math.floor(concurrency.value)),
+            saturated=attempts > 0 and window.peak_concurrency >= _requests_at(concurrency.value),
         )
         concurrency, concurrency_decision = _step_limit(
             concurrency, concurrency_signal, concurrency_bounds, params
@@ -394,6 +393,12 @@ def _restore(limit: _Limit, bounds: _Bounds) -> _Limit:
         probing=limit.probing,
         probe_streak=max(0, limit.probe_streak),
     )
+
+
+def _requests_at(level: float) -> int:
+    """Whole requests that count as reaching `level`: counts are integers and levels rarely
+    are, so anything within one request counts, but never fewer than one request."""
+    return max(1, math.floor(level))
 
 
 def _require(condition: bool, message: str) -> None:

@@ -31,9 +31,14 @@ from zai_proxy.proxy.usage import (
     request_text,
 )
 
+# Routes that spend tokens; others (count_tokens, models, files) are not counted.
+COUNTED_ROUTES = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/messages"}
+)
 # Routes whose streams carry usage only when asked (OpenAI's stream_options).
 _USAGE_OPTIONAL = frozenset({"/v1/chat/completions", "/v1/completions"})
-_USAGE_NULL = re.compile(rb'\s*"usage"\s*:\s*null\s*,|,\s*"usage"\s*:\s*null')
+# `"usage":null` with its comma, also when pretty-printed over several `data:` lines.
+_USAGE_NULL = re.compile(rb'"usage"\s*:\s*null\s*,(?:\s|data:)*|,(?:\s|data:)*"usage"\s*:\s*null')
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 # Non-streamed answers larger than this are passed on without a usage read.
 MAX_JSON_BODY = 8 * 1024 * 1024
@@ -46,6 +51,7 @@ class Request:
     body: bytes
     info: RequestInfo | None
     injected: bool = False
+    counted: bool = True
 
     @property
     def model(self) -> str | None:
@@ -77,23 +83,30 @@ class StreamTap:
         if splitter.overflowed:
             # One event is too large to hold: stop filtering, pass everything on as it comes.
             return held + chunk
+        self._held += len(chunk) - sum(map(len, events))
+        return self._filter(events)
+
+    def flush(self) -> bytes:
+        """At the end of the stream: account for the last events; return what is still held."""
+        if self.splitter.overflowed:
+            return b""
+        events = self.splitter.flush()
+        if not self.strip_usage:
+            for event in events:
+                self._account(event)
+            return b""
+        return self._filter(events) + self.splitter.pending
+
+    def _filter(self, events: list[bytes]) -> bytes:
         out = []
         for event in events:
-            self._held -= len(event)
             obj = self._account(event)
             if b'"usage"' in event:
                 if obj is not None and obj.get("choices") == [] and obj.get("usage") is not None:
                     continue
                 event = _USAGE_NULL.sub(b"", event)
             out.append(event)
-        self._held += len(chunk)
         return b"".join(out)
-
-    def flush(self) -> bytes:
-        """What is left when the stream ends: an unterminated last event, passed on as is."""
-        if not self.strip_usage or self.splitter.overflowed:
-            return b""
-        return self.splitter.pending
 
     def _account(self, event: bytes) -> dict | None:
         data = event_data(event)
@@ -120,8 +133,10 @@ class Accounting:
     def prepare(self, route: Route, method: str, body: bytes) -> Request:
         """Parse the request once; add usage to OpenAI streams that did not ask for it."""
         if not self.enabled or method != "POST" or not body:
-            return Request(body, None)
+            return Request(body, None, counted=route.template in COUNTED_ROUTES)
         info = request_fields(body)
+        if route.template not in COUNTED_ROUTES:
+            return Request(body, info, counted=False)
         if info is None or not info.stream or route.dialect != "openai":
             return Request(body, info)
         if info.include_usage or route.template not in _USAGE_OPTIONAL:
@@ -138,8 +153,8 @@ class Accounting:
         return Request(body, info)
 
     def tap(self, route: Route, request: Request) -> StreamTap | None:
-        """A tap for a streamed answer, or None when counting is off."""
-        if not self.enabled:
+        """A tap for a streamed answer, or None when it is not counted."""
+        if not self.enabled or not request.counted:
             return None
         return StreamTap(route.dialect, strip_usage=request.injected)
 

@@ -179,7 +179,7 @@ class Forwarder:
         exchange.template, exchange.dialect = route.template, route.dialect
         body = await read_body(receive, scope["headers"], self.max_body)
         request = exchange.request = self.accounting.prepare(route, exchange.method, body)
-        if request.info is None and self.accounting.enabled and body:
+        if request.info is None and request.counted and self.accounting.enabled and body:
             self.metrics.unparseable.inc()
         exchange.model = self.metrics.models(request.model)
 
@@ -217,7 +217,7 @@ class Forwarder:
         is_sse = content_type.startswith("text/event-stream")
         length = response.content_length
         if not is_sse and length is not None and length <= WHOLE_BODY_LIMIT:
-            await self._respond_whole(response, send, exchange, route)
+            await self._respond_whole(response, send, exchange, route, request)
             return
 
         self._count_upstream_status(status, b"")
@@ -232,7 +232,11 @@ class Forwarder:
             if "Cache-Control" not in response.headers:
                 headers.append((b"cache-control", b"no-cache"))
         read_json = (
-            tap is None and self.accounting.enabled and status < 300 and "json" in content_type
+            tap is None
+            and request.counted
+            and self.accounting.enabled
+            and status < 300
+            and "json" in content_type
         )
         json_body = bytearray()
 
@@ -263,7 +267,12 @@ class Forwarder:
             )
 
     async def _respond_whole(
-        self, response: aiohttp.ClientResponse, send: Any, exchange: Exchange, route: Route
+        self,
+        response: aiohttp.ClientResponse,
+        send: Any,
+        exchange: Exchange,
+        route: Route,
+        request: Request,
     ) -> None:
         try:
             body = await response.read()
@@ -280,7 +289,7 @@ class Forwarder:
         exchange.size = len(body)
         exchange.finished = True
         await send({"type": "http.response.body", "body": body, "more_body": False})
-        if status < 300 and self.accounting.enabled and body:
+        if status < 300 and request.counted and self.accounting.enabled and body:
             exchange.body_usage, exchange.output_text = self.accounting.usage_of_body(
                 route.dialect, body
             )
@@ -311,7 +320,12 @@ class Forwarder:
     async def _count_tokens(self, exchange: Exchange) -> None:
         """Exact usage when the upstream reported it, else an estimate for a successful answer."""
         request = exchange.request
-        if not self.accounting.enabled or request is None or not 200 <= exchange.status < 300:
+        if (
+            not self.accounting.enabled
+            or request is None
+            or not request.counted
+            or not 200 <= exchange.status < 300
+        ):
             return
         tap = exchange.tap
         usage = tap.account.usage if tap is not None else exchange.body_usage
