@@ -62,11 +62,11 @@ _SEARCH_DEPTH = 4
 # Epoch numbers above this are milliseconds (1e11 seconds is the year 5138).
 _EPOCH_MS_THRESHOLD = 1e11
 
-_DELAY_SECONDS = re.compile(r"\d+(?:\.\d+)?")
+_DELAY_SECONDS = re.compile(r"\d+(?:\.\d+)?", re.ASCII)
 _RESET_AT = re.compile(
     r"reset(?:s)?\s+(?:at|on)\s+"
     r"(\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
 _UNIT_SECONDS = {
     **dict.fromkeys(("ms", "millisecond", "milliseconds"), 0.001),
@@ -77,7 +77,7 @@ _UNIT_SECONDS = {
 _RETRY_IN = re.compile(
     r"(?:retry|try\s+again)\s+(?:after|in)\s+(\d+(?:\.\d+)?)(?![\d.:/-])\s*"
     rf"({'|'.join(sorted(_UNIT_SECONDS, key=len, reverse=True))})?\b",
-    re.IGNORECASE,
+    re.IGNORECASE | re.ASCII,
 )
 
 

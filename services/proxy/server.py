@@ -51,14 +51,21 @@ class DrainingServer(uvicorn.Server):
         self.delay = delay
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.lifecycle.draining or self.delay <= 0:
+        # Unlike uvicorn's own handler this does not re-raise the signal after shutdown:
+        # a drained proxy exits with status 0.
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        elif self.lifecycle.draining or self.delay <= 0:
             self.lifecycle.draining = True
-            super().handle_exit(sig, frame)
-            return
-        self.lifecycle.draining = True
-        timer = threading.Timer(self.delay, super().handle_exit, (sig, frame))
-        timer.daemon = True
-        timer.start()
+            self.should_exit = True
+        else:
+            self.lifecycle.draining = True
+            timer = threading.Timer(self.delay, self._stop)
+            timer.daemon = True
+            timer.start()
+
+    def _stop(self) -> None:
+        self.should_exit = True
 
 
 def uvicorn_config(app: ProxyApp, settings: ProxySettings, host: str, port: int) -> uvicorn.Config:
