@@ -85,7 +85,7 @@ class Window:
 
     @property
     def rate_limited(self) -> int:
-        """Attempts answered 429, of any class."""
+        """Attempts refused by a limit of any class (429s, and Anthropic's 529 overloaded)."""
         return self.rate_frequency + self.rate_concurrency + self.rate_quota + self.rate_congestion
 
     @property
@@ -100,7 +100,7 @@ class Window:
 
     @property
     def rate_limited_ratio(self) -> float:
-        """Share of attempts answered 429 of any class (what an operator sees)."""
+        """Share of attempts refused by a limit of any class (what an operator sees)."""
         return self._share(self.rate_limited)
 
     def __add__(self, other: Window) -> Window:

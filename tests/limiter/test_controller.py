@@ -498,7 +498,7 @@ def assert_within_bounds(state: ControllerState, params: RateLimitParams) -> Non
     assert state.clean_windows >= 0 and state.hold_windows >= 0 and state.probe_streak >= 0
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(params_strategy(), st.lists(windows, max_size=40))
 def test_every_state_stays_within_bounds_under_any_windows(
     params: RateLimitParams, sequence: list[Window]
@@ -511,7 +511,7 @@ def test_every_state_stays_within_bounds_under_any_windows(
         assert_within_bounds(state, params)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(windows, max_size=25), windows, st.integers(1, 3_000))
 def test_a_worse_window_never_leaves_a_higher_rate_than_a_better_one(
     history: list[Window], window: Window, moved: int
@@ -526,7 +526,7 @@ def test_a_worse_window_never_leaves_a_higher_rate_than_a_better_one(
     assert after_worse.rate <= after_better.rate
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(windows, max_size=25), windows, st.integers(1, 3_000))
 def test_a_worse_window_never_leaves_a_higher_concurrency_cap(
     history: list[Window], window: Window, moved: int
@@ -541,7 +541,7 @@ def test_a_worse_window_never_leaves_a_higher_concurrency_cap(
     assert after_worse.concurrency <= after_better.concurrency
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(windows, max_size=25), st.integers(0, 3_000), st.data())
 def test_a_window_without_demand_at_the_rate_never_raises_the_rate_or_ceiling(
     history: list[Window], ok: int, data: st.DataObject

@@ -22,15 +22,15 @@ from zai_proxy.proxy.classify import (
 NOW = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC).timestamp()
 
 
-def openai_shape(code: str | int, message: str = "refused") -> bytes:
+def openai_shape(code: str | float, message: str = "refused") -> bytes:
     return orjson.dumps({"error": {"code": code, "message": message}})
 
 
-def flat_shape(code: str | int, message: str = "refused") -> bytes:
+def flat_shape(code: str | float, message: str = "refused") -> bytes:
     return orjson.dumps({"code": code, "msg": message, "success": False})
 
 
-def anthropic_shape(code: str | int | None, error_type: str = "rate_limit_error") -> bytes:
+def anthropic_shape(code: str | float | None, error_type: str = "rate_limit_error") -> bytes:
     error: dict[str, object] = {"type": error_type, "message": "refused"}
     if code is not None:
         error["code"] = code
@@ -141,7 +141,11 @@ def test_error_code_is_none_when_there_is_no_usable_code(body: bytes, code: str 
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)  # orjson encodes 64-bit integers only
+    | st.floats(allow_nan=False)
+    | st.text(),
     lambda children: (
         st.lists(children, max_size=4)
         | st.dictionaries(st.sampled_from(["error", "code", "type", "msg", "x"]), children)
