@@ -7,6 +7,8 @@ import orjson
 
 from .behaviour import ErrorShape
 
+# Z.ai writes reset times on its own wall clock, China Standard Time (UTC+8).
+_ZAI_UTC_OFFSET_S = 8 * 3600
 _RESET_DELAY_S = {1308: 5 * 3600, 1310: 7 * 24 * 3600}
 
 _MESSAGES = {
@@ -23,7 +25,7 @@ def zai_message(code: int, now: float | None = None) -> str:
     """The message Z.ai sends with `code`; quota codes name the wall-clock reset time."""
     if code in _RESET_DELAY_S:
         reset = (time.time() if now is None else now) + _RESET_DELAY_S[code]
-        at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(reset))
+        at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(reset + _ZAI_UTC_OFFSET_S))
         window = "5 hour" if code == 1308 else "weekly"
         return f"Usage limit reached for {window} window. Your limit will reset at {at}"
     return _MESSAGES.get(code, "Rate limit reached for requests")

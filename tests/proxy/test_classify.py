@@ -201,6 +201,8 @@ def test_classification_never_raises_on_any_json(value: object) -> None:
         ("١٢", None),  # Arabic-Indic digits are not delta-seconds
         ("Mon, 99 Oct 2015 07:28:00 GMT", None),
         ("Wed, 21 Oct 99999 07:28:00 GMT", None),
+        ("Mon, 01 Jan 0001 00:00:00 +0100", 0.0),  # extreme dates neither raise nor wrap
+        ("Fri, 31 Dec 9999 23:59:59 -2359", MAX_RETRY_AFTER_SECONDS),
     ],
 )
 def test_retry_after_reads_seconds_and_http_dates(value: str | None, seconds: float | None) -> None:
