@@ -20,6 +20,7 @@ def _settings_error(exc: ValidationError) -> str:
 
 
 def _run_proxy(args: argparse.Namespace) -> int:
+    from zai_proxy.limiter.settings import LimiterSettings
     from zai_proxy.proxy.server import serve
     from zai_proxy.proxy.settings import ProxySettings
 
@@ -27,7 +28,29 @@ def _run_proxy(args: argparse.Namespace) -> int:
     if args.processes is not None:
         settings = settings.model_copy(update={"proxy_processes": args.processes})
     settings.require_key()
-    serve(settings, args.host or settings.proxy_host, _port(args.port, settings.proxy_port))
+    limits = LimiterSettings()
+    host, port = args.host or settings.proxy_host, _port(args.port, settings.proxy_port)
+    serve(settings, limits, host, port)
+    return 0
+
+
+def _run_limiter(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from zai_proxy.limiter.app import build_app
+    from zai_proxy.limiter.settings import LimiterSettings
+    from zai_proxy.logs import configure_logging
+
+    settings = LimiterSettings()
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        build_app(settings),
+        host=args.host or settings.limiter_host,
+        port=_port(args.port, settings.limiter_port),
+        loop="uvloop",
+        log_config=None,
+        access_log=False,
+    )
     return 0
 
 
@@ -63,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
             command.add_argument("--processes", type=int, help="worker processes (PROXY_PROCESSES)")
 
     service("proxy", "the data plane (:8080)", _run_proxy)
-    service("limiter", "the rate limiter control plane (:8090)", _not_yet(3))
+    service("limiter", "the rate limiter control plane (:8090)", _run_limiter)
     service("collector", "scrape proxies and write SQL rollups", _not_yet(4))
     service("dashboard", "the dashboard API and web UI (:3000)", _not_yet(5))
     service("up", "everything on one machine", _not_yet(6))

@@ -1,10 +1,13 @@
-"""Suite-wide rules: under CI nothing may be skipped."""
+"""Suite-wide rules: under CI nothing may be skipped, and the one rule for the real Redis."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -16,3 +19,30 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.longrepr = f"skipped under CI, which must run every test: {reason}"
+
+
+# The Redis that runs beside the tests on developer machines and in CI.
+REAL_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(scope="session")
+def real_redis_url() -> str:
+    """The real Redis's URL: CI fails without it; elsewhere its tests skip (fakeredis ran)."""
+    client = redis.Redis.from_url(
+        REAL_REDIS_URL, socket_connect_timeout=1, socket_timeout=1, retry=Retry(NoBackoff(), 0)
+    )
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(
+                f"CI must test against a real Redis, none at {REAL_REDIS_URL}: {exc}",
+                pytrace=False,
+            )
+        pytest.skip(
+            f"no Redis at {REAL_REDIS_URL} ({exc}): the real-Redis runs are skipped; "
+            "the same contract ran on fakeredis"
+        )
+    finally:
+        client.close()
+    return REAL_REDIS_URL

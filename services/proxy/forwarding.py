@@ -1,14 +1,16 @@
 """The hot path: one request's way through the proxy.
 
 resolve the target → read the body → parse it once (model, stream) → take a worker →
-open the upstream response → pass it on (whole when small, chunk by chunk otherwise,
-reading usage as it goes) → count tokens → record metrics and one log line.
+per attempt: admission by the limiter → open the upstream response → a retryable failure
+goes round again (retries.py), anything else is passed on (whole when small, chunk by
+chunk otherwise, reading usage as it goes) → count tokens → metrics and one log line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 from types import TracebackType
@@ -16,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from zai_proxy.limiter.outcomes import Outcome
 from zai_proxy.proxy.accounting import MAX_JSON_BODY, Accounting, Request, StreamTap
 from zai_proxy.proxy.admission import WorkerPool
 from zai_proxy.proxy.classify import classify_status
@@ -31,7 +34,9 @@ from zai_proxy.proxy.headers import (
     request_id_of,
     upstream_request_headers,
 )
+from zai_proxy.proxy.limiting import ProxyLimiter, RateLimited
 from zai_proxy.proxy.metrics import UNKNOWN, ProxyMetrics
+from zai_proxy.proxy.retries import RETRYABLE, RetryableAttempt, RetryPolicy, UpstreamAnswer
 from zai_proxy.proxy.routing import Dialect, Route, Router
 from zai_proxy.proxy.upstream import UPSTREAM_ERRORS, open_response, translate
 from zai_proxy.proxy.usage import Usage
@@ -42,6 +47,8 @@ Message = dict[str, Any]
 # Non-streamed answers with a known length up to this size are read whole and sent in
 # one write; anything else is passed on chunk by chunk as it arrives.
 WHOLE_BODY_LIMIT = 1 << 20
+# Error answers (429, 5xx) are read whole, up to this, to classify them and to retry.
+MAX_ERROR_BODY = 1 << 20
 STATUS_CLIENT_CLOSED = 499
 
 access_log = logging.getLogger("zai_proxy.access")
@@ -145,10 +152,14 @@ class Forwarder:
         pool: WorkerPool,
         metrics: ProxyMetrics,
         accounting: Accounting,
+        limiter: ProxyLimiter,
+        retries: RetryPolicy,
         max_body: int,
         log_requests: bool,
     ) -> None:
         self.router = router
+        self.limiter = limiter
+        self.retries = retries
         self.auth = auth
         self.session = session
         self.pool = pool
@@ -189,20 +200,75 @@ class Forwarder:
             queue_wait = await pool.acquire()
         finally:
             metrics.queued.dec()
-        metrics.waited(0.0, queue_wait)
+        metrics.queue_wait_child.observe(queue_wait)
         metrics.in_flight.inc()
         try:
             with DisconnectWatch(receive, exchange):
                 headers = upstream_request_headers(
                     scope["headers"], route.dialect, self.auth, exchange.request_id
                 )
-                async with open_response(
-                    self.session, exchange.method, route.url, headers, request.body
-                ) as response:
-                    await self._respond(response, send, exchange, route, request)
+                try:
+                    async for attempt in self.retries.attempts(self._count_retry):
+                        with attempt:
+                            first = attempt.retry_state.attempt_number == 1
+                            await self._attempt(send, exchange, route, request, headers, first)
+                except RetryableAttempt as failed:
+                    if failed.answer is None:
+                        raise failed.error or UpstreamUnavailable("the upstream failed") from None
+                    await self._pass_answer(send, exchange, failed.answer)
         finally:
             metrics.in_flight.dec()
             pool.release()
+
+    async def _attempt(
+        self,
+        send: Any,
+        exchange: Exchange,
+        route: Route,
+        request: Request,
+        headers: list[tuple[str, str]],
+        first: bool,
+    ) -> None:
+        """One upstream attempt, admitted by the limiter; raise RetryableAttempt to retry."""
+        ticket = await self.limiter.admit(first=first)
+        self.metrics.rate_limit_wait_child.observe(ticket.waited)
+        outcome = Outcome.NETWORK
+        try:
+            async with open_response(
+                self.session, exchange.method, route.url, headers, request.body
+            ) as response:
+                status = response.status
+                if status == 429 or status >= 500:
+                    answer = await self._read_error(response)
+                    outcome = classify_status(status, answer.body)
+                    self.metrics.upstream_error(outcome.value)
+                    if outcome in RETRYABLE:
+                        raise RetryableAttempt(outcome, answer=answer)
+                    await self._pass_answer(send, exchange, answer)
+                    return
+                outcome = Outcome.OK if status < 400 else Outcome.CLIENT_ERROR
+                await self._respond(response, send, exchange, route, request)
+        except (UpstreamUnavailable, UpstreamTimeout) as err:
+            outcome = Outcome.NETWORK
+            self.metrics.upstream_error(
+                "timeout" if isinstance(err, UpstreamTimeout) else "network"
+            )
+            raise RetryableAttempt(Outcome.NETWORK, error=err) from err
+        except RetryableAttempt as failed:
+            outcome = failed.outcome
+            raise
+        finally:
+            await self.limiter.record(ticket, outcome)
+
+    async def _read_error(self, response: aiohttp.ClientResponse) -> UpstreamAnswer:
+        try:
+            body = await response.content.read(MAX_ERROR_BODY)
+        except UPSTREAM_ERRORS as exc:
+            raise translate(exc) from exc
+        return UpstreamAnswer(response.status, tuple(response.raw_headers), body)
+
+    def _count_retry(self, failed: RetryableAttempt) -> None:
+        self.metrics.retry(failed.outcome.value)
 
     async def _respond(
         self,
@@ -212,7 +278,8 @@ class Forwarder:
         route: Route,
         request: Request,
     ) -> None:
-        status = exchange.status = response.status
+        """Pass an answer on: whole when small and sized, else chunk by chunk as it arrives."""
+        status = response.status
         content_type = response.headers.get("Content-Type", "")
         is_sse = content_type.startswith("text/event-stream")
         length = response.content_length
@@ -220,7 +287,18 @@ class Forwarder:
             await self._respond_whole(response, send, exchange, route, request)
             return
 
-        self._count_upstream_status(status, b"")
+        chunks = response.content.iter_any()
+        # Nothing is sent before the first chunk is in, so an answer that breaks off (or
+        # ends) before it can still be retried.
+        try:
+            first = await anext(chunks, b"")
+        except UPSTREAM_ERRORS as exc:
+            raise RetryableAttempt(Outcome.NETWORK, error=translate(exc)) from exc
+        if not first and status == 200 and request.counted:
+            raise RetryableAttempt(
+                Outcome.NETWORK, error=UpstreamUnavailable("the upstream answered nothing")
+            )
+
         tap = self.accounting.tap(route, request) if is_sse and status < 300 else None
         exchange.tap = tap
         keep_length = tap is None or not tap.strip_usage
@@ -240,10 +318,12 @@ class Forwarder:
         )
         json_body = bytearray()
 
+        exchange.status = status
         await send({"type": "http.response.start", "status": status, "headers": headers})
         exchange.started = True
+        chunk = first
         try:
-            async for chunk in response.content.iter_any():
+            while chunk:
                 out = tap.feed(chunk) if tap is not None else chunk
                 if read_json and len(json_body) + len(chunk) <= MAX_JSON_BODY:
                     json_body += chunk
@@ -252,8 +332,9 @@ class Forwarder:
                         exchange.ttfb = time.perf_counter() - exchange.start
                     exchange.size += len(out)
                     await send({"type": "http.response.body", "body": out, "more_body": True})
+                chunk = await anext(chunks, b"")
         except UPSTREAM_ERRORS as exc:
-            # Headers are out: end the stream cleanly and count the break.
+            # Bytes are out: end the stream cleanly and count the break.
             kind = "timeout" if isinstance(translate(exc), UpstreamTimeout) else "truncated"
             self.metrics.upstream_error(kind)
             log.warning("upstream broke off a response: request_id=%s", exchange.request_id)
@@ -277,12 +358,16 @@ class Forwarder:
         try:
             body = await response.read()
         except UPSTREAM_ERRORS as exc:
-            raise translate(exc) from exc
-        status = exchange.status
-        self._count_upstream_status(status, body)
+            raise RetryableAttempt(Outcome.NETWORK, error=translate(exc)) from exc
+        status = response.status
+        if not body and status == 200 and request.counted:
+            raise RetryableAttempt(
+                Outcome.NETWORK, error=UpstreamUnavailable("the upstream answered nothing")
+            )
         headers = client_response_headers(
             response.raw_headers, exchange.request_id, keep_length=True
         )
+        exchange.status = status
         await send({"type": "http.response.start", "status": status, "headers": headers})
         exchange.started = True
         exchange.ttfb = time.perf_counter() - exchange.start
@@ -294,16 +379,25 @@ class Forwarder:
                 route.dialect, body
             )
 
-    def _count_upstream_status(self, status: int, body: bytes) -> None:
-        """Count a 429 (by Z.ai class, from the body) or a 5xx answer as an upstream error."""
-        if status == 429 or status >= 500:
-            self.metrics.upstream_error(classify_status(status, body).value)
+    async def _pass_answer(self, send: Any, exchange: Exchange, answer: UpstreamAnswer) -> None:
+        """Pass an upstream error answer on as it came (a quota 429 gains a Retry-After)."""
+        headers = client_response_headers(answer.headers, exchange.request_id, keep_length=False)
+        headers.append((b"content-length", b"%d" % len(answer.body)))
+        if answer.status == 429 and not any(name == b"retry-after" for name, _ in headers):
+            hint = answer.retry_hint()
+            if hint is not None:
+                headers.append((b"retry-after", b"%d" % max(1, math.ceil(hint))))
+        exchange.status = answer.status
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        exchange.started = True
+        exchange.ttfb = time.perf_counter() - exchange.start
+        exchange.size = len(answer.body)
+        exchange.finished = True
+        await send({"type": "http.response.body", "body": answer.body, "more_body": False})
 
     async def _refuse(self, send: Any, exchange: Exchange, err: ProxyError) -> None:
-        if isinstance(err, UpstreamTimeout):
-            self.metrics.upstream_error("timeout")
-        elif isinstance(err, UpstreamUnavailable):
-            self.metrics.upstream_error("network")
+        if isinstance(err, RateLimited):
+            self.metrics.rate_limited.inc()
         if exchange.started:
             if not exchange.finished:
                 exchange.finished = True

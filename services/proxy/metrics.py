@@ -46,6 +46,12 @@ IN_FLIGHT = "proxy_in_flight_requests"
 QUEUED = "proxy_queued_requests"
 WORKERS = "proxy_workers"
 UNPARSEABLE = "proxy_request_unparseable_total"
+RETRIES = "proxy_retry_attempts_total"
+RATE_LIMITED = "proxy_rate_limited_total"
+LIMITER_RATE = "proxy_limiter_rate"
+LIMITER_CONCURRENCY = "proxy_limiter_concurrency_limit"
+LIMITER_DEGRADED = "proxy_limiter_degraded"
+LIMITER_REPLICAS = "proxy_limiter_replicas"
 BUILD_INFO = "proxy_build_info"
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -150,20 +156,60 @@ class ProxyMetrics:
         self.tokens_reasoning = Counter(
             TOKEN_REASONING, "Output tokens spent on reasoning.", token_labels, registry=r
         )
-        self.rate_limit_wait = Histogram(
+        self.rate_limit_wait_child = Histogram(
             RATE_LIMIT_WAIT,
-            "Time a request waited for the rate limiter before going upstream.",
+            "Time an upstream attempt waited for the rate limiter.",
             ["variant"],
             buckets=WAIT_BUCKETS,
             registry=r,
-        )
-        self.queue_wait = Histogram(
+        ).labels(variant)
+        self.queue_wait_child = Histogram(
             QUEUE_WAIT,
             "Time a request waited for a free upstream worker (MAX_WORKERS).",
             ["variant"],
             buckets=WAIT_BUCKETS,
             registry=r,
+        ).labels(variant)
+        self.retries = Counter(
+            RETRIES,
+            "Upstream attempts repeated, by the reason of the failed attempt.",
+            ["reason", "variant"],
+            registry=r,
         )
+        self.rate_limited = Counter(
+            RATE_LIMITED,
+            "Requests the proxy answered 429 itself (its limiter's wait was over budget).",
+            ["variant"],
+            registry=r,
+        ).labels(variant)
+        self.limiter_rate = Gauge(
+            LIMITER_RATE,
+            "Requests/s the shared limiter admits for the pool now.",
+            ["variant"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        ).labels(variant)
+        self.limiter_concurrency = Gauge(
+            LIMITER_CONCURRENCY,
+            "Cluster-wide cap on concurrent upstream requests now.",
+            ["variant"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        ).labels(variant)
+        self.limiter_degraded = Gauge(
+            LIMITER_DEGRADED,
+            "1 while the limiter store is unreachable and this replica limits on its own.",
+            ["variant"],
+            multiprocess_mode="max",
+            registry=r,
+        ).labels(variant)
+        self.limiter_replicas = Gauge(
+            LIMITER_REPLICAS,
+            "Proxy replicas sharing the pool (by heartbeat).",
+            ["variant"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        ).labels(variant)
         self.in_flight = Gauge(
             IN_FLIGHT,
             "Requests being proxied now (holding a worker).",
@@ -244,10 +290,9 @@ class ProxyMetrics:
         """Count one failed upstream attempt."""
         self._child(self.upstream_errors, kind, self.variant).inc()
 
-    def waited(self, limiter: float, queue: float) -> None:
-        """Record the admission waits of one request."""
-        self._child(self.rate_limit_wait, self.variant).observe(limiter)
-        self._child(self.queue_wait, self.variant).observe(queue)
+    def retry(self, reason: str) -> None:
+        """Count one repeated upstream attempt."""
+        self._child(self.retries, reason, self.variant).inc()
 
 
 def renderer(registry: CollectorRegistry) -> Callable[[], tuple[bytes, str]]:

@@ -24,6 +24,8 @@ from types import FrameType
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from zai_proxy.limiter.settings import LimiterSettings
+from zai_proxy.logs import configure_logging
 from zai_proxy.proxy.app import Lifecycle, ProxyApp
 from zai_proxy.proxy.settings import ProxySettings
 
@@ -86,11 +88,15 @@ def uvicorn_config(app: ProxyApp, settings: ProxySettings, host: str, port: int)
     )
 
 
-def _serve(settings: ProxySettings, host: str, port: int, sock: socket.socket | None) -> None:
-    from zai_proxy.logs import configure_logging
-
+def _serve(
+    settings: ProxySettings,
+    limits: LimiterSettings,
+    host: str,
+    port: int,
+    sock: socket.socket | None,
+) -> None:
     configure_logging(settings.log_level)
-    app = ProxyApp(settings)
+    app = ProxyApp(settings, limits)
     server = DrainingServer(
         uvicorn_config(app, settings, host, port), app.lifecycle, settings.shutdown_delay
     )
@@ -99,15 +105,22 @@ def _serve(settings: ProxySettings, host: str, port: int, sock: socket.socket | 
         raise SystemExit(3)
 
 
-def serve(settings: ProxySettings, host: str, port: int) -> None:
+def serve(settings: ProxySettings, limits: LimiterSettings, host: str, port: int) -> None:
     """Run the proxy until it is told to stop."""
     if settings.proxy_processes == 1:
-        _serve(settings, host, port, None)
+        _serve(settings, limits, host, port, None)
         return
-    _serve_processes(settings, host, port)
+    if limits.redis_url is None:
+        raise ValueError(
+            "PROXY_PROCESSES > 1 needs REDIS_URL: the in-process limiter serves one process, "
+            "and separate ones would each admit the whole rate"
+        )
+    _serve_processes(settings, limits, host, port)
 
 
-def _serve_processes(settings: ProxySettings, host: str, port: int) -> None:
+def _serve_processes(
+    settings: ProxySettings, limits: LimiterSettings, host: str, port: int
+) -> None:
     metrics_dir = tempfile.mkdtemp(prefix="zai-proxy-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -117,7 +130,7 @@ def _serve_processes(settings: ProxySettings, host: str, port: int) -> None:
     sock.set_inheritable(True)
     context = multiprocessing.get_context("spawn")
     children = [
-        context.Process(target=_serve, args=(settings, host, port, sock), daemon=False)
+        context.Process(target=_serve, args=(settings, limits, host, port, sock), daemon=False)
         for _ in range(settings.proxy_processes)
     ]
     for child in children:

@@ -90,8 +90,15 @@ class ProxySettings(BaseSettings):
     proxy_processes: int = Field(
         default=1, ge=1, le=64, description="Proxy worker processes (metrics are merged)."
     )
-    redis_url: str | None = Field(
-        default=None, description="Redis for the shared limiter; unset: in-process store."
+    max_retries: int = Field(
+        default=3, ge=0, le=10, description="Upstream attempts retried after the first."
+    )
+    retry_backoff_base: Seconds = Field(
+        default=0.5, description="First retry back-off in seconds (exponential, full jitter)."
+    )
+    retry_backoff_max: Seconds = Field(
+        default=10.0,
+        description="Longest retry back-off; a longer Retry-After goes back to the client.",
     )
 
     @field_validator("zai_target_url")

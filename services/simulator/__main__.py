@@ -1,8 +1,9 @@
-"""Command line: `python -m zai_proxy.simulator --host 127.0.0.1 --port 0 [limits]`."""
+"""Command line: `python -m zai_proxy.simulator --host 127.0.0.1 --port 0 [limits] [quota]`."""
 
 import argparse
 
 from .config import SimulatorConfig
+from .quota import parse_quota_spec
 from .ratelimit import parse_schedule
 from .server import serve
 
@@ -25,6 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-concurrency", type=int, default=None, help="hidden cap on requests at once"
     )
+    parser.add_argument(
+        "--quota-requests",
+        default="",
+        help='quota windows as window=requests, e.g. "5h=1000,weekly=20000" (default: none)',
+    )
     parser.add_argument("--log-level", default="warning")
     return parser
 
@@ -38,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
             rate_limit=args.rate_limit,
             schedule=parse_schedule(args.schedule),
             max_concurrency=args.max_concurrency,
+            quota_requests=parse_quota_spec(args.quota_requests),
         )
     except ValueError as exc:
         parser.error(str(exc))

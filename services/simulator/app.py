@@ -1,4 +1,5 @@
-"""The simulator's ASGI application: routing by path suffix, the hidden limit, scripted answers."""
+"""The simulator's ASGI application: routing by path suffix, the hidden limit, the quota,
+scripted answers."""
 
 import asyncio
 import contextlib
@@ -22,6 +23,7 @@ from .behaviour import (
 from .config import SimulatorConfig
 from .errors import HIDDEN_LIMIT_BODIES, bad_request, status_error, zai_error
 from .failures import FailFirstCounter
+from .quota import NO_QUOTA, SimulatedQuota
 from .ratelimit import HiddenLimiter
 from .recording import RequestRecorder, request_view
 from .responses import send_body, send_empty, send_partial_body
@@ -33,6 +35,7 @@ from .types import Receive, Scope, Send
 
 DEFAULT_MODEL = "glm-4.6"
 CONTROL_PREFIX = "/_sim/"
+QUOTA_PATH = "/api/monitor/usage/quota/limit"
 
 
 class Route(enum.Enum):
@@ -42,6 +45,7 @@ class Route(enum.Enum):
     MESSAGES = "messages"
     COUNT_TOKENS = "count_tokens"
     MODELS = "models"
+    QUOTA = "quota"
     ECHO = "echo"
 
 
@@ -54,8 +58,11 @@ def route_for(method: str, path: str) -> Route:
             return Route.MESSAGES
         if path.endswith("/v1/messages/count_tokens"):
             return Route.COUNT_TOKENS
-    elif method == "GET" and path.endswith("/models"):
-        return Route.MODELS
+    elif method == "GET":
+        if path.endswith("/models"):
+            return Route.MODELS
+        if path.endswith(QUOTA_PATH):
+            return Route.QUOTA
     return Route.ECHO
 
 
@@ -69,6 +76,9 @@ class SimulatorApp:
     def __init__(self, config: SimulatorConfig) -> None:
         self._limiter = HiddenLimiter(
             config.rate_limit, config.schedule, config.max_concurrency, config.clock
+        )
+        self._quota = (
+            SimulatedQuota(config.quota_requests, config.clock) if config.quota_requests else None
         )
         self._stats = SimulatorStats()
         self._recorder = RequestRecorder(config.recorded_requests)
@@ -107,12 +117,22 @@ class SimulatorApp:
             return
         stats = self._stats
         stats.requests += 1
+        quota = self._quota
+        if quota is not None:
+            spent = quota.exhausted()
+            if spent is not None:
+                quota_code, reset_at = spent
+                stats.reject(quota_code)
+                await send_body(send, 429, zai_error(quota_code, "openai", reset_at))
+                return
         code = self._limiter.admit()
         if code is not None:
             stats.reject(code)
             await send_body(send, 429, HIDDEN_LIMIT_BODIES[code])
             return
         stats.accepted += 1
+        if quota is not None:
+            quota.spend()
         stats.max_in_flight = max(stats.max_in_flight, self._limiter.in_flight)
         try:
             await self._answer(route, scope, body, behaviour, receive, send)
@@ -167,6 +187,9 @@ class SimulatorApp:
             await _send_fixed(send, anthropic.count_tokens(prompt), behaviour)
         elif route is Route.MODELS:
             await _send_fixed(send, self._models, behaviour)
+        elif route is Route.QUOTA:
+            answer = NO_QUOTA if self._quota is None else self._quota.to_json()
+            await _send_fixed(send, answer, behaviour)
         else:
             await _send_fixed(send, orjson.dumps(request_view(scope, body)), behaviour)
 
@@ -253,6 +276,8 @@ class SimulatorApp:
         elif path == "/_sim/reset" and method == "POST":
             self._stats.reset(self._limiter.in_flight)
             self._failures.reset()
+            if self._quota is not None:
+                self._quota.reset()
             await send_body(send, 200, b'{"reset":true}')
         else:
             await send_body(send, 404, b'{"error":{"message":"unknown simulator control"}}')

@@ -4,6 +4,7 @@ import math
 import time
 from dataclasses import dataclass
 
+from .quota import QuotaSpec, validate_quota_spec
 from .ratelimit import Schedule, validate_schedule
 from .types import Clock
 
@@ -21,6 +22,8 @@ class SimulatorConfig:
     """(seconds since start, requests per second) steps that change the rate."""
     max_concurrency: int | None = None
     """Requests served at once before answering 429 code 1302 (None: unlimited)."""
+    quota_requests: QuotaSpec = ()
+    """(window, capacity in accepted requests) quota windows, e.g. (("5h", 1000),)."""
     recorded_requests: int = DEFAULT_RECORDED_REQUESTS
     """How many requests with an X-Request-Id are remembered for /_sim/requests."""
     fail_first_keys: int = DEFAULT_FAIL_FIRST_KEYS
@@ -34,6 +37,7 @@ class SimulatorConfig:
         ):
             raise ValueError(f"rate_limit must be a number > 0, got {self.rate_limit}")
         validate_schedule(self.schedule)
+        validate_quota_spec(self.quota_requests)
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
         if self.recorded_requests < 1:

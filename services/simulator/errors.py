@@ -21,19 +21,22 @@ _MESSAGES = {
 }
 
 
-def zai_message(code: int, now: float | None = None) -> str:
-    """The message Z.ai sends with `code`; quota codes name the wall-clock reset time."""
+def zai_message(code: int, now: float | None = None, reset_at: float | None = None) -> str:
+    """The message Z.ai sends with `code`; quota codes name the wall-clock reset time
+    (`reset_at`, epoch seconds, or a full window from `now`)."""
     if code in _RESET_DELAY_S:
-        reset = (time.time() if now is None else now) + _RESET_DELAY_S[code]
+        reset = reset_at
+        if reset is None:
+            reset = (time.time() if now is None else now) + _RESET_DELAY_S[code]
         at = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(reset + _ZAI_UTC_OFFSET_S))
         window = "5 hour" if code == 1308 else "weekly"
         return f"Usage limit reached for {window} window. Your limit will reset at {at}"
     return _MESSAGES.get(code, "Rate limit reached for requests")
 
 
-def zai_error(code: int, shape: ErrorShape) -> bytes:
+def zai_error(code: int, shape: ErrorShape, reset_at: float | None = None) -> bytes:
     """A Z.ai error body for `code` in the given JSON shape."""
-    message = zai_message(code)
+    message = zai_message(code, reset_at=reset_at)
     body: dict[str, Any]
     if shape == "flat":
         body = {"code": code, "msg": message, "success": False}

@@ -154,8 +154,11 @@ def test_model_labels_stay_bounded_whatever_clients_send(upstream: SimulatorProc
     assert metrics.value("proxy_requests_total") == 61
 
 
-def test_metrics_merge_across_worker_processes(upstream: SimulatorProcess) -> None:
-    with start_proxy(upstream.url, args=("--processes", "2")) as proxy:
+def test_metrics_merge_across_worker_processes(
+    upstream: SimulatorProcess, real_redis_url: str
+) -> None:
+    env = {"REDIS_URL": real_redis_url, "REDIS_PREFIX": f"test{uuid.uuid4().hex[:8]}"}
+    with start_proxy(upstream.url, env=env, args=("--processes", "2")) as proxy:
         for _ in range(60):
             # A new connection each time, so both processes take requests.
             response = httpx.post(
@@ -169,6 +172,8 @@ def test_metrics_merge_across_worker_processes(upstream: SimulatorProcess) -> No
             assert metrics.value("proxy_requests_total") == 60
             assert metrics.value("proxy_token_input_total") == 600
             assert metrics.value("proxy_workers") == 2 * 64
+        # Both processes heartbeat into the shared pool (every 2 s).
+        wait_for(lambda: scrape(proxy.url).value("proxy_limiter_replicas") == 2, timeout=5)
         assert proxy.stop() == 0
         serving = set(re.findall(r"\[(\d+)\] zai_proxy.access", proxy.log()))
         assert len(serving) == 2, "both processes should have served requests"

@@ -1,0 +1,221 @@
+"""The limiter service: the control loop, its admin API and its metrics.
+
+Admin endpoints (``/state``, ``/reset``, ``/bounds``) need ``Authorization: Bearer
+<LIMITER_ADMIN_TOKEN>``; with no token configured they answer 403, so no deployment ever
+has an open admin API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Response
+from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_fastapi_instrumentator import Instrumentator
+from pydantic import BaseModel, Field
+
+from zai_proxy.limiter.control import ControlLoop, apply_bounds
+from zai_proxy.limiter.metrics import LimiterMetrics
+from zai_proxy.limiter.settings import LimiterSettings
+from zai_proxy.limiter.store import LimiterStore, StoreError
+from zai_proxy.limiter.stores import open_store
+from zai_proxy.proxy.metrics import renderer
+
+log = logging.getLogger("zai_proxy.limiter")
+
+
+class Bounds(BaseModel):
+    """New bounds for a pool; fields left out keep their value."""
+
+    pool: str | None = Field(default=None, description="The pool; default: the configured one.")
+    min_rate: float | None = Field(default=None, gt=0)
+    max_rate: float | None = Field(default=None, gt=0)
+    min_concurrency: int | None = Field(default=None, ge=1)
+    max_concurrency: int | None = Field(default=None, ge=1)
+
+
+class ResetRequest(BaseModel):
+    """Which pool to reset."""
+
+    pool: str | None = Field(default=None, description="The pool; default: the configured one.")
+
+
+class LimiterService:
+    """Owns the store, the control loop and the metrics of one limiter replica."""
+
+    def __init__(self, settings: LimiterSettings, store: LimiterStore | None = None) -> None:
+        disable_created_metrics()
+        self.settings = settings
+        self.params = settings.params()
+        self.registry = CollectorRegistry()
+        self.metrics = LimiterMetrics(self.registry)
+        self.store = store or open_store(
+            settings.redis_url, settings.store_config(), socket_timeout=settings.redis_timeout
+        )
+        self.loop = ControlLoop(
+            self.store,
+            self.params,
+            state_max_age=settings.rate_limit_state_max_age,
+            on_step=self.metrics.stepped,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Start the control loop and the state refresher."""
+        self._tasks = [
+            asyncio.create_task(self.loop.run(), name="limiter-control"),
+            asyncio.create_task(self._refresh(), name="limiter-refresh"),
+        ]
+
+    async def stop(self) -> None:
+        """Stop background work and close the store."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.store.close()
+
+    async def _refresh(self) -> None:
+        # Every replica (not only the leader) shows the pools' state from the store.
+        while True:
+            try:
+                await self.state()
+            except StoreError:
+                self.metrics.store_up.set(0)
+            await asyncio.sleep(self.store.config.window_seconds / 2)
+
+    async def state(self) -> dict[str, Any]:
+        """Every active pool's state, as the admin API shows it."""
+        pools: dict[str, Any] = {}
+        names = set(await self.store.pools()) | {self.settings.pool()}
+        for pool in sorted(names):
+            saved = await self.store.load_state(pool) or {}
+            replicas = await self.store.replicas(pool)
+            params = self.loop.params_for(pool, saved)
+            self.metrics.pool_state(pool, saved, params, replicas)
+            ceiling = float(saved["ceiling"]) if saved.get("ceiling") else None
+            pools[pool] = {
+                "rate": float(saved.get("rate", params.initial_rate)),
+                "ceiling": ceiling,
+                "hold": ceiling * (1 - params.hold_margin) if ceiling is not None else None,
+                "concurrency_limit": int(saved.get("concurrency", params.max_concurrency)),
+                "clean_windows": int(saved.get("clean_windows", 0)),
+                "probing": saved.get("probing") == "True",
+                "last_decision": saved.get("last_decision", "hold"),
+                "window": int(saved["window"]) if saved.get("window") else None,
+                "updated_at": float(saved["updated_at"]) if saved.get("updated_at") else None,
+                "replicas": replicas,
+                "bounds": {
+                    "min_rate": params.min_rate,
+                    "max_rate": params.max_rate,
+                    "min_concurrency": params.min_concurrency,
+                    "max_concurrency": params.max_concurrency,
+                },
+            }
+        self.metrics.store_up.set(1)
+        self.metrics.leader.set(1 if self.loop.leader else 0)
+        return {
+            "node": self.loop.node,
+            "leader": self.loop.leader,
+            "degraded": not self.loop.healthy,
+            "window_seconds": self.store.config.window_seconds,
+            "pools": pools,
+        }
+
+    async def reset(self, pool: str | None) -> str:
+        """Forget what a pool learned."""
+        name = pool or self.settings.pool()
+        await self.store.reset(name)
+        log.warning("pool=%s reset by the admin API", name)
+        return name
+
+    async def set_bounds(self, bounds: Bounds) -> dict[str, str]:
+        """Save new bounds for a pool; the next step applies them."""
+        name = bounds.pool or self.settings.pool()
+        saved = await self.store.load_state(name) or {}
+        updates = {
+            f"bound_{field}": str(value)
+            for field, value in bounds.model_dump(exclude={"pool"}).items()
+            if value is not None
+        }
+        merged = {**saved, **updates}
+        apply_bounds(self.params, merged)  # ValueError when min exceeds max
+        await self.store.save_state(name, merged)
+        log.warning("pool=%s bounds set by the admin API: %s", name, updates)
+        return {"pool": name, **updates}
+
+
+def build_app(settings: LimiterSettings, store: LimiterStore | None = None) -> FastAPI:
+    """The limiter's HTTP application."""
+    service = LimiterService(settings, store)
+    token = settings.limiter_admin_token.get_secret_value()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        yield
+        await service.stop()
+
+    app = FastAPI(title="zai-proxy limiter", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.service = service
+    Instrumentator(registry=service.registry).instrument(app)
+    render = renderer(service.registry)
+
+    def admin(authorization: Annotated[str | None, Header()] = None) -> None:
+        if not token:
+            raise HTTPException(403, "the admin API is off: set LIMITER_ADMIN_TOKEN")
+        scheme, _, given = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "a valid admin token is required")
+
+    Admin = Annotated[None, Depends(admin)]
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """Liveness: the process is serving; "degraded" while the store is unreachable."""
+        return {"status": "ok" if service.loop.healthy else "degraded"}
+
+    @app.get("/ready")
+    async def ready(response: Response) -> dict[str, str]:
+        """Readiness: the store answers."""
+        try:
+            await service.store.ping()
+        except StoreError:
+            response.status_code = 503
+            return {"status": "store unreachable"}
+        return {"status": "ready"}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus exposition."""
+        body, content_type = render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/state")
+    async def state(_: Admin) -> dict[str, Any]:
+        """Every pool: rate, ceiling, hold line, clean windows, last decision, replicas."""
+        try:
+            return await service.state()
+        except StoreError as exc:
+            raise HTTPException(503, f"limiter store unreachable: {exc}") from exc
+
+    @app.post("/reset")
+    async def reset(_: Admin, request: ResetRequest | None = None) -> dict[str, str]:
+        """Forget a pool's learned state; it starts again from RATE_LIMIT_INITIAL."""
+        return {"reset": await service.reset(request.pool if request else None)}
+
+    @app.put("/bounds")
+    async def bounds(_: Admin, request: Bounds) -> dict[str, str]:
+        """Set a pool's rate and concurrency bounds (kept in the store, for every replica)."""
+        try:
+            return await service.set_bounds(request)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from exc
+
+    return app

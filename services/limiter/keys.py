@@ -1,0 +1,89 @@
+"""The Redis key schema of the limiter: every key the proxies and the limiter share.
+
+Keys of one pool carry the pool as a hash tag (``{pool}``), so they all hash to one slot
+and every Lua script touches a single slot, as Redis Cluster requires. The two keys that
+are not about one pool (the pool registry and the leader lease) stand alone and are only
+used by single-key commands or scripts.
+
+Times are Redis's own clock (``TIME``) in epoch seconds, written as ``%.17g`` strings or
+ZSET scores, so that no proxy's clock skew can move a reservation.
+
+=================================  ======  =====================  =============================
+key                                type    TTL                    written by / read by
+=================================  ======  =====================  =============================
+``{prefix}:{pool}:state``          hash    7 days, renewed on     limiter (``save_state``) /
+                                           every save             ``acquire`` (``rate``,
+                                                                  ``concurrency``), limiter
+``{prefix}:{pool}:tat``            string  until the TAT has      ``acquire`` / ``acquire``
+                                           passed (then it is     (GCRA theoretical arrival
+                                           the same as none)      time)
+``{prefix}:{pool}:leases``         zset    the longest lease;     ``acquire`` adds (lease id ->
+                                           expired members are    expiry), ``report`` removes /
+                                           dropped by acquire     ``acquire`` (in-flight count)
+``{prefix}:{pool}:w:{window}``     hash    window TTL from the    ``acquire`` (``demand``,
+                                           first acquire,         ``peak_concurrency``),
+                                           renewed by every       ``report`` (outcome counts) /
+                                           report                 limiter (``read_window``)
+``{prefix}:{pool}:replicas``       zset    the longest heartbeat  ``heartbeat`` (replica ->
+                                           TTL; expired members   expiry) / ``heartbeat``,
+                                           dropped by heartbeat   limiter (``replicas``)
+``{prefix}:pools``                 zset    window TTL, renewed    ``acquire`` (pool -> Redis
+                                           on every write;        time of registration) /
+                                           members older than     limiter (``pools``)
+                                           the window TTL trimmed
+``{prefix}:leader``                string  the lease TTL          limiter (``lead``)
+=================================  ======  =====================  =============================
+
+``{window}`` is ``floor(now / window_seconds)`` on Redis time. Window hashes hold only the
+fields ever written: a missing field is a zero count (for ``peak_concurrency``: no acquire
+seen in that window).
+
+The pool registry is the one key ``acquire`` cannot touch from its script (another slot),
+so a store registers a pool with its own small script at most once per window; a pool is
+listed for at least ``window_ttl - window_seconds`` after its last acquire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKeys:
+    """The keys of one pool, all in the pool's hash slot."""
+
+    state: str
+    tat: str
+    leases: str
+    replicas: str
+    window_prefix: str  # + window index; scripts build the window key from Redis time
+
+    def window(self, index: int) -> str:
+        """The counter hash of one window."""
+        return f"{self.window_prefix}{index}"
+
+
+@lru_cache(maxsize=4096)
+def pool_keys(prefix: str, pool: str) -> PoolKeys:
+    """The keys of ``pool`` under ``prefix`` (cached: the hot path asks for them per request)."""
+    if not pool or "{" in pool or "}" in pool:
+        raise ValueError(f"a pool name must be non-empty and without braces, got {pool!r}")
+    base = f"{prefix}:{{{pool}}}"
+    return PoolKeys(
+        state=f"{base}:state",
+        tat=f"{base}:tat",
+        leases=f"{base}:leases",
+        replicas=f"{base}:replicas",
+        window_prefix=f"{base}:w:",
+    )
+
+
+def pools_key(prefix: str) -> str:
+    """The registry of pools that saw an acquire recently."""
+    return f"{prefix}:pools"
+
+
+def leader_key(prefix: str) -> str:
+    """The leader lease of the limiter replicas."""
+    return f"{prefix}:leader"

@@ -1,0 +1,290 @@
+"""The limiter store on Redis: shared by every proxy and limiter replica.
+
+The hot path is one round trip: ``acquire`` is one Lua script (``acquire.lua``) run by
+EVALSHA, on Redis's own clock. The key schema is in ``keys``; the scripts sit beside this
+module. Redis errors are translated here, at the edge: anything that means "cannot reach
+Redis now" becomes ``StoreUnavailable``, the rest ``StoreError``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from types import TracebackType
+from typing import Literal, cast
+
+from redis import exceptions as redis_errors
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from zai_proxy.limiter import keys
+from zai_proxy.limiter.store import (
+    CONCURRENCY_RETRY_SECONDS,
+    STATE_TTL_SECONDS,
+    Admission,
+    StoreConfig,
+    StoreError,
+    StoreUnavailable,
+)
+
+# Hot-path timeouts: a Redis that cannot answer within this is treated as down, and the
+# proxy falls back to its local limiter rather than holding requests.
+DEFAULT_SOCKET_TIMEOUT = 0.25
+DEFAULT_CONNECT_TIMEOUT = 0.25
+# PING a connection idle for longer before reusing it, so a connection that a restart or
+# a load balancer dropped is found before it costs a request.
+DEFAULT_HEALTH_CHECK_INTERVAL = 15.0
+DEFAULT_MAX_CONNECTIONS = 64
+
+# Errors that say "Redis cannot serve us now": a refused or broken connection, a timeout,
+# a replica still loading its data set, a former primary that became a read-only replica
+# in a failover, a cluster without a primary for the slot.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.ReadOnlyError,
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+    OSError,  # includes the built-in TimeoutError
+)
+
+_REASONS: dict[bytes | str, Literal["ok", "rate", "concurrency"]] = {
+    b"ok": "ok",
+    b"rate": "rate",
+    b"concurrency": "concurrency",
+    "ok": "ok",
+    "rate": "rate",
+    "concurrency": "concurrency",
+}
+
+
+def _script(name: str) -> str:
+    return resources.files(__name__.rpartition(".")[0]).joinpath(name).read_text(encoding="utf-8")
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class _TranslateErrors:
+    """Re-raise redis-py's errors as store errors (a class: cheaper than a generator CM)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is None or isinstance(exc, StoreError):
+            return
+        if isinstance(exc, _UNAVAILABLE):
+            raise StoreUnavailable(f"Redis is unavailable: {exc}") from exc
+        if isinstance(exc, redis_errors.RedisError):
+            raise StoreError(f"Redis failed: {exc}") from exc
+
+
+_translate_errors = _TranslateErrors()
+
+
+class RedisStore:
+    """The limiter store on Redis (or anything speaking its protocol, such as fakeredis)."""
+
+    def __init__(self, redis: Redis, config: StoreConfig, *, owns_client: bool = False) -> None:
+        self.config = config
+        self._redis = redis
+        self._owns_client = owns_client
+        self._acquire = redis.register_script(_script("acquire.lua"))
+        self._register = redis.register_script(_script("register.lua"))
+        self._pools = redis.register_script(_script("pools.lua"))
+        self._heartbeat = redis.register_script(_script("heartbeat.lua"))
+        self._replicas = redis.register_script(_script("replicas.lua"))
+        self._lead = redis.register_script(_script("lead.lua"))
+        self._pools_key = keys.pools_key(config.prefix)
+        self._leader_key = keys.leader_key(config.prefix)
+        self._window_ttl_ms = _millis(config.window_ttl_seconds)
+        # Pool -> monotonic time of its next registration (see the keys module docstring).
+        self._next_registration: dict[str, float] = {}
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        config: StoreConfig,
+        *,
+        socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
+        socket_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        health_check_interval: float = DEFAULT_HEALTH_CHECK_INTERVAL,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> RedisStore:
+        """Connect lazily to ``url`` (``redis://``, ``rediss://`` or ``unix://``)."""
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            # Waiting for a free connection is part of the same budget as the command.
+            timeout=socket_timeout,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_connect_timeout,
+            health_check_interval=health_check_interval,
+            # One retry, on a broken connection only: a stale pooled socket should not cost
+            # a request. Never on a timeout: the script may have run, and a slow Redis must
+            # send proxies to their local limiter fast.
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis_errors.ConnectionError,)),
+        )
+        return cls(Redis.from_pool(pool), config, owns_client=True)
+
+    async def acquire(
+        self, pool: str, lease: str, max_wait: float, lease_ttl: float, demand: bool = True
+    ) -> Admission:
+        """Reserve a slot and a lease in one script run, unless the wait exceeds max_wait."""
+        if max_wait < 0 or lease_ttl <= 0:
+            raise ValueError("max_wait must be >= 0 and lease_ttl > 0")
+        pool_keys = keys.pool_keys(self.config.prefix, pool)
+        config = self.config
+        with _translate_errors:
+            if self._next_registration.get(pool, -math.inf) <= time.monotonic():
+                await self._register_pool(pool)
+            reply = await self._acquire(
+                keys=(pool_keys.state, pool_keys.tat, pool_keys.leases),
+                args=(
+                    config.initial_rate,
+                    config.initial_concurrency,
+                    config.burst_seconds,
+                    max_wait,
+                    lease,
+                    lease_ttl,
+                    1 if demand else 0,
+                    config.window_seconds,
+                    self._window_ttl_ms,
+                    CONCURRENCY_RETRY_SECONDS,
+                    pool_keys.window_prefix,
+                ),
+            )
+        granted, reason, wait, rate, concurrency, now = reply
+        return Admission(
+            granted=granted == 1,
+            wait=float(wait),
+            reason=_REASONS[reason],
+            rate=float(rate),
+            concurrency=int(concurrency),
+            now=float(now),
+        )
+
+    async def report(
+        self, pool: str, window: int, counts: Mapping[str, int], release: Sequence[str] = ()
+    ) -> None:
+        """Add outcome counts to a window and release leases, in one pipelined round trip."""
+        pool_keys = keys.pool_keys(self.config.prefix, pool)
+        window_key = pool_keys.window(window)
+        nonzero = [(name, count) for name, count in counts.items() if count]
+        if not nonzero and not release:
+            return
+        with _translate_errors:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name, count in nonzero:
+                    pipe.hincrby(window_key, name, count)
+                if nonzero:
+                    pipe.pexpire(window_key, self._window_ttl_ms)
+                if release:
+                    pipe.zrem(pool_keys.leases, *release)
+                await pipe.execute()
+
+    async def heartbeat(self, pool: str, replica: str, ttl: float) -> int:
+        """Mark a replica alive for ``ttl`` seconds; return how many replicas are alive."""
+        if ttl <= 0:
+            raise ValueError("ttl must be > 0")
+        replicas_key = keys.pool_keys(self.config.prefix, pool).replicas
+        with _translate_errors:
+            return int(await self._heartbeat(keys=(replicas_key,), args=(replica, ttl)))
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless Redis answers."""
+        with _translate_errors:
+            await self._redis.ping()
+
+    async def now(self) -> float:
+        """Redis's clock, epoch seconds."""
+        with _translate_errors:
+            seconds, micros = await self._redis.time()
+        return seconds + micros / 1_000_000
+
+    async def pools(self) -> list[str]:
+        """Pools that saw an acquire within the window TTL (to within one window)."""
+        with _translate_errors:
+            members = await self._pools(
+                keys=(self._pools_key,), args=(self.config.window_ttl_seconds,)
+            )
+        return [_text(member) for member in members]
+
+    async def read_window(self, pool: str, window: int) -> dict[str, int]:
+        """The counts of one window; only fields ever written are present."""
+        window_key = keys.pool_keys(self.config.prefix, pool).window(window)
+        with _translate_errors:
+            fields = await self._redis.hgetall(window_key)
+        return {_text(name): int(value) for name, value in fields.items()}
+
+    async def load_state(self, pool: str) -> dict[str, str] | None:
+        """The pool's saved controller state, or None."""
+        state_key = keys.pool_keys(self.config.prefix, pool).state
+        with _translate_errors:
+            fields = await self._redis.hgetall(state_key)
+        return {_text(name): _text(value) for name, value in fields.items()} or None
+
+    async def save_state(self, pool: str, fields: Mapping[str, str]) -> None:
+        """Replace the saved state with ``fields`` (a field left out does not linger)."""
+        state_key = keys.pool_keys(self.config.prefix, pool).state
+        with _translate_errors:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(state_key)
+                if fields:
+                    pipe.hset(state_key, items=[x for item in fields.items() for x in item])
+                    pipe.pexpire(state_key, _millis(STATE_TTL_SECONDS))
+                await pipe.execute()
+
+    async def replicas(self, pool: str) -> int:
+        """How many replicas have a heartbeat that has not expired."""
+        replicas_key = keys.pool_keys(self.config.prefix, pool).replicas
+        with _translate_errors:
+            return int(await self._replicas(keys=(replicas_key,)))
+
+    async def reset(self, pool: str) -> None:
+        """Forget the pool's saved state, its TAT and its leases (windows and replicas stay)."""
+        pool_keys = keys.pool_keys(self.config.prefix, pool)
+        with _translate_errors:
+            await self._redis.delete(pool_keys.state, pool_keys.tat, pool_keys.leases)
+
+    async def lead(self, node: str, ttl: float) -> bool:
+        """Take or renew the leader lease for ``ttl`` seconds; True while ``node`` holds it."""
+        if ttl <= 0:
+            raise ValueError("ttl must be > 0")
+        with _translate_errors:
+            held = await self._lead(keys=(self._leader_key,), args=(node, _millis(ttl)))
+        return cast(int, held) == 1
+
+    async def close(self) -> None:
+        """Close the connection pool (only when this store opened it)."""
+        if self._owns_client:
+            with _translate_errors:
+                await self._redis.aclose()
+
+    async def _register_pool(self, pool: str) -> None:
+        # Claimed before the await, so concurrent first acquires register once; given
+        # back on failure, so the next acquire tries again.
+        self._next_registration[pool] = time.monotonic() + self.config.window_seconds
+        try:
+            await self._register(keys=(self._pools_key,), args=(pool, self._window_ttl_ms))
+        except BaseException:
+            self._next_registration.pop(pool, None)
+            raise
+
+
+def _millis(seconds: float) -> int:
+    """Seconds as whole milliseconds for PX/PEXPIRE, never 0 (which would delete the key)."""
+    return max(1, math.ceil(seconds * 1000))

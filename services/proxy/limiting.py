@@ -1,0 +1,183 @@
+"""The proxy's side of the shared limiter: admission, outcome reports, degraded mode.
+
+Per upstream attempt: ``admit`` makes one store round trip (and sleeps the wait it is
+given); ``record`` counts the outcome in memory. A background task flushes the counts
+(one pipelined report per window) and heartbeats, so nothing but the admission itself is
+on the response path.
+
+If the store cannot be reached, the proxy goes on at its share of the last known rate
+(the rate divided by the replicas that were alive), enforced by a private in-memory store,
+reports itself degraded, and goes back to the shared store within a second of it
+answering again. No request fails because the store is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+
+from zai_proxy.limiter.memory_store import MemoryStore
+from zai_proxy.limiter.outcomes import Outcome
+from zai_proxy.limiter.store import Admission, LimiterStore, StoreError
+from zai_proxy.proxy.errors import ProxyError
+
+log = logging.getLogger("zai_proxy.proxy")
+
+FLUSH_SECONDS = 0.2
+HEARTBEAT_SECONDS = 2.0
+HEARTBEAT_TTL_SECONDS = 6.0
+REJOIN_SECONDS = 0.5
+# A lease outlives any upstream exchange that is still running; a crashed proxy's leases
+# come back by themselves after this.
+LEASE_TTL_SECONDS = 900.0
+# While the cap on concurrency is reached, ask again this often.
+CONCURRENCY_POLL_SECONDS = 0.05
+
+
+class RateLimited(ProxyError):
+    """The proxy's limiter would make this request wait longer than the queue budget."""
+
+    status = 429
+    code = "proxy_rate_limited"
+    anthropic_type = "rate_limit_error"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [*super().headers(), (b"x-ratelimit-source", b"proxy")]
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """One admitted attempt: its concurrency lease and how long it waited."""
+
+    lease: str
+    waited: float
+    local: bool
+
+
+class ProxyLimiter:
+    """Admission and outcome reporting against the shared store, with a local fallback."""
+
+    def __init__(
+        self,
+        store: LimiterStore,
+        pool: str,
+        *,
+        max_wait: float,
+        replica: str | None = None,
+    ) -> None:
+        self.store = store
+        self.pool = pool
+        self.max_wait = max_wait
+        self.replica = replica or uuid.uuid4().hex[:12]
+        self.degraded = False
+        self.rate = store.config.initial_rate
+        self.concurrency = store.config.initial_concurrency
+        self.replicas = 1
+        self._local = MemoryStore(store.config)
+        self._offset = 0.0  # store clock minus local clock
+        self._counts: defaultdict[int, Counter[str]] = defaultdict(Counter)
+        self._released: list[str] = []
+        self._wake = asyncio.Event()
+
+    async def admit(self, *, first: bool) -> Ticket:
+        """Wait for a slot; raise RateLimited when it would take longer than the budget."""
+        lease = uuid.uuid4().hex
+        start = time.monotonic()
+        deadline = start + self.max_wait
+        demand = first
+        while True:
+            budget = max(0.0, deadline - time.monotonic())
+            admission = await self._acquire(lease, budget, demand)
+            if admission.granted:
+                local = self.degraded
+                if admission.wait > 0:
+                    await asyncio.sleep(admission.wait)
+                return Ticket(lease, time.monotonic() - start, local)
+            if admission.reason != "concurrency" or budget < CONCURRENCY_POLL_SECONDS:
+                raise RateLimited(
+                    "the upstream's rate limit is reached; the proxy is holding requests back",
+                    retry_after=max(admission.wait, 1.0),
+                )
+            demand = False
+            await asyncio.sleep(CONCURRENCY_POLL_SECONDS)
+
+    async def _acquire(self, lease: str, budget: float, demand: bool) -> Admission:
+        if not self.degraded:
+            try:
+                admission = await self.store.acquire(
+                    self.pool, lease, budget, LEASE_TTL_SECONDS, demand
+                )
+            except StoreError as exc:
+                await self._degrade(exc)
+            else:
+                self.rate, self.concurrency = admission.rate, admission.concurrency
+                self._offset = admission.now - time.time()
+                return admission
+        return await self._local.acquire(self.pool, lease, budget, LEASE_TTL_SECONDS, demand)
+
+    async def record(self, ticket: Ticket, outcome: Outcome) -> None:
+        """Count an attempt's outcome and release its lease (sent in the background)."""
+        if ticket.local:
+            await self._local.report(self.pool, 0, {}, release=(ticket.lease,))
+            return
+        window = self.store.config.window_of(time.time() + self._offset)
+        self._counts[window][outcome.value] += 1
+        self._released.append(ticket.lease)
+
+    async def _degrade(self, exc: BaseException) -> None:
+        if self.degraded:
+            return
+        self.degraded = True
+        share = self.rate / max(1, self.replicas)
+        cap = max(1, self.concurrency // max(1, self.replicas))
+        await self._local.save_state(self.pool, {"rate": repr(share), "concurrency": str(cap)})
+        log.warning(
+            "limiter store unreachable (%s): serving at this replica's share, %.3f req/s",
+            type(exc).__name__,
+            share,
+        )
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Flush reports, heartbeat, and rejoin the store after an outage; until cancelled."""
+        next_heartbeat = 0.0
+        while True:
+            try:
+                if self.degraded:
+                    await self.store.ping()
+                    self.degraded = False
+                    self._counts.clear()
+                    self._released.clear()
+                    next_heartbeat = 0.0
+                    log.warning("limiter store reachable again: shared limit restored")
+                if time.monotonic() >= next_heartbeat:
+                    self.replicas = await self.store.heartbeat(
+                        self.pool, self.replica, HEARTBEAT_TTL_SECONDS
+                    )
+                    next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
+                await self.flush()
+            except StoreError as exc:
+                await self._degrade(exc)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REJOIN_SECONDS if self.degraded else FLUSH_SECONDS):
+                    await self._wake.wait()
+
+    async def flush(self) -> None:
+        """Send the counted outcomes and released leases."""
+        if not self._counts and not self._released:
+            return
+        counts, released = self._counts, self._released
+        self._counts, self._released = defaultdict(Counter), []
+        # On a store failure this batch is lost: its windows are stepped without it, and
+        # its leases expire by themselves.
+        windows = sorted(counts) or [self.store.config.window_of(time.time() + self._offset)]
+        for index, window in enumerate(windows):
+            await self.store.report(
+                self.pool, window, counts.get(window, {}), released if index == 0 else ()
+            )
