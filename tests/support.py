@@ -82,6 +82,9 @@ def start_proxy(
         "PROXY_PORT": str(port),
         "PROXY_HOST": "127.0.0.1",
         "LOG_LEVEL": "INFO",
+        # Tests of the data plane must not queue behind the limiter's cautious start.
+        "RATE_LIMIT_INITIAL": "1000",
+        "RATE_LIMIT_MAX": "10000",
         **(env or {}),
     }
     full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
