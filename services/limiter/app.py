@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -19,8 +20,10 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_fastapi_instrumentator import Instrumentator
 from pydantic import BaseModel, Field
 
-from zai_proxy.limiter.control import ControlLoop, apply_bounds
+from zai_proxy.limiter.control import ControlLoop, StepResult, apply_bounds
 from zai_proxy.limiter.metrics import LimiterMetrics
+from zai_proxy.limiter.quota import QuotaPacer, QuotaSample
+from zai_proxy.limiter.quota_poller import QuotaPoller
 from zai_proxy.limiter.settings import LimiterSettings
 from zai_proxy.limiter.store import LimiterStore, StoreError
 from zai_proxy.limiter.stores import open_store
@@ -57,23 +60,39 @@ class LimiterService:
         self.store = store or open_store(
             settings.redis_url, settings.store_config(), socket_timeout=settings.redis_timeout
         )
+        self.pacer = QuotaPacer(settings.quota_pacing())
+        self.poller: QuotaPoller | None = None
+        if settings.quota_poll_enabled:
+            self.poller = QuotaPoller(
+                settings.quota_poller_config(),
+                settings.zai_api_key.get_secret_value(),
+                on_sample=self._quota_sample,
+            )
         self.loop = ControlLoop(
             self.store,
             self.params,
             state_max_age=settings.rate_limit_state_max_age,
-            on_step=self.metrics.stepped,
+            rate_cap=self._quota_cap,
+            on_step=self._stepped,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        # Attempts stepped since the last quota sample: the pacer needs the admitted rate.
+        self._attempts = 0
+        self._attempts_since = time.time()
 
     async def start(self) -> None:
-        """Start the control loop and the state refresher."""
+        """Start the control loop, the state refresher and the quota poller."""
         self._tasks = [
             asyncio.create_task(self.loop.run(), name="limiter-control"),
             asyncio.create_task(self._refresh(), name="limiter-refresh"),
         ]
+        if self.poller is not None:
+            await self.poller.start()
 
     async def stop(self) -> None:
         """Stop background work and close the store."""
+        if self.poller is not None:
+            await self.poller.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -81,9 +100,38 @@ class LimiterService:
                 await task
         await self.store.close()
 
+    def _stepped(self, result: StepResult) -> None:
+        self.metrics.stepped(result)
+        if result.pool == self.settings.pool():
+            self._attempts += sum(
+                v for k, v in result.counts.items() if k not in ("demand", "peak_concurrency")
+            )
+
+    def _quota_sample(self, sample: QuotaSample) -> None:
+        elapsed = max(1e-6, sample.at - self._attempts_since)
+        self.pacer.observe(sample.at, sample.windows, self._attempts / elapsed)
+        self._attempts, self._attempts_since = 0, sample.at
+
+    def _quota_cap(self, pool: str, rate: float) -> float | None:
+        # The quota belongs to the upstream key: only the configured pool is paced.
+        return self.pacer.cap(time.time()) if pool == self.settings.pool() else None
+
+    def _show_quota(self) -> None:
+        if self.poller is None:
+            return
+        status = self.poller.status()
+        for window in status.windows:
+            self.metrics.quota_used.labels(window.name).set(window.used_ratio)
+            self.metrics.quota_remaining.labels(window.name).set(window.remaining_ratio)
+            if window.reset_at is not None:
+                self.metrics.quota_reset.labels(window.name).set(window.reset_at)
+        if status.sample_age_s is not None:
+            self.metrics.quota_age.set(status.sample_age_s)
+
     async def _refresh(self) -> None:
         # Every replica (not only the leader) shows the pools' state from the store.
         while True:
+            self._show_quota()
             try:
                 await self.state()
             except StoreError:
@@ -126,6 +174,26 @@ class LimiterService:
             "degraded": not self.loop.healthy,
             "window_seconds": self.store.config.window_seconds,
             "pools": pools,
+            "quota": self._quota_state(),
+        }
+
+    def _quota_state(self) -> dict[str, Any] | None:
+        if self.poller is None:
+            return None
+        status = self.poller.status()
+        return {
+            "windows": [
+                {
+                    "name": w.name,
+                    "used_ratio": w.used_ratio,
+                    "remaining_ratio": w.remaining_ratio,
+                    "reset_at": w.reset_at,
+                }
+                for w in status.windows
+            ],
+            "sample_age_seconds": status.sample_age_s,
+            "error": status.last_error,
+            "rate_cap": self.pacer.cap(time.time()),
         }
 
     async def reset(self, pool: str | None) -> str:
@@ -174,7 +242,7 @@ def build_app(settings: LimiterSettings, store: LimiterStore | None = None) -> F
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
             raise HTTPException(401, "a valid admin token is required")
 
-    Admin = Annotated[None, Depends(admin)]
+    guarded = [Depends(admin)]
 
     @app.get("/health")
     async def health() -> dict[str, str]:
@@ -197,21 +265,21 @@ def build_app(settings: LimiterSettings, store: LimiterStore | None = None) -> F
         body, content_type = render()
         return Response(body, media_type=content_type)
 
-    @app.get("/state")
-    async def state(_: Admin) -> dict[str, Any]:
+    @app.get("/state", dependencies=guarded)
+    async def state() -> dict[str, Any]:
         """Every pool: rate, ceiling, hold line, clean windows, last decision, replicas."""
         try:
             return await service.state()
         except StoreError as exc:
             raise HTTPException(503, f"limiter store unreachable: {exc}") from exc
 
-    @app.post("/reset")
-    async def reset(_: Admin, request: ResetRequest | None = None) -> dict[str, str]:
+    @app.post("/reset", dependencies=guarded)
+    async def reset(request: ResetRequest | None = None) -> dict[str, str]:
         """Forget a pool's learned state; it starts again from RATE_LIMIT_INITIAL."""
         return {"reset": await service.reset(request.pool if request else None)}
 
-    @app.put("/bounds")
-    async def bounds(_: Admin, request: Bounds) -> dict[str, str]:
+    @app.put("/bounds", dependencies=guarded)
+    async def bounds(request: Bounds) -> dict[str, str]:
         """Set a pool's rate and concurrency bounds (kept in the store, for every replica)."""
         try:
             return await service.set_bounds(request)

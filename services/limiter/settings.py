@@ -7,13 +7,14 @@ unset) runs the controller in-process with these parameters.
 from __future__ import annotations
 
 import hashlib
-from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from zai_proxy.limiter import controller as c
 from zai_proxy.limiter.controller import RateLimitParams
+from zai_proxy.limiter.quota import QuotaPacingParams
+from zai_proxy.limiter.quota_poller import QuotaPollerConfig, quota_url
 from zai_proxy.limiter.store import (
     DEFAULT_BURST_SECONDS,
     DEFAULT_PREFIX,
@@ -108,6 +109,14 @@ class LimiterSettings(BaseSettings):
     quota_url: str = Field(
         default="", description="Quota endpoint; empty: derived from ZAI_TARGET_URL's origin."
     )
+    quota_poll_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds a quota poll may take."
+    )
+    quota_auth_scheme: str = Field(
+        default="Bearer",
+        pattern=r"^\S*$",
+        description="Authorization scheme for the quota endpoint; empty: the bare key.",
+    )
     zai_target_url: str = Field(default=DEFAULT_TARGET_URL, exclude=True)
     zai_api_key: SecretStr = Field(default=SecretStr(""), exclude=True)
 
@@ -148,9 +157,20 @@ class LimiterSettings(BaseSettings):
         key = self.zai_api_key.get_secret_value()
         return "key-" + hashlib.sha256(key.encode()).hexdigest()[:12] if key else "default"
 
-    def quota_endpoint(self) -> str:
-        """Where the quota poller asks."""
-        if self.quota_url:
-            return self.quota_url
-        parts = urlsplit(self.zai_target_url)
-        return f"{parts.scheme}://{parts.netloc}/api/monitor/usage/quota/limit"
+    def quota_poller_config(self) -> QuotaPollerConfig:
+        """Where and how the quota poller asks."""
+        return QuotaPollerConfig(
+            url=self.quota_url or quota_url(self.zai_target_url),
+            interval_s=self.quota_poll_interval,
+            timeout_s=self.quota_poll_timeout,
+            auth_scheme=self.quota_auth_scheme,
+        )
+
+    def quota_pacing(self) -> QuotaPacingParams:
+        """The pacer's parameters: stale after three missed polls, never below the minimum."""
+        return QuotaPacingParams(
+            enabled=self.quota_pacing_enabled,
+            reserve=self.quota_reserve,
+            floor_rate=self.rate_limit_min,
+            stale_after_s=3 * self.quota_poll_interval,
+        )
