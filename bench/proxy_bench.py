@@ -70,6 +70,7 @@ MEMORY_GROWTH_MB = 20.0
 
 PROXY_COMMAND = (sys.executable, "-m", "zai_proxy", "proxy")
 RSS_SAMPLE_S = 0.05
+DISTURBED_CORES = 0.25  # other load above this (in cores) marks a run as disturbed
 HEALTH_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 STREAM_BODY = json.dumps(
@@ -248,6 +249,7 @@ class WrkResult:
     errors: int
     # CPU time per request of each watched process (utime + stime), in µs.
     cpu_us: dict[str, float] = field(default_factory=dict)
+    other_cores: float = 0.0  # cores kept busy by other processes during the run
 
 
 def check_wrk() -> bool:
@@ -271,10 +273,46 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def children_cpu_seconds() -> float:
-    """CPU time of this process's reaped children (wrk, once it has exited)."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
+def bench_cpu_seconds() -> float:
+    """CPU time of this process and its reaped children (wrk, once it has exited)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine since boot, in jiffies (/proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+class LoadMeter:
+    """CPU used over a block: by each watched process, by the bench (and wrk), by others.
+
+    `other_cores` is what the rest of the machine kept busy meanwhile: on a shared box
+    it tells a disturbed run from a clean one.
+    """
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.cpu: dict[str, float] = {}
+        self.other_cores = 0.0
+
+    def __enter__(self) -> LoadMeter:
+        self._start = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        self._bench = bench_cpu_seconds()
+        self._jiffies = machine_jiffies()
+        self._wall = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self._wall
+        busy, total = (b - a for a, b in zip(self._jiffies, machine_jiffies(), strict=True))
+        self.cpu = {name: cpu_seconds(pid) - self._start[name] for name, pid in self.pids.items()}
+        self.cpu["wrk"] = bench_cpu_seconds() - self._bench
+        machine_cores = busy / max(total, 1) * (os.cpu_count() or 1)
+        self.other_cores = max(0.0, machine_cores - sum(self.cpu.values()) / wall)
 
 
 def run_wrk(
@@ -282,11 +320,9 @@ def run_wrk(
 ) -> WrkResult:
     """Run wrk with the chat-completion script; fail on any error or non-2xx answer.
 
-    With `pids`, also report each of those processes' CPU time per request, and wrk's own.
+    With `pids`, also report each of those processes' CPU time per request, wrk's own
+    (with this process's, which only waits), and the load other processes added.
     """
-    pids = pids or {}
-    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    cpu_before["wrk"] = children_cpu_seconds()
     command = [
         "wrk",
         "--latency",
@@ -297,9 +333,8 @@ def run_wrk(
         str(WRK_SCRIPT),
         url,
     ]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    cpu_used = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
-    cpu_used["wrk"] = children_cpu_seconds() - cpu_before["wrk"]
+    with LoadMeter(pids or {}) as meter:
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     match = re.search(r"^WRK_JSON (\{.*\})$", out, re.MULTILINE)
     if match is None:
         raise RuntimeError(f"no WRK_JSON line in wrk's output:\n{out}")
@@ -314,7 +349,8 @@ def run_wrk(
         p99_ms=raw["p99_us"] / 1000,
         requests=raw["requests"],
         errors=errors,
-        cpu_us={name: used / raw["requests"] * 1e6 for name, used in cpu_used.items()},
+        cpu_us={name: used / raw["requests"] * 1e6 for name, used in meter.cpu.items()},
+        other_cores=meter.other_cores,
     )
 
 
@@ -407,12 +443,14 @@ class Report:
     config: dict[str, Any]
     sections: dict[str, Any] = field(default_factory=dict)
     targets: list[Target] = field(default_factory=list)
+    # The most cores other processes kept busy during a section's runs (median per side).
+    other_load: dict[str, float] = field(default_factory=dict)
 
 
 # --- section: latency -------------------------------------------------------------------
 
 CASES = (("c=1", 1, 1), ("c=32", 32, 2))  # name, connections, threads
-METRICS = ("rps", "p50_ms", "p90_ms", "p99_ms")
+METRICS = ("rps", "p50_ms", "p90_ms", "p99_ms", "other_cores")
 
 
 def median_results(runs: list[WrkResult]) -> dict[str, float]:
@@ -445,7 +483,8 @@ def latency_section(
                 runs[side].append(result)
                 print(
                     f"  {case:<5} run {repeat + 1} {side:<6} {result.rps:8.0f} req/s  "
-                    f"p50 {result.p50_ms:6.3f}  p99 {result.p99_ms:6.3f} ms",
+                    f"p50 {result.p50_ms:6.3f}  p99 {result.p99_ms:6.3f} ms  "
+                    f"(other load {result.other_cores:.2f} cores)",
                     flush=True,
                 )
         results[case] = runs
@@ -454,6 +493,9 @@ def latency_section(
         for case, sides in results.items()
     }
     print_latency_table(medians, config.repeats)
+    report.other_load["latency"] = max(
+        side["other_cores"] for sides in medians.values() for side in sides.values()
+    )
     report.sections["latency"] = {
         "medians": medians,
         "runs": {
@@ -480,35 +522,32 @@ def latency_section(
 
 
 def print_latency_table(medians: dict[str, dict[str, dict[str, float]]], repeats: int) -> None:
-    """case | metric | direct | proxy | proxy vs direct; then CPU per request."""
+    """case | metric | direct | proxy | proxy vs direct; then CPU and load figures."""
+
+    def row(case: str, label: str, direct: str, proxy: str, note: str = "") -> None:
+        print(f"  {case:<6}{label:<20}{direct:>8}{proxy:>10}   {note}".rstrip())
+
     print(f"\n  medians of {repeats} run(s)")
-    print(f"  {'case':<6}{'metric':<18}{'direct':>10}{'proxy':>10}   proxy vs direct")
+    row("case", "metric", "direct", "proxy", "proxy vs direct")
     for case, sides in medians.items():
-        direct, proxy = sides["direct"], sides["proxy"]
-        for metric in METRICS:
-            d, p = direct[metric], proxy[metric]
-            if metric == "rps":
-                label, versus = "req/s", f"{p / d:.2f}x"
-                cells = f"{d:>10,.0f}{p:>10,.0f}"
-            else:
-                label, versus = metric.replace("_ms", " ms"), f"+{p - d:.3f} ms"
-                cells = f"{d:>10.3f}{p:>10.3f}"
-            print(f"  {case:<6}{label:<18}{cells}   {versus}")
+        d, p = sides["direct"], sides["proxy"]
+        row(case, "req/s", f"{d['rps']:,.0f}", f"{p['rps']:,.0f}", f"{p['rps'] / d['rps']:.2f}x")
+        for key in ("p50_ms", "p90_ms", "p99_ms"):
+            note = f"+{p[key] - d[key]:.3f} ms"
+            row(case, key.replace("_ms", " ms"), f"{d[key]:.3f}", f"{p[key]:.3f}", note)
         for name in ("sim", "wrk"):
-            d, p = direct[f"{name}_cpu_us"], proxy[f"{name}_cpu_us"]
-            print(f"  {case:<6}{name + ' CPU µs/req':<18}{d:>10.0f}{p:>10.0f}")
-        cpu = proxy["proxy_cpu_us"]
-        print(
-            f"  {case:<6}{'proxy CPU µs/req':<18}{'':>10}{cpu:>10.0f}   "
-            f"one core's worth: {1e6 / cpu:,.0f} req/s"
-        )
-        busy_d, busy_p = cores_busy(direct), cores_busy(proxy)
-        print(f"  {case:<6}{'cores busy':<18}{busy_d:>10.2f}{busy_p:>10.2f}   of {os.cpu_count()}")
+            key = f"{name}_cpu_us"
+            row(case, f"{name} CPU µs/req", f"{d[key]:.0f}", f"{p[key]:.0f}")
+        cpu = p["proxy_cpu_us"]
+        row(case, "proxy CPU µs/req", "", f"{cpu:.0f}", f"= {1e6 / cpu:,.0f} req/s per core")
+        cores = f"of {os.cpu_count()}"
+        row(case, "cores busy: ours", f"{cores_busy(d):.2f}", f"{cores_busy(p):.2f}", cores)
+        row(case, "cores busy: others", f"{d['other_cores']:.2f}", f"{p['other_cores']:.2f}")
 
 
 def cores_busy(figures: dict[str, float]) -> float:
     """Cores kept busy by wrk, the simulator and the proxy together (CPU per request x rate)."""
-    cpu_us = sum(v for k, v in figures.items() if k.endswith("_cpu_us"))
+    cpu_us = sum(v for k, v in figures.items() if k.endswith("_cpu_us"))  # ours only
     return cpu_us * figures["rps"] / 1e6
 
 
@@ -531,24 +570,27 @@ def streaming_section(config: BenchConfig, log: Path, report: Report) -> None:
     runs: dict[str, list[dict[str, float]]] = {"direct": [], "proxy": []}
     with (
         sse_clock.clock_upstream() as upstream,
-        run_proxy(upstream, upstream, config, log) as proxy,
+        run_proxy(upstream.url, upstream.url, config, log) as proxy,
     ):
         targets = {
-            "direct": (upstream, "/chat/completions"),
+            "direct": (upstream.url, "/chat/completions"),
             "proxy": (proxy.url, "/v1/chat/completions"),
         }
+        pids = {"upstream": upstream.pid, "proxy": proxy.pid}
         for url, path in targets.values():  # warm-up: connections, first-use imports
             sse_clock.measure_delays(url, path, c.clock_streams, 10, c.clock_gap_ms)
         for repeat in range(c.repeats):
             for side, (url, path) in targets.items():
-                delays = sse_clock.measure_delays(
-                    url, path, c.clock_streams, c.clock_events, c.clock_gap_ms
-                )
-                summary = delay_summary(delays)
+                with LoadMeter(pids) as meter:
+                    delays = sse_clock.measure_delays(
+                        url, path, c.clock_streams, c.clock_events, c.clock_gap_ms
+                    )
+                summary = {**delay_summary(delays), "other_cores": meter.other_cores}
                 runs[side].append(summary)
                 print(
                     f"  run {repeat + 1} {side:<6} p50 {summary['p50_ms']:.3f}  "
-                    f"p99 {summary['p99_ms']:.3f}  max {summary['max_ms']:.3f} ms",
+                    f"p99 {summary['p99_ms']:.3f}  max {summary['max_ms']:.3f} ms  "
+                    f"(other load {meter.other_cores:.2f} cores)",
                     flush=True,
                 )
     medians = {
@@ -559,7 +601,9 @@ def streaming_section(config: BenchConfig, log: Path, report: Report) -> None:
     print(f"  {'metric':<8}{'direct':>10}{'proxy':>10}   added")
     for key in ("p50_ms", "p99_ms", "max_ms"):
         print(f"  {key:<8}{d[key]:>10.3f}{p[key]:>10.3f}   +{p[key] - d[key]:.3f} ms")
+    print(f"  others kept {d['other_cores']:.2f} / {p['other_cores']:.2f} cores busy")
     report.sections["streaming"] = {"medians": medians, "runs": runs}
+    report.other_load["streaming"] = max(d["other_cores"], p["other_cores"])
     report.targets.append(
         Target("stream added delay p99", p["p99_ms"] - d["p99_ms"], STREAM_ADDED_P99_MS, "ms")
     )
@@ -582,14 +626,19 @@ def drive_requests(proxy: ProxyProcess, url: str, count: int) -> int:
     return requests_served(proxy) - start
 
 
-def memory_requests_check(proxy: ProxyProcess, config: BenchConfig) -> dict[str, float]:
+def memory_requests_check(
+    sim: SimulatorProcess, proxy: ProxyProcess, config: BenchConfig
+) -> dict[str, float]:
     """RSS after a warm-up and after `memory_requests` more requests, peak in between."""
     url = f"{proxy.url}/v1/chat/completions"
     idle = rss_mb(proxy.pid)
     run_wrk(url, 32, 2, config.warmup_s)
     baseline = rss_mb(proxy.pid)
     start = time.perf_counter()
-    with RssSampler(proxy.pid) as sampler:
+    with (
+        RssSampler(proxy.pid) as sampler,
+        LoadMeter({"proxy": proxy.pid, "sim": sim.process.pid}) as meter,
+    ):
         served = drive_requests(proxy, url, config.memory_requests)
     after = rss_mb(proxy.pid)
     return {
@@ -600,6 +649,7 @@ def memory_requests_check(proxy: ProxyProcess, config: BenchConfig) -> dict[str,
         "peak_mb": sampler.peak,
         "after_mb": after,
         "growth_mb": after - baseline,
+        "other_cores": meter.other_cores,
     }
 
 
@@ -639,15 +689,17 @@ def memory_stream_check(proxy: ProxyProcess, config: BenchConfig) -> dict[str, f
     }
 
 
-def memory_section(proxy: ProxyProcess, config: BenchConfig, report: Report) -> None:
+def memory_section(
+    sim: SimulatorProcess, proxy: ProxyProcess, config: BenchConfig, report: Report
+) -> None:
     """Both RSS checks on one proxy, and their targets."""
     print(f"\n== memory: RSS over {config.memory_requests:,} requests, then one stream")
-    many = memory_requests_check(proxy, config)
+    many = memory_requests_check(sim, proxy, config)
     print(
         f"  {many['requests']:,} requests in {many['seconds']:.0f} s: RSS idle "
         f"{many['idle_mb']:.1f} MB, after warm-up {many['baseline_mb']:.1f}, peak "
         f"{many['peak_mb']:.1f}, after {many['after_mb']:.1f}, growth "
-        f"{many['growth_mb']:+.1f} MB"
+        f"{many['growth_mb']:+.1f} MB (other load {many['other_cores']:.2f} cores)"
     )
     stream = memory_stream_check(proxy, config)
     print(
@@ -657,6 +709,7 @@ def memory_section(proxy: ProxyProcess, config: BenchConfig, report: Report) -> 
         f"{stream['growth_mb']:+.1f} MB ({stream['samples']} samples)"
     )
     report.sections["memory"] = {"requests": many, "stream": stream}
+    report.other_load["memory"] = many["other_cores"]
     report.targets += [
         Target(
             f"RSS growth over {many['requests']:,} requests",
@@ -692,10 +745,16 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def print_targets(targets: list[Target]) -> None:
+def print_targets(report: Report) -> None:
+    """PASS/MISS per target, and a warning when other processes disturbed the runs."""
     print("\n== targets")
-    for target in targets:
+    for target in report.targets:
         print("  " + target.line())
+    disturbed = {k: v for k, v in report.other_load.items() if v > DISTURBED_CORES}
+    if disturbed:
+        loads = ", ".join(f"{k} {v:.2f}" for k, v in disturbed.items())
+        print(f"\n  WARNING: other processes kept cores busy during the runs ({loads});")
+        print("  the figures are disturbed: rerun on a quiet machine.")
 
 
 def run_sections(config: BenchConfig, report: Report, log: Path) -> None:
@@ -711,7 +770,7 @@ def run_sections(config: BenchConfig, report: Report, log: Path) -> None:
         if "streaming" in config.sections:
             streaming_section(config, log, report)
         if "memory" in config.sections:
-            memory_section(proxy, config, report)
+            memory_section(sim, proxy, config, report)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -727,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted; processes stopped", file=sys.stderr)
         return 130
-    print_targets(report.targets)
+    print_targets(report)
     if config.json_path:
         payload = {
             **asdict(report),

@@ -20,6 +20,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 import uvloop
@@ -101,16 +102,24 @@ def _upstream_main(ready: Connection) -> None:
     uvloop.run(_serve(ready))
 
 
+@dataclass(frozen=True)
+class ClockUpstream:
+    """The running timestamping upstream: base URL and process id."""
+
+    url: str
+    pid: int
+
+
 @contextmanager
-def clock_upstream() -> Iterator[str]:
-    """Run the timestamping upstream in its own process; yield its base URL."""
+def clock_upstream() -> Iterator[ClockUpstream]:
+    """Run the timestamping upstream in its own process until the block ends."""
     parent, child = multiprocessing.Pipe(duplex=False)
     process = multiprocessing.Process(target=_upstream_main, args=(child,), daemon=True)
     process.start()
     try:
         if not parent.poll(10):
             raise TimeoutError("the clock upstream did not start within 10 s")
-        yield f"http://127.0.0.1:{parent.recv()}"
+        yield ClockUpstream(f"http://127.0.0.1:{parent.recv()}", process.pid or 0)
     finally:
         process.terminate()
         process.join(5)

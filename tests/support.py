@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,3 +136,98 @@ def scrape(base_url: str) -> Scrape:
     response = httpx.get(f"{base_url}/metrics", timeout=5)
     response.raise_for_status()
     return Scrape(response.text)
+
+
+@contextlib.contextmanager
+def start_limiter(env: Mapping[str, str] | None = None) -> Iterator[ServiceProcess]:
+    """Run `zai-proxy limiter` on a free loopback port until the block ends.
+
+    The upstream key is the proxies' (TEST_KEY), so both derive the same pool name.
+    """
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "ZAI_API_KEY": TEST_KEY,
+        "LIMITER_PORT": str(port),
+        "LOG_LEVEL": "INFO",
+        **(env or {}),
+    }
+    log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - outlives this frame
+        prefix="zai-limiter-", suffix=".log", delete=False
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "zai_proxy", "limiter", "--host", "127.0.0.1", "--port", str(port)],
+        env=full_env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+    )
+    service = ServiceProcess(process, f"http://127.0.0.1:{port}", Path(log_file.name), full_env)
+    try:
+        wait_http(f"{service.url}/health", process=process)
+        yield service
+    finally:
+        service.stop()
+        log_file.close()
+
+
+def wait_until(condition: Callable[[], object], timeout: float, interval: float = 0.05) -> float:
+    """Seconds until condition() is true; AssertionError after ``timeout`` seconds."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+    return time.monotonic() - start
+
+
+class RedisServer:
+    """A private `redis-server` on loopback, for tests that stop and restart Redis.
+
+    No persistence: a restarted server starts empty, as a cache-only Redis would.
+    """
+
+    def __init__(self, binary: str, port: int | None = None) -> None:
+        self.binary = binary
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Start the server and wait until it answers PING."""
+        import redis
+
+        self.process = subprocess.Popen(
+            [
+                self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--daemonize", "no",
+                "--enable-debug-command", "local",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+                try:
+                    client.ping()
+                    return
+                except redis.RedisError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.02)
+        finally:
+            client.close()
+
+    def stop(self, sig: int = signal.SIGKILL) -> None:
+        """Stop the server by its pid (SIGKILL by default: a crash, not a shutdown)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None

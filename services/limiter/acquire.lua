@@ -57,6 +57,36 @@ local function count_window(in_flight)
   end
 end
 
+-- Once the TAT has passed it means the same as no TAT, so the key may go then. It is
+-- stored with the rate its backlog was laid out at: "<tat> <rate>".
+local function save_tat(value)
+  redis.call('SET', tat_key, fmt(value) .. ' ' .. fmt(rate),
+    'PX', math.max(1, math.ceil((value - now) * 1000)))
+end
+
+-- The requests already granted a wait (the backlog) wait at the rate in force, not the
+-- one they were granted at: when the rate changes, the proxies stretch or shrink what is
+-- left of their waits by old rate / new rate (and give up past max_wait), and the TAT
+-- moves the same way here, so the upstream sees the new rate at once. Done before either
+-- refusal, so that the first acquire after a change rescales, whatever it gets.
+local tat_raw = redis.call('GET', tat_key)
+local tat, laid_at = nil, nil
+if tat_raw then
+  local at, laid = string.match(tat_raw, '^(%S+) (%S+)$')
+  tat, laid_at = tonumber(at or tat_raw), tonumber(laid)
+end
+if not tat or tat < now then
+  tat = now
+elseif laid_at and laid_at > 0 and laid_at ~= rate then
+  -- The send time of the last request granted; later than now only if it is waiting.
+  local last = tat - burst - 1 / laid_at
+  if last > now then
+    last = now + math.min((last - now) * laid_at / rate, max_wait)
+    tat = last + burst + 1 / rate
+    save_tat(tat)
+  end
+end
+
 -- A lease past its expiry belongs to a proxy that crashed or lost its report: free it.
 redis.call('ZREMRANGEBYSCORE', leases_key, '-inf', now)
 local in_flight = redis.call('ZCARD', leases_key)
@@ -71,18 +101,12 @@ if in_flight >= cap then
 end
 
 -- GCRA: emission interval 1/rate, tolerance burst_seconds.
-local tat = tonumber(redis.call('GET', tat_key))
-if not tat or tat < now then
-  tat = now
-end
 local wait = math.max(0, tat - burst - now)
 if wait > max_wait then
   count_window(in_flight)
   return {0, 'rate', fmt(wait), fmt(rate), cap, fmt(now)}
 end
-local new_tat = tat + 1 / rate
--- Once the TAT has passed it means the same as no TAT, so the key may go then.
-redis.call('SET', tat_key, fmt(new_tat), 'PX', math.max(1, math.ceil((new_tat - now) * 1000)))
+save_tat(tat + 1 / rate)
 
 local added = redis.call('ZADD', leases_key, now + lease_ttl, lease)
 local lease_ms = math.max(1, math.ceil(lease_ttl * 1000))

@@ -56,7 +56,7 @@ _DECODERS: dict[str, Callable[[str], object]] = {
 
 
 def encode_state(
-    state: ControllerState, window: int, now: float, effective_rate: float
+    state: ControllerState, window: int, window_seconds: float, now: float, effective_rate: float
 ) -> dict[str, str]:
     """The store's form of a state: strings, plus what acquire reads (rate, concurrency)."""
     encoded = {name: "" if value is None else str(value) for name, value in asdict(state).items()}
@@ -65,6 +65,9 @@ def encode_state(
     encoded["rate"] = repr(effective_rate)
     encoded["concurrency"] = str(state.concurrency_limit)
     encoded["window"] = str(window)
+    # The end of the stepped window in seconds, not its index: indices change meaning when
+    # RATE_LIMIT_WINDOW changes between restarts.
+    encoded["stepped_until"] = repr((window + 1) * window_seconds)
     encoded["updated_at"] = repr(now)
     return encoded
 
@@ -171,7 +174,8 @@ class ControlLoop:
     async def step_pool(self, pool: str, window: int, now: float) -> StepResult | None:
         """Step one pool with one window, unless that window was stepped already."""
         saved = await self.store.load_state(pool) or {}
-        if saved.get("window", "") and int(saved["window"]) >= window:
+        window_end = (window + 1) * self.window_seconds
+        if saved.get("stepped_until") and float(saved["stepped_until"]) >= window_end - 1e-6:
             return None
         params = self.params_for(pool, saved)
         state = decode_state(saved, now, self.state_max_age) or initial_state(params)
@@ -179,7 +183,7 @@ class ControlLoop:
         new_state, decision = step(state, Window.from_counts(counts), params)
         cap = self.rate_cap(pool, new_state.rate) if self.rate_cap else None
         rate = new_state.rate if cap is None else max(params.min_rate, min(new_state.rate, cap))
-        fields_ = encode_state(new_state, window, now, rate)
+        fields_ = encode_state(new_state, window, self.window_seconds, now, rate)
         fields_.update({k: v for k, v in saved.items() if k.startswith("bound_")})
         await self.store.save_state(pool, fields_)
         result = StepResult(pool, window, counts, new_state, decision, rate, cap)

@@ -16,7 +16,9 @@ key                                type    TTL                    written by / r
                                                                   ``concurrency``), limiter
 ``{prefix}:{pool}:tat``            string  until the TAT has      ``acquire`` / ``acquire``
                                            passed (then it is     (GCRA theoretical arrival
-                                           the same as none)      time)
+                                           the same as none)      time and the rate it was
+                                                                  laid out at: ``"<tat>
+                                                                  <rate>"``)
 ``{prefix}:{pool}:leases``         zset    the longest lease;     ``acquire`` adds (lease id ->
                                            expired members are    expiry), ``report`` removes /
                                            dropped by acquire     ``acquire`` (in-flight count)

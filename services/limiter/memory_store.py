@@ -32,6 +32,7 @@ class _Pool:
     state: dict[str, str] | None = None
     state_expiry: float = 0.0
     tat: float = 0.0  # a TAT in the past means the same as none
+    tat_rate: float = 0.0  # the rate the backlog behind the TAT was laid out at
     leases: dict[str, float] = field(default_factory=dict)  # lease id -> expiry
     replicas: dict[str, float] = field(default_factory=dict)  # replica -> expiry
     windows: dict[int, _Window] = field(default_factory=dict)
@@ -88,6 +89,13 @@ class MemoryStore:
         window = self._window(state, now)
         if demand:
             window.counts["demand"] = window.counts.get("demand", 0) + 1
+        burst = self.config.burst_seconds
+        if state.tat > now and 0 < state.tat_rate != rate:
+            # The backlog waits at the rate in force (see acquire.lua).
+            last = state.tat - burst - 1 / state.tat_rate
+            if last > now:
+                last = now + min((last - now) * state.tat_rate / rate, max_wait)
+                state.tat, state.tat_rate = last + burst + 1 / rate, rate
 
         # A lease past its expiry belongs to a proxy that crashed or lost its report.
         state.leases = {name: end for name, end in state.leases.items() if end > now}
@@ -98,11 +106,11 @@ class MemoryStore:
             return Admission(False, wait, "concurrency", rate, cap, now)
 
         tat = max(state.tat, now)
-        wait = max(0.0, tat - self.config.burst_seconds - now)
+        wait = max(0.0, tat - burst - now)
         if wait > max_wait:
             _record_peak(window, in_flight)
             return Admission(False, wait, "rate", rate, cap, now)
-        state.tat = tat + 1 / rate
+        state.tat, state.tat_rate = tat + 1 / rate, rate
         state.leases[lease] = now + lease_ttl
         _record_peak(window, len(state.leases))
         return Admission(True, wait, "ok", rate, cap, now)
@@ -180,7 +188,7 @@ class MemoryStore:
         state = self._pools.get(pool)
         if state is not None:
             state.state = None
-            state.tat = 0.0
+            state.tat = state.tat_rate = 0.0
             state.leases.clear()
 
     async def lead(self, node: str, ttl: float) -> bool:

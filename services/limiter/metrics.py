@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from zai_proxy.limiter.control import StepResult
 from zai_proxy.limiter.controller import RateLimitParams
+from zai_proxy.limiter.outcomes import Outcome
 
 RATE = "limiter_rate"
 CEILING = "limiter_ceiling"
@@ -82,8 +83,9 @@ class LimiterMetrics:
         """Count a step made by this replica."""
         self.decisions.labels(result.pool, result.decision.value).inc()
         counts = result.counts
-        for outcome, value in counts.items():
-            self.window_requests.labels(result.pool, outcome).set(value)
+        # Every class is set, absent ones to 0, so no stale count outlives its window.
+        for outcome in (*(o.value for o in Outcome), "demand"):
+            self.window_requests.labels(result.pool, outcome).set(counts.get(outcome, 0))
         attempts = sum(v for k, v in counts.items() if k not in ("demand", "peak_concurrency"))
         for name in _RATIO_CLASSES:
             ratio = counts.get(name, 0) / attempts if attempts else 0.0

@@ -1,7 +1,12 @@
 """The proxy's side of the shared limiter: admission, outcome reports, degraded mode.
 
 Per upstream attempt: ``admit`` makes one store round trip (and sleeps the wait it is
-given); ``record`` counts the outcome in memory. A background task flushes the counts
+given); ``record`` counts the outcome in memory. A wait follows the pool's rate: when an
+answer shows that the rate changed, every request still waiting stretches or shrinks
+what is left of its wait by old rate / new rate, as the store moves its backlog (see
+acquire.lua), so a cut reaches the upstream at once instead of after the longest wait
+already granted; a request whose wait would now end beyond RATE_LIMIT_MAX_WAIT gives up
+and is answered 429 by the proxy. A background task flushes the counts
 (one pipelined report per window) and heartbeats, so nothing but the admission itself is
 on the response path.
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections import Counter, defaultdict
@@ -83,6 +89,9 @@ class ProxyLimiter:
         self._counts: defaultdict[int, Counter[str]] = defaultdict(Counter)
         self._released: list[str] = []
         self._wake = asyncio.Event()
+        # Set (and replaced) when an answer shows a new rate: wakes the waiting requests.
+        self._rate_changed = asyncio.Event()
+        self._rate_seen_at = -math.inf  # store time of the answer self.rate came from
 
     async def admit(self, *, first: bool) -> Ticket:
         """Wait for a slot; raise RateLimited when it would take longer than the budget."""
@@ -96,7 +105,10 @@ class ProxyLimiter:
             if admission.granted:
                 local = self.degraded
                 if admission.wait > 0:
-                    await asyncio.sleep(admission.wait)
+                    if local:
+                        await asyncio.sleep(admission.wait)
+                    else:
+                        await self._wait_turn(lease, admission.wait, admission.rate)
                 return Ticket(lease, time.monotonic() - start, local)
             if admission.reason != "concurrency" or budget < CONCURRENCY_POLL_SECONDS:
                 raise RateLimited(
@@ -105,6 +117,29 @@ class ProxyLimiter:
                 )
             demand = False
             await asyncio.sleep(CONCURRENCY_POLL_SECONDS)
+
+    async def _wait_turn(self, lease: str, wait: float, rate: float) -> None:
+        """Sleep until the granted turn, rescaling what is left whenever the rate changes."""
+        end = time.monotonic() + wait
+        while True:
+            now = time.monotonic()
+            if rate != self.rate:
+                left = max(0.0, end - now) * rate / self.rate
+                rate = self.rate
+                if left > self.max_wait:
+                    # The store cut the backlog at max_wait from now: this turn is gone.
+                    self._released.append(lease)
+                    raise RateLimited(
+                        "the upstream's rate limit dropped; the proxy is holding requests back",
+                        retry_after=max(left - self.max_wait, 1.0),
+                    )
+                end = now + left
+            if end <= now:
+                return
+            changed = self._rate_changed
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(end - now):
+                    await changed.wait()
 
     async def _acquire(self, lease: str, budget: float, demand: bool) -> Admission:
         if not self.degraded:
@@ -115,10 +150,21 @@ class ProxyLimiter:
             except StoreError as exc:
                 await self._degrade(exc)
             else:
-                self.rate, self.concurrency = admission.rate, admission.concurrency
-                self._offset = admission.now - time.time()
+                self._learn(admission)
                 return admission
         return await self._local.acquire(self.pool, lease, budget, LEASE_TTL_SECONDS, demand)
+
+    def _learn(self, admission: Admission) -> None:
+        # Answers can be handled out of order (several connections): the newest one wins.
+        if admission.now < self._rate_seen_at:
+            return
+        self._rate_seen_at = admission.now
+        self.concurrency = admission.concurrency
+        self._offset = admission.now - time.time()
+        if admission.rate != self.rate:
+            self.rate = admission.rate
+            self._rate_changed.set()
+            self._rate_changed = asyncio.Event()
 
     async def record(self, ticket: Ticket, outcome: Outcome) -> None:
         """Count an attempt's outcome and release its lease (sent in the background)."""

@@ -1,0 +1,265 @@
+"""From samples and client records to per-second series, per-phase figures and targets.
+
+Pure: numbers in, numbers out. Times are seconds since the simulator started (its hidden
+limit schedule counts from there).
+
+Definitions (docs/limiter.md repeats them):
+
+- *goodput*: requests the upstream accepted per second (the simulator's count);
+- *upstream 429 ratio*: the upstream's 429s over its attempts (accepted + 429);
+- *steady state*: the last ``steady_fraction`` of a phase;
+- *3-s average at second a*: the counts of [a, a + 3) summed, then divided;
+- *settle after a drop*: the first second a of the phase from which every 3-s average
+  429 ratio, to the end of the phase, is under ``drop_ratio`` (5%);
+- *settle after a rise*: the first second a of the phase whose 3-s average goodput is at
+  least ``rise_share`` (90%) of the new limit.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .load import Record
+from .sampling import Sample
+
+SMOOTH_SECONDS = 3
+
+
+@dataclass(frozen=True)
+class Targets:
+    """The issue's targets."""
+
+    goodput_share: float = 0.95  # steady state: goodput >= 95% of the hidden limit
+    max_429_ratio: float = 0.02  # steady state: <= 2% of upstream attempts answered 429
+    drop_ratio: float = 0.05  # after a drop: 429 ratio back under 5% ...
+    drop_seconds: float = 10.0  # ... within 10 s
+    rise_share: float = 0.90  # after a rise: goodput at 90% of the new limit ...
+    rise_seconds: float = 60.0  # ... within 60 s
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One step of the hidden limit's schedule."""
+
+    index: int
+    start: float
+    end: float
+    limit: float
+
+
+@dataclass
+class Series:
+    """Per-second buckets: bucket k covers [k, k + 1)."""
+
+    seconds: list[int]
+    accepted: list[float]
+    rejected: list[float]
+    limit: list[float | None]
+    rate: list[float | None]
+    ceiling: list[float | None]
+
+    def attempts(self, k: int) -> float:
+        return self.accepted[k] + self.rejected[k]
+
+
+@dataclass
+class PhaseResult:
+    """One phase's figures and how they compare with the targets."""
+
+    index: int
+    limit: float
+    kind: str  # "start", "drop", "rise", "same"
+    goodput_share: float  # steady state goodput / hidden limit
+    ratio_429: float  # steady state upstream 429 ratio
+    attempts: float  # upstream attempts in the steady state
+    upstream_429_to_clients: int  # whole phase
+    upstream_429_with_retries_left: int  # of those, passed on before the last attempt
+    held_back: int  # proxy-made 429s (whole phase)
+    client_ok: int
+    client_other: int  # other statuses (503, client errors)
+    settle: float | None  # seconds after the change; None: never within the phase
+    checks: dict[str, bool] = field(default_factory=dict)
+    margins: dict[str, float] = field(default_factory=dict)
+
+
+def phases_of(limits: Sequence[float], phase_seconds: float) -> list[Phase]:
+    """The schedule as phases of equal length."""
+    return [
+        Phase(i, i * phase_seconds, (i + 1) * phase_seconds, limit)
+        for i, limit in enumerate(limits)
+    ]
+
+
+def schedule_text(phases: Sequence[Phase]) -> str:
+    """The simulator's ``--schedule`` for the phases."""
+    return ",".join(f"{p.limit:g}@{p.start:g}" for p in phases)
+
+
+def _interpolate(times: Sequence[float], values: Sequence[float], x: float) -> float:
+    """A cumulative counter's value at ``x``, linear between samples, flat outside."""
+    if not times:
+        return 0.0
+    i = bisect.bisect_left(times, x)
+    if i == 0:
+        return values[0]
+    if i >= len(times):
+        return values[-1]
+    t0, t1 = times[i - 1], times[i]
+    share = (x - t0) / (t1 - t0) if t1 > t0 else 1.0
+    return values[i - 1] + share * (values[i] - values[i - 1])
+
+
+def _latest(samples: Sequence[Sample], x: float, attr: str) -> float | None:
+    """The last sampled value of ``attr`` at or before ``x``."""
+    value = None
+    for sample in samples:
+        if sample.t > x:
+            break
+        value = getattr(sample, attr)
+    return value
+
+
+def per_second(samples: Sequence[Sample], duration: float) -> Series:
+    """Cumulative samples (t relative to the simulator's start) as per-second buckets."""
+    times = [s.t for s in samples]
+    accepted = [float(s.accepted) for s in samples]
+    rejected = [float(sum(s.rejected.values())) for s in samples]
+    seconds = list(range(math.floor(duration)))
+    series = Series(seconds, [], [], [], [], [])
+    for k in seconds:
+        series.accepted.append(
+            _interpolate(times, accepted, k + 1) - _interpolate(times, accepted, k)
+        )
+        series.rejected.append(
+            _interpolate(times, rejected, k + 1) - _interpolate(times, rejected, k)
+        )
+        series.limit.append(_latest(samples, k + 0.5, "limit"))
+        series.rate.append(_latest(samples, k + 0.5, "rate"))
+        series.ceiling.append(_latest(samples, k + 0.5, "ceiling"))
+    return series
+
+
+def _sums(series: Series, start: int, end: int) -> tuple[float, float]:
+    ok = sum(series.accepted[start:end])
+    bad = sum(series.rejected[start:end])
+    return ok, bad
+
+
+def smoothed_ratio(series: Series, a: int) -> float:
+    """The 429 ratio of [a, a + 3)."""
+    ok, bad = _sums(series, a, a + SMOOTH_SECONDS)
+    return bad / (ok + bad) if ok + bad else 0.0
+
+
+def smoothed_goodput(series: Series, a: int) -> float:
+    """Accepted requests per second over [a, a + 3)."""
+    ok, _ = _sums(series, a, a + SMOOTH_SECONDS)
+    return ok / SMOOTH_SECONDS
+
+
+def settle_after_drop(series: Series, phase: Phase, targets: Targets) -> float | None:
+    """Seconds from the change until every later 3-s 429 ratio of the phase is under 5%."""
+    start, end = math.ceil(phase.start), math.floor(phase.end) - SMOOTH_SECONDS
+    settled: int | None = None
+    for a in range(start, end + 1):
+        if smoothed_ratio(series, a) >= targets.drop_ratio:
+            settled = None
+        elif settled is None:
+            settled = a
+    return None if settled is None else settled - phase.start
+
+
+def settle_after_rise(series: Series, phase: Phase, targets: Targets) -> float | None:
+    """Seconds from the change until a 3-s average goodput reaches 90% of the new limit."""
+    start, end = math.ceil(phase.start), math.floor(phase.end) - SMOOTH_SECONDS
+    for a in range(start, end + 1):
+        if smoothed_goodput(series, a) >= targets.rise_share * phase.limit:
+            return a - phase.start
+    return None
+
+
+def analyse_phase(
+    series: Series,
+    records: Sequence[Record],
+    phase: Phase,
+    previous: Phase | None,
+    targets: Targets,
+    steady_fraction: float,
+    max_attempts: int,
+) -> PhaseResult:
+    """One phase's figures and checks."""
+    steady_start = math.ceil(phase.end - steady_fraction * (phase.end - phase.start))
+    ok, bad = _sums(series, steady_start, math.floor(phase.end))
+    span = math.floor(phase.end) - steady_start
+    goodput_share = ok / span / phase.limit if span > 0 else 0.0
+    ratio = bad / (ok + bad) if ok + bad else 0.0
+
+    in_phase = [r for r in records if phase.start <= r.done < phase.end]
+    upstream = [r for r in in_phase if r.source == "upstream"]
+    early = [r for r in upstream if 0 <= r.attempts < max_attempts]
+    if previous is None:
+        kind = "start"
+        settle = settle_after_rise(series, phase, targets)
+    elif phase.limit < previous.limit:
+        kind = "drop"
+        settle = settle_after_drop(series, phase, targets)
+    elif phase.limit > previous.limit:
+        kind = "rise"
+        settle = settle_after_rise(series, phase, targets)
+    else:
+        kind, settle = "same", None
+
+    result = PhaseResult(
+        index=phase.index,
+        limit=phase.limit,
+        kind=kind,
+        goodput_share=goodput_share,
+        ratio_429=ratio,
+        attempts=ok + bad,
+        upstream_429_to_clients=len(upstream),
+        upstream_429_with_retries_left=len(early),
+        held_back=sum(1 for r in in_phase if r.source == "proxy"),
+        client_ok=sum(1 for r in in_phase if r.source == "ok"),
+        client_other=sum(1 for r in in_phase if r.source == "error"),
+        settle=settle,
+    )
+    result.checks["goodput"] = goodput_share >= targets.goodput_share
+    result.margins["goodput"] = goodput_share - targets.goodput_share
+    result.checks["429_ratio"] = ratio <= targets.max_429_ratio
+    result.margins["429_ratio"] = targets.max_429_ratio - ratio
+    result.checks["no_early_429"] = not early
+    if kind == "drop":
+        limit_s = targets.drop_seconds
+    elif kind == "rise":
+        limit_s = targets.rise_seconds
+    else:
+        limit_s = None
+    if limit_s is not None:
+        result.checks["settle"] = settle is not None and settle <= limit_s
+        result.margins["settle"] = limit_s - (settle if settle is not None else math.inf)
+    return result
+
+
+@dataclass
+class Decision:
+    """A controller step seen in the samples: when, what, at which rate and ceiling."""
+
+    t: float
+    decision: str
+    rate: float | None
+    ceiling: float | None
+
+
+def decisions_of(samples: Sequence[Sample]) -> list[Decision]:
+    """Every stepped window (the state's window changed), with the step's decision."""
+    out: list[Decision] = []
+    window: int | None = None
+    for sample in samples:
+        if sample.window is not None and sample.window != window:
+            if window is not None:
+                out.append(Decision(sample.t, sample.decision, sample.rate, sample.ceiling))
+            window = sample.window
+    return out

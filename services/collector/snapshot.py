@@ -1,0 +1,102 @@
+"""One variant's figures for one interval: what the collector computes and stores.
+
+A snapshot covers ``[ts, ts + seconds)``. Three kinds of field, and how each kind
+downsamples into a coarser resolution (5 s → 1 min → 1 h):
+
+- totals (``*_total`` counts within the interval, and ``cost_usd``): summed;
+- rates (per second) and ratios: recomputed from the summed totals where a total exists,
+  else averaged weighted by ``seconds``;
+- gauges (in-flight, limiter rate, ceiling, ...): averaged weighted by ``seconds``, except
+  the ``*_max`` ones (maximum) and ``replicas`` (maximum);
+- latency percentiles: re-derived from the merged histogram buckets (``latency_buckets``
+  and ``ttfb_buckets`` hold the interval's bucket increments, cumulative per upper bound),
+  so a 1 h p99 is a true p99 of the hour, within histogram resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Upper bound (seconds, "+Inf" as math.inf) → cumulative count in the interval.
+Buckets = dict[float, float]
+
+
+@dataclass(slots=True)
+class ModelFigures:
+    """One model's share of an interval (totals)."""
+
+    requests: float = 0.0
+    tokens_in: float = 0.0
+    tokens_out: float = 0.0
+    tokens_cache_read: float = 0.0
+    tokens_cache_write: float = 0.0
+    tokens_reasoning: float = 0.0
+    cost_usd: float = 0.0
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """One variant's figures for one interval (see the module docstring for each kind)."""
+
+    ts: float  # interval start, epoch seconds, aligned to the resolution
+    seconds: float  # interval length: 5, 60 or 3600
+    variant: str
+    replicas: int = 0  # proxy replicas seen (gauge, max)
+
+    # totals within the interval
+    requests_total: float = 0.0
+    requests_2xx_total: float = 0.0
+    requests_4xx_total: float = 0.0
+    requests_429_total: float = 0.0  # answered 429 to the client (upstream's or the proxy's)
+    requests_5xx_total: float = 0.0
+    client_closed_total: float = 0.0  # 499: the client went away
+    tokens_in_total: float = 0.0
+    tokens_out_total: float = 0.0
+    tokens_cache_read_total: float = 0.0
+    tokens_cache_write_total: float = 0.0
+    tokens_reasoning_total: float = 0.0
+    tokens_estimated_total: float = 0.0  # of in + out, how many were estimated
+    cost_usd: float = 0.0
+    upstream_errors_total: float = 0.0
+    upstream_429_frequency_total: float = 0.0
+    upstream_429_concurrency_total: float = 0.0
+    upstream_429_quota_total: float = 0.0
+    upstream_429_congestion_total: float = 0.0
+    retries_total: float = 0.0
+    proxy_rate_limited_total: float = 0.0  # 429s the proxy made itself
+    limiter_increases_total: float = 0.0
+    limiter_decreases_total: float = 0.0
+    limiter_probes_total: float = 0.0
+
+    # rates and ratios
+    requests_per_s: float = 0.0
+    error_ratio: float = 0.0  # (5xx) / requests
+    tokens_in_per_s: float = 0.0
+    tokens_out_per_s: float = 0.0
+    upstream_429_ratio: float = 0.0  # upstream 429s / upstream attempts
+
+    # latency, from merged histograms (seconds); None when no request finished
+    latency_p50: float | None = None
+    latency_p95: float | None = None
+    latency_p99: float | None = None
+    ttfb_p50: float | None = None
+    ttfb_p95: float | None = None
+    ttfb_p99: float | None = None
+    latency_buckets: Buckets = field(default_factory=dict)
+    ttfb_buckets: Buckets = field(default_factory=dict)
+
+    # gauges
+    in_flight: float = 0.0
+    in_flight_max: float = 0.0
+    queued: float = 0.0
+    workers: float = 0.0  # worker slots summed over replicas
+    worker_utilization: float = 0.0  # in_flight / workers
+    degraded_replicas: float = 0.0
+    limiter_rate: float | None = None
+    limiter_ceiling: float | None = None
+    limiter_hold: float | None = None
+    limiter_concurrency: float | None = None
+    quota_used: dict[str, float] = field(default_factory=dict)  # window → used ratio
+    quota_reset_at: dict[str, float] = field(default_factory=dict)  # window → epoch s
+
+    models: dict[str, ModelFigures] = field(default_factory=dict)

@@ -1,0 +1,438 @@
+"""The rollup store: snapshots written, downsampled, expired and read back from SQL.
+
+Three resolutions (5 s, 1 min, 1 h by default) live in one table (see ``models``):
+
+- ``write``: one transaction per call; an upsert on (resolution, variant, ts), so a retry
+  after a failure overwrites instead of duplicating. Rows older than a coarser
+  resolution's watermark move that watermark back, so late rows (a buffer flushed after
+  an outage) are rolled up again.
+- ``downsample(now)``: 5 s → 1 min → 1 h, only buckets that are complete (``settle``
+  seconds after their end, and, for 1 h, already rolled up at 1 min) and not rolled up
+  yet. A watermark per resolution (``rollup_watermarks``) moves forward with each chunk
+  in the chunk's transaction, by compare-and-set, so restarts continue where they
+  stopped and two collectors never advance past each other's work.
+- ``expire(now)``: deletes rows past each resolution's retention, ``expire_batch`` rows
+  per statement, each in its own short transaction.
+- ``query``/``latest``: see ``queries`` for the choice of resolution.
+
+Every time comes in as an argument: the store has no clock. Driver and network errors
+leave as ``StorageUnavailable`` (retry later) or ``StorageError``.
+
+``BufferedWriter`` sits in front of ``write`` in the collector: a bounded queue that
+keeps the newest snapshots while the database is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import pairwise
+from typing import Any
+
+from sqlalchemy import Table, and_, delete, func, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from zai_proxy.collector.database import (
+    StorageError,
+    StorageUnavailable,
+    create_engine,
+    storage_error,
+)
+from zai_proxy.collector.models import SNAPSHOT_COLUMNS, from_row, snapshots, to_row, watermarks
+from zai_proxy.collector.queries import ALL_VARIANTS, DEFAULT_MAX_POINTS, plan_query, regroup
+from zai_proxy.collector.rollup import bucket_start
+from zai_proxy.collector.rollup import downsample as merge_bucket
+from zai_proxy.collector.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+HOUR = 3600.0
+DAY = 24 * HOUR
+# Resolution (seconds) → how long its rows are kept (seconds).
+DEFAULT_RETENTION: Mapping[int, float] = {5: DAY, 60: 7 * DAY, 3600: 90 * DAY}
+# A bucket is rolled up this long after it ends: the last scrape of it is written by then.
+# Later rows still arrive safely (they move the watermark back), at the cost of redoing.
+DEFAULT_SETTLE = 10.0
+DEFAULT_EXPIRE_BATCH = 5000
+DEFAULT_WRITE_BATCH = 1000
+# Finer rows read per downsampling chunk and variant (one transaction each).
+CHUNK_SOURCE_ROWS = 2000
+DEFAULT_BUFFER_SNAPSHOTS = 1000  # about 40 minutes of two variants at 5 s
+
+
+class SnapshotStore:
+    """Snapshots in SQL at several resolutions: written, downsampled, expired, queried."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        retention: Mapping[int, float] = DEFAULT_RETENTION,
+        settle: float = DEFAULT_SETTLE,
+        expire_batch: int = DEFAULT_EXPIRE_BATCH,
+        owns_engine: bool = False,
+    ) -> None:
+        resolutions = sorted(retention)
+        if not resolutions:
+            raise ValueError("retention must name at least one resolution")
+        for finer, coarser in pairwise(resolutions):
+            if coarser % finer:
+                raise ValueError(f"resolution {coarser} s is not a multiple of {finer} s")
+        if expire_batch < 1:
+            raise ValueError(f"expire_batch must be positive, not {expire_batch}")
+        self.engine = engine
+        self.resolutions: tuple[int, ...] = tuple(resolutions)
+        self.retention = dict(retention)
+        self.settle = settle
+        self.expire_batch = expire_batch
+        self._owns_engine = owns_engine
+        self._upsert = _upsert_statement(snapshots, engine.dialect.name)
+        self._ensure_watermark = _insert_ignore(watermarks, engine.dialect.name)
+
+    @classmethod
+    def open(cls, url: str | None = None, **options: Any) -> SnapshotStore:
+        """A store on its own engine for ``url`` (unset: the default SQLite file)."""
+        return cls(create_engine(url), owns_engine=True, **options)
+
+    async def close(self) -> None:
+        """Release the engine's connections, if this store created the engine."""
+        if self._owns_engine:
+            await self.engine.dispose()
+
+    def resolution_of(self, seconds: float) -> int:
+        """The stored resolution of a snapshot ``seconds`` long (the finest for shorter)."""
+        return max((r for r in self.resolutions if r <= seconds), default=self.resolutions[0])
+
+    async def write(self, batch: Iterable[Snapshot]) -> int:
+        """Upsert snapshots (each at the resolution of its length) in one transaction."""
+        rows = [to_row(s, self.resolution_of(s.seconds)) for s in batch]
+        if rows:
+            with self._errors():
+                async with self.engine.begin() as connection:
+                    await self._write_rows(connection, rows)
+        return len(rows)
+
+    async def latest(self, variant: str) -> Snapshot | None:
+        """The newest snapshot of ``variant`` at the finest resolution that has one."""
+        with self._errors():
+            async with self.engine.connect() as connection:
+                for resolution in self.resolutions:
+                    statement = (
+                        select(*SNAPSHOT_COLUMNS)
+                        .where(snapshots.c.resolution == resolution, snapshots.c.variant == variant)
+                        .order_by(snapshots.c.ts.desc())
+                        .limit(1)
+                    )
+                    row = (await connection.execute(statement)).first()
+                    if row is not None:
+                        return from_row(row)
+        return None
+
+    async def query(
+        self,
+        variant: str,
+        start: float,
+        end: float,
+        *,
+        max_points: int = DEFAULT_MAX_POINTS,
+        now: float | None = None,
+    ) -> list[Snapshot]:
+        """Points of ``variant`` (or every variant: ``"all"``) in ``[start, end)``, by time.
+
+        At most ``max_points`` per variant, at the resolution that fits the range (see
+        ``queries``); the tail that the chosen resolution has not rolled up yet comes
+        from the finer ones. With ``now``, resolutions expired at ``start`` are skipped.
+        """
+        plan = plan_query(
+            start,
+            end,
+            max_points=max_points,
+            resolutions=self.resolutions,
+            retention=self.retention,
+            now=now,
+        )
+        rows: list[Snapshot] = []
+        covered: dict[str, float] = {}  # variant → end of the rows read so far
+        levels = [r for r in reversed(self.resolutions) if r <= plan.resolution]
+        with self._errors():
+            async with self.engine.connect() as connection:
+                for resolution in levels:
+                    statement = select(*SNAPSHOT_COLUMNS).where(
+                        snapshots.c.resolution == resolution,
+                        snapshots.c.ts < end,
+                        _after(covered, plan.start),
+                    )
+                    if variant != ALL_VARIANTS:
+                        statement = statement.where(snapshots.c.variant == variant)
+                    result = await connection.execute(statement.order_by(snapshots.c.ts))
+                    for row in result:
+                        snapshot = from_row(row)
+                        rows.append(snapshot)
+                        covered[snapshot.variant] = snapshot.ts + snapshot.seconds
+        return regroup(rows, plan.step)
+
+    async def downsample(self, now: float) -> int:
+        """Roll complete, new buckets up each resolution; the number of rows written."""
+        written = 0
+        ready: float | None = now - self.settle
+        for finer, coarser in pairwise(self.resolutions):
+            if ready is None:
+                break
+            written += await self._roll_up(finer, coarser, ready)
+            # A coarser bucket is complete once this resolution has rolled up all of it.
+            done = await self._done_until(coarser)
+            ready = None if done is None else min(ready, done)
+        return written
+
+    async def expire(self, now: float) -> int:
+        """Delete rows older than their resolution's retention; the number deleted."""
+        deleted = 0
+        for resolution in self.resolutions:
+            cutoff = now - self.retention[resolution]
+            oldest = (
+                select(snapshots.c.resolution, snapshots.c.variant, snapshots.c.ts)
+                .where(snapshots.c.resolution == resolution, snapshots.c.ts < cutoff)
+                .order_by(snapshots.c.ts)
+                .limit(self.expire_batch)
+            )
+            key = tuple_(snapshots.c.resolution, snapshots.c.variant, snapshots.c.ts)
+            statement = delete(snapshots).where(key.in_(oldest))
+            while True:
+                with self._errors():
+                    async with self.engine.begin() as connection:
+                        count = (await connection.execute(statement)).rowcount
+                deleted += count
+                if count < self.expire_batch:
+                    break
+                await asyncio.sleep(0)  # let writers in between batches
+        return deleted
+
+    async def _write_rows(self, connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+        for start in range(0, len(rows), DEFAULT_WRITE_BATCH):
+            await connection.execute(self._upsert, rows[start : start + DEFAULT_WRITE_BATCH])
+        # Rows older than a coarser watermark: roll their buckets up again.
+        for coarser in self.resolutions[1:]:
+            older = [row["ts"] for row in rows if row["resolution"] < coarser]
+            if older:
+                oldest = bucket_start(min(older), coarser)
+                await connection.execute(
+                    update(watermarks)
+                    .where(watermarks.c.resolution == coarser, watermarks.c.done_until > oldest)
+                    .values(done_until=oldest)
+                )
+
+    async def _done_until(self, resolution: int) -> float | None:
+        with self._errors():
+            async with self.engine.connect() as connection:
+                statement = select(watermarks.c.done_until).where(
+                    watermarks.c.resolution == resolution
+                )
+                return (await connection.execute(statement)).scalar()
+
+    async def _roll_up(self, finer: int, coarser: int, ready: float) -> int:
+        horizon = bucket_start(ready, coarser)
+        chunk = coarser * max(1, CHUNK_SOURCE_ROWS * finer // coarser)
+        with self._errors():
+            async with self.engine.begin() as connection:
+                await connection.execute(
+                    self._ensure_watermark, {"resolution": coarser, "done_until": None}
+                )
+        written = 0
+        while True:
+            done = await self._done_until(coarser)
+            rows, stop = await self._read_chunk(finer, coarser, done, horizon, chunk)
+            if done is not None and stop <= done:
+                return written
+            rolled = _merge_buckets(rows, coarser)
+            if not await self._advance(coarser, done, stop, rolled):
+                return written  # a late write moved the watermark back: next run
+            written += len(rolled)
+            if stop >= horizon:
+                return written
+            await asyncio.sleep(0)
+
+    async def _read_chunk(
+        self, finer: int, coarser: int, done: float | None, horizon: float, chunk: float
+    ) -> tuple[list[Snapshot], float]:
+        # The finer rows of the next buckets that hold any, up to ``chunk`` seconds of them;
+        # with none left before the horizon, the watermark may jump to it.
+        pending = and_(snapshots.c.resolution == finer, snapshots.c.ts < horizon)
+        if done is not None:
+            pending = and_(pending, snapshots.c.ts >= done)
+        with self._errors():
+            async with self.engine.connect() as connection:
+                first = (
+                    await connection.execute(select(func.min(snapshots.c.ts)).where(pending))
+                ).scalar()
+                if first is None:
+                    return [], horizon
+                start = bucket_start(first, coarser)
+                stop = min(start + chunk, horizon)
+                statement = (
+                    select(*SNAPSHOT_COLUMNS)
+                    .where(pending, snapshots.c.ts >= start, snapshots.c.ts < stop)
+                    .order_by(snapshots.c.variant, snapshots.c.ts)
+                )
+                return [from_row(row) for row in await connection.execute(statement)], stop
+
+    async def _advance(
+        self, resolution: int, done: float | None, until: float, rolled: Sequence[Snapshot]
+    ) -> bool:
+        # Compare-and-set: a write that moved the watermark back since ``done`` was read
+        # wins, and these buckets are rolled up again next run.
+        with self._errors():
+            async with self.engine.connect() as connection, connection.begin() as transaction:
+                if rolled:
+                    await self._write_rows(connection, [to_row(s, resolution) for s in rolled])
+                result = await connection.execute(
+                    update(watermarks)
+                    .where(
+                        watermarks.c.resolution == resolution,
+                        watermarks.c.done_until.is_not_distinct_from(done),
+                    )
+                    .values(done_until=until)
+                )
+                if result.rowcount != 1:
+                    await transaction.rollback()
+                    return False
+        return True
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (DBAPIError, OSError, TimeoutError) as exc:
+            raise storage_error(exc, self.engine.url) from exc
+
+
+def _merge_buckets(rows: Iterable[Snapshot], seconds: int) -> list[Snapshot]:
+    groups: dict[tuple[str, float], list[Snapshot]] = {}
+    for snapshot in rows:
+        groups.setdefault((snapshot.variant, bucket_start(snapshot.ts, seconds)), []).append(
+            snapshot
+        )
+    return [merge_bucket(group, ts, seconds) for (_, ts), group in groups.items()]
+
+
+def _after(covered: Mapping[str, float], start: float) -> Any:
+    # Each variant continues where its coarser rows left off. A variant with no coarser
+    # rows at all is new (rollups cover every variant alike): it starts where the
+    # earliest of the others left off. That bound also lets the (resolution, ts) index
+    # skip the range the coarser rows covered.
+    if not covered:
+        return snapshots.c.ts >= start
+    earliest = min(covered.values())
+    clauses = [
+        and_(snapshots.c.variant == variant, snapshots.c.ts >= until)
+        for variant, until in covered.items()
+    ]
+    clauses.append(snapshots.c.variant.not_in(list(covered)))
+    return and_(snapshots.c.ts >= earliest, or_(*clauses))
+
+
+def _upsert_statement(table: Table, dialect: str) -> Any:
+    statement = _dialect_insert(table, dialect)
+    keys = [column.name for column in table.primary_key]
+    return statement.on_conflict_do_update(
+        index_elements=keys,
+        set_={c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys},
+    )
+
+
+def _insert_ignore(table: Table, dialect: str) -> Any:
+    return _dialect_insert(table, dialect).on_conflict_do_nothing()
+
+
+def _dialect_insert(table: Table, dialect: str) -> Any:
+    if dialect == "postgresql":
+        return postgresql.insert(table)
+    if dialect == "sqlite":
+        return sqlite.insert(table)
+    raise ValueError(f"unsupported database dialect {dialect!r}")
+
+
+class BufferedWriter:
+    """Snapshots queued for a writer, kept (the newest ``max_snapshots``) while it fails.
+
+    ``add`` never waits; ``flush`` writes the queue oldest first, in batches, and stops at
+    the first ``StorageUnavailable``, keeping what is left for the next flush. A batch the
+    database rejects (``StorageError``: bad data, a missing table) is dropped and counted
+    in ``rejected``, so it cannot block the queue forever. When the queue is full the
+    oldest snapshots are dropped and counted in ``dropped``.
+    """
+
+    def __init__(
+        self,
+        write: Callable[[Sequence[Snapshot]], Awaitable[object]],
+        *,
+        max_snapshots: int = DEFAULT_BUFFER_SNAPSHOTS,
+        batch_size: int = 500,
+    ) -> None:
+        if max_snapshots < 1 or batch_size < 1:
+            raise ValueError("max_snapshots and batch_size must be positive")
+        self.max_snapshots = max_snapshots
+        self.batch_size = batch_size
+        self.dropped = 0
+        self.rejected = 0
+        self.failing = False  # the last flush met an unavailable database
+        self._write = write
+        self._queue: deque[Snapshot] = deque()
+        self._writing: list[Snapshot] = []
+        self._lock = asyncio.Lock()
+
+    @property
+    def pending(self) -> int:
+        """Snapshots not written yet (the batch being written included)."""
+        return len(self._queue) + len(self._writing)
+
+    def add(self, batch: Iterable[Snapshot]) -> None:
+        """Queue snapshots for the next flush, dropping the oldest beyond the bound."""
+        self._queue.extend(batch)
+        self._trim()
+
+    async def flush(self) -> int:
+        """Write what is queued, oldest first; the number written."""
+        written = 0
+        async with self._lock:
+            while self._queue:
+                count = min(self.batch_size, len(self._queue))
+                self._writing = [self._queue.popleft() for _ in range(count)]
+                try:
+                    await self._write(self._writing)
+                except StorageUnavailable as exc:
+                    self._requeue()
+                    if not self.failing:
+                        log.warning("rollup database unavailable, buffering snapshots: %s", exc)
+                    self.failing = True
+                    break
+                except StorageError as exc:
+                    self.rejected += len(self._writing)
+                    log.error("rollup database rejected %d snapshots: %s", count, exc)
+                except BaseException:
+                    self._requeue()
+                    raise
+                else:
+                    written += count
+                finally:
+                    self._writing = []
+            else:
+                if self.failing:
+                    log.info("rollup database back; %d buffered snapshots written", written)
+                self.failing = False
+        return written
+
+    def _requeue(self) -> None:
+        self._queue.extendleft(reversed(self._writing))
+        self._writing = []
+        self._trim()
+
+    def _trim(self) -> None:
+        # The batch being written counts too: memory is bounded while a write hangs.
+        while self._queue and self.pending > self.max_snapshots:
+            self._queue.popleft()
+            self.dropped += 1

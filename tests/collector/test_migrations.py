@@ -1,0 +1,86 @@
+"""The rollup schema's migrations run up and down on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection
+
+from zai_proxy.collector import migrate
+from zai_proxy.collector.database import StorageUnavailable, create_engine
+from zai_proxy.collector.models import Base
+
+TABLES = {"snapshots", "rollup_watermarks"}
+
+
+async def _tables(url: str) -> set[str]:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            names = await connection.run_sync(lambda c: inspect(c).get_table_names())
+    finally:
+        await engine.dispose()
+    return set(names) - {"alembic_version"}
+
+
+async def _differences(url: str) -> list[object]:
+    def compare(connection: Connection) -> list[object]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, Base.metadata))
+
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            return await connection.run_sync(compare)
+    finally:
+        await engine.dispose()
+
+
+async def test_upgrade_creates_the_schema_the_models_describe(empty_database_url: str) -> None:
+    assert await migrate.current(empty_database_url) is None
+
+    await migrate.upgrade(empty_database_url)
+
+    assert await migrate.current(empty_database_url) == migrate.head()
+    assert await _tables(empty_database_url) == TABLES
+    assert await _differences(empty_database_url) == []
+
+
+async def test_downgrade_removes_everything_and_upgrade_runs_again(
+    empty_database_url: str,
+) -> None:
+    await migrate.upgrade(empty_database_url)
+
+    await migrate.downgrade(empty_database_url, "base")
+    assert await migrate.current(empty_database_url) is None
+    assert await _tables(empty_database_url) == set()
+
+    await migrate.upgrade(empty_database_url)
+    assert await migrate.current(empty_database_url) == migrate.head()
+    assert await _tables(empty_database_url) == TABLES
+
+
+async def test_upgrade_of_an_up_to_date_database_does_nothing(empty_database_url: str) -> None:
+    await migrate.upgrade(empty_database_url)
+    await migrate.upgrade(empty_database_url)
+
+    assert await migrate.current(empty_database_url) == migrate.head()
+
+
+async def test_services_that_start_together_migrate_one_after_the_other(
+    empty_database_url: str,
+) -> None:
+    await asyncio.gather(*(migrate.upgrade(empty_database_url) for _ in range(3)))
+
+    assert await migrate.current(empty_database_url) == migrate.head()
+    assert await _tables(empty_database_url) == TABLES
+
+
+async def test_an_unreachable_database_is_reported_unavailable() -> None:
+    # A port nothing listens on: connecting is refused at once.
+    with pytest.raises(StorageUnavailable, match=r"postgresql\+asyncpg://u:\*\*\*@127.0.0.1:9"):
+        await migrate.upgrade("postgresql://u:secret@127.0.0.1:9/rollups")
