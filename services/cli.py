@@ -54,6 +54,55 @@ def _run_limiter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_collector(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import uvicorn
+
+    from zai_proxy.collector import migrate
+    from zai_proxy.collector.app import build_app
+    from zai_proxy.collector.settings import CollectorSettings
+    from zai_proxy.logs import configure_logging
+
+    settings = CollectorSettings()
+    configure_logging(settings.log_level)
+    asyncio.run(migrate.upgrade(settings.database_url))
+    uvicorn.run(
+        build_app(settings),
+        host=args.host or settings.collector_host,
+        port=_port(args.port, settings.collector_port),
+        loop="uvloop",
+        log_config=None,
+        access_log=False,
+    )
+    return 0
+
+
+def _run_migrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from zai_proxy.collector import migrate
+    from zai_proxy.collector.database import masked, normalise_url
+    from zai_proxy.collector.settings import DatabaseSettings
+
+    url = DatabaseSettings().database_url
+    if args.downgrade is not None:
+        asyncio.run(migrate.downgrade(url, args.downgrade))
+    else:
+        asyncio.run(migrate.upgrade(url))
+    revision = asyncio.run(migrate.current(url))
+    print(f"{masked(normalise_url(url))}: at revision {revision or 'base (empty)'}")
+    return 0
+
+
+def _reported_errors() -> tuple[type[Exception], ...]:
+    """Errors shown as one line: bad configuration, and the rollup database failing."""
+    # Only the collector's commands import the storage layer (SQLAlchemy takes a quarter
+    # of a second to import): a StorageError can only have been raised once it is loaded.
+    database = sys.modules.get("zai_proxy.collector.database")
+    return (ValueError,) if database is None else (ValueError, database.StorageError)
+
+
 def _port(cli: int | None, configured: int) -> int:
     return configured if cli is None else cli
 
@@ -87,12 +136,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     service("proxy", "the data plane (:8080)", _run_proxy)
     service("limiter", "the rate limiter control plane (:8090)", _run_limiter)
-    service("collector", "scrape proxies and write SQL rollups", _not_yet(4))
+    service("collector", "scrape proxies and write SQL rollups (:8091)", _run_collector)
     service("dashboard", "the dashboard API and web UI (:3000)", _not_yet(5))
     service("up", "everything on one machine", _not_yet(6))
     service("demo", "up plus a simulated upstream and load", _not_yet(6))
-    migrate = sub.add_parser("migrate", help="apply database migrations")
-    migrate.set_defaults(run=_not_yet(4))
+    migrate = sub.add_parser("migrate", help="apply the rollup database's migrations")
+    migrate.add_argument(
+        "--downgrade", metavar="REV", help="migrate down to this revision (base: drop all)"
+    )
+    migrate.set_defaults(run=_run_migrate)
     status = sub.add_parser("status", help="health and figures of a running system")
     status.set_defaults(run=_not_yet(6))
     return parser
@@ -105,7 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except ValidationError as exc:
         print(f"zai-proxy {args.command}: {_settings_error(exc)}", file=sys.stderr)
-    except ValueError as exc:
+    except Exception as exc:
+        if not isinstance(exc, _reported_errors()):
+            raise
         print(f"zai-proxy {args.command}: {exc}", file=sys.stderr)
     except KeyboardInterrupt:
         return 130

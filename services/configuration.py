@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
+from zai_proxy.collector.settings import CollectorSettings, DatabaseSettings
 from zai_proxy.limiter.settings import LimiterSettings
 from zai_proxy.proxy.settings import ProxySettings
 
@@ -34,14 +35,11 @@ SEED = (
 SETTINGS: tuple[tuple[tuple[str, ...], type[BaseSettings]], ...] = (
     (("proxy",), ProxySettings),
     (("proxy", "limiter"), LimiterSettings),
+    (("collector",), CollectorSettings),
+    (("migrate",), DatabaseSettings),
 )
 # Variables of services that are not built yet: (name, default, meaning).
-PENDING = (
-    ("DATABASE_URL", "(unset)", "Rollup database; unset: a SQLite file (issue #4)."),
-    ("COLLECTOR_TARGETS", "(unset)", "Proxies the collector scrapes (issue #4)."),
-    ("SCRAPE_INTERVAL", "`5`", "Seconds between scrapes (issue #4)."),
-    ("DASHBOARD_PORT", "`3000`", "Dashboard listen port (issue #5)."),
-)
+PENDING = (("DASHBOARD_PORT", "`3000`", "Dashboard listen port (issue #5)."),)
 START, END = "<!-- env-table:start -->", "<!-- env-table:end -->"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from zai_proxy import configuration
+from zai_proxy.collector import metrics as collector_metrics
 from zai_proxy.limiter import metrics as limiter_metrics
 from zai_proxy.proxy import metrics as proxy_metrics
 
@@ -25,7 +26,11 @@ def test_every_seed_variable_comes_first() -> None:
 
 
 def test_every_metric_is_in_the_inventory() -> None:
-    for module, prefix in ((proxy_metrics, "proxy_"), (limiter_metrics, "limiter_")):
+    for module, prefix in (
+        (proxy_metrics, "proxy_"),
+        (limiter_metrics, "limiter_"),
+        (collector_metrics, "collector_"),
+    ):
         names = [
             value
             for key, value in vars(module).items()

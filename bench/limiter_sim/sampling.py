@@ -44,6 +44,7 @@ class Sample:
     ceiling: float | None = None
     window: int | None = None  # the window the limiter last stepped
     decision: str = ""  # what that step did
+    window_counts: dict[str, int] = field(default_factory=dict)  # that window, as stepped
     metrics_rate: float | None = None  # the limiter's gauges, for comparison
     metrics_ceiling: float | None = None
     metrics_hold: float | None = None
@@ -99,7 +100,8 @@ class Sampler:
         self.limiter_url = limiter_url
         self.proxy_urls = proxy_urls
         self.redis = redis
-        self.state_key = keys.pool_keys(prefix, pool).state
+        self.pool_keys = keys.pool_keys(prefix, pool)
+        self.state_key = self.pool_keys.state
         self.samples: list[Sample] = []
 
     async def run(self) -> None:
@@ -150,6 +152,10 @@ class Sampler:
             sample.ceiling = _float(fields.get("ceiling"))
             sample.window = int(fields["window"]) if fields.get("window") else None
             sample.decision = fields.get("last_decision", "")
+            stepped = self.samples[-1].window if self.samples else None
+            if sample.window is not None and sample.window != stepped:
+                counts = await self.redis.hgetall(self.pool_keys.window(sample.window))
+                sample.window_counts = {_text(k): int(v) for k, v in counts.items()}
         if not isinstance(limiter_text, BaseException):
             limiter = parse_metrics(limiter_text)
             sample.metrics_rate = _single(limiter, "limiter_rate")

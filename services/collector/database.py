@@ -30,7 +30,6 @@ from sqlalchemy.exc import (
     OperationalError,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import StaticPool
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./zai-proxy.db"
 DEFAULT_BUSY_TIMEOUT = 5.0  # seconds a SQLite writer waits for the lock
@@ -49,8 +48,9 @@ _ASYNC_DRIVERS = {
 }
 _PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 # SQLSTATE classes worth a retry: connection exception, insufficient resources, operator
-# intervention (shutdown, cancelled statement), transaction rollback (deadlock).
-_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "53", "57", "40"})
+# intervention (shutdown, cancelled statement), transaction rollback (deadlock), object not
+# in prerequisite state (a database not accepting connections, a lock not available).
+_TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "53", "55", "57", "40"})
 
 
 class StorageError(Exception):
@@ -99,7 +99,15 @@ def normalise_url(url: str | None) -> URL:
             f"DATABASE_URL names an unsupported database {parsed.drivername!r} "
             f"({masked(parsed)}): use sqlite:///path or postgresql://user@host/db"
         )
-    return parsed.set(drivername=driver)
+    parsed = parsed.set(drivername=driver)
+    if is_sqlite(parsed) and _in_memory(parsed.database):
+        # Migrations, the collector and the dashboard each open their own engine, and
+        # each would see a database of its own.
+        raise ValueError(
+            f"DATABASE_URL names an in-memory SQLite database ({masked(parsed)}): "
+            "use a file, sqlite:///path/to/zai-proxy.db"
+        )
+    return parsed
 
 
 def is_sqlite(url: URL) -> bool:
@@ -107,12 +115,8 @@ def is_sqlite(url: URL) -> bool:
     return url.get_backend_name() == "sqlite"
 
 
-def sqlite_path(url: URL) -> Path | None:
-    """The file of a SQLite URL; None for an in-memory database."""
-    database = url.database
-    if not database or database == ":memory:" or database.startswith("file::memory:"):
-        return None
-    return Path(database)
+def _in_memory(database: str | None) -> bool:
+    return not database or database == ":memory:" or database.startswith("file::memory:")
 
 
 def _check_writable(path: Path) -> None:
@@ -138,12 +142,7 @@ def create_engine(
         "json_deserializer": orjson.loads,
     }
     if is_sqlite(parsed):
-        path = sqlite_path(parsed)
-        if path is None:
-            # Each new connection would see a new empty database: share one.
-            options["poolclass"] = StaticPool
-        else:
-            _check_writable(path)
+        _check_writable(Path(str(parsed.database)))
         options["connect_args"] = {"timeout": busy_timeout}
     else:
         options["pool_pre_ping"] = True  # a restarted server leaves dead pooled connections

@@ -27,7 +27,7 @@ from zai_proxy.collector.database import (
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Any fixed 64-bit number, the same in every process that migrates this database.
-ADVISORY_LOCK_KEY = 0x7A61_6970_726F_7879 & 0x7FFF_FFFF_FFFF_FFFF  # "zaiproxy"
+MIGRATION_LOCK_KEY = 0x7A61_6970_726F_7879  # "zaiproxy"
 
 
 def alembic_config() -> Config:
@@ -93,7 +93,7 @@ async def _run(url: str | None, step: Callable[[Config], None]) -> None:
 def _lock(connection: Connection) -> None:
     if connection.dialect.name == "postgresql":
         # Released when the migration's transaction ends.
-        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
     elif connection.dialect.name == "sqlite":
         # The driver would start the transaction only at the first INSERT, after Alembic
         # has read the current revision: take the write lock before that read instead.

@@ -130,7 +130,8 @@ watermarks = cast(Table, RollupWatermark.__table__)
 SNAPSHOT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Snapshot))
 SNAPSHOT_COLUMNS = tuple(snapshots.c[name] for name in SNAPSHOT_FIELDS)
 _BUCKET_FIELDS = ("latency_buckets", "ttfb_buckets")
-_MODEL_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ModelFigures))
+# A set: rows written before a ModelFigures field was removed still decode.
+_MODEL_FIELDS = frozenset(f.name for f in fields(ModelFigures))
 INF_KEY = "+Inf"  # the bucket bound as Prometheus spells it
 
 

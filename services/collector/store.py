@@ -9,8 +9,8 @@ Three resolutions (5 s, 1 min, 1 h by default) live in one table (see ``models``
 - ``downsample(now)``: 5 s → 1 min → 1 h, only buckets that are complete (``settle``
   seconds after their end, and, for 1 h, already rolled up at 1 min) and not rolled up
   yet. A watermark per resolution (``rollup_watermarks``) moves forward with each chunk
-  in the chunk's transaction, by compare-and-set, so restarts continue where they
-  stopped and two collectors never advance past each other's work.
+  in the chunk's transaction, so restarts continue where they stopped. A chunk holds a
+  lock that writes wait for (see ``_lock``), so no row lands unseen behind a watermark.
 - ``expire(now)``: deletes rows past each resolution's retention, ``expire_batch`` rows
   per statement, each in its own short transaction.
 - ``query``/``latest``: see ``queries`` for the choice of resolution.
@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, func, or_, select, tuple_, update
+from sqlalchemy import Table, and_, delete, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -46,7 +46,6 @@ from zai_proxy.collector.database import (
 from zai_proxy.collector.models import SNAPSHOT_COLUMNS, from_row, snapshots, to_row, watermarks
 from zai_proxy.collector.queries import ALL_VARIANTS, DEFAULT_MAX_POINTS, plan_query, regroup
 from zai_proxy.collector.rollup import bucket_start
-from zai_proxy.collector.rollup import downsample as merge_bucket
 from zai_proxy.collector.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
@@ -60,9 +59,12 @@ DEFAULT_RETENTION: Mapping[int, float] = {5: DAY, 60: 7 * DAY, 3600: 90 * DAY}
 DEFAULT_SETTLE = 10.0
 DEFAULT_EXPIRE_BATCH = 5000
 DEFAULT_WRITE_BATCH = 1000
-# Finer rows read per downsampling chunk and variant (one transaction each).
-CHUNK_SOURCE_ROWS = 2000
+# Finer rows read per downsampling chunk and variant: one transaction each, which holds
+# the write lock while it reads and computes (tens of milliseconds).
+CHUNK_SOURCE_ROWS = 720
 DEFAULT_BUFFER_SNAPSHOTS = 1000  # about 40 minutes of two variants at 5 s
+# Any fixed 64-bit number, the same in every process that writes this database.
+ROLLUP_LOCK_KEY = 0x7A61_6970_726F_6C6C  # "zaiproll"
 
 
 class SnapshotStore:
@@ -92,7 +94,7 @@ class SnapshotStore:
         self.expire_batch = expire_batch
         self._owns_engine = owns_engine
         self._upsert = _upsert_statement(snapshots, engine.dialect.name)
-        self._ensure_watermark = _insert_ignore(watermarks, engine.dialect.name)
+        self._set_watermark = _upsert_statement(watermarks, engine.dialect.name)
 
     @classmethod
     def open(cls, url: str | None = None, **options: Any) -> SnapshotStore:
@@ -114,6 +116,7 @@ class SnapshotStore:
         if rows:
             with self._errors():
                 async with self.engine.begin() as connection:
+                    await self._lock(connection, exclusive=False)
                     await self._write_rows(connection, rows)
         return len(rows)
 
@@ -185,7 +188,9 @@ class SnapshotStore:
                 break
             written += await self._roll_up(finer, coarser, ready)
             # A coarser bucket is complete once this resolution has rolled up all of it.
-            done = await self._done_until(coarser)
+            with self._errors():
+                async with self.engine.connect() as connection:
+                    done = await _done_until(connection, coarser)
             ready = None if done is None else min(ready, done)
         return written
 
@@ -215,92 +220,75 @@ class SnapshotStore:
     async def _write_rows(self, connection: AsyncConnection, rows: list[dict[str, Any]]) -> None:
         for start in range(0, len(rows), DEFAULT_WRITE_BATCH):
             await connection.execute(self._upsert, rows[start : start + DEFAULT_WRITE_BATCH])
-        # Rows older than a coarser watermark: roll their buckets up again.
+        # Rows behind a coarser resolution's watermark: roll their buckets up again.
         for coarser in self.resolutions[1:]:
-            older = [row["ts"] for row in rows if row["resolution"] < coarser]
-            if older:
-                oldest = bucket_start(min(older), coarser)
+            finer = [row["ts"] for row in rows if row["resolution"] < coarser]
+            if finer:
+                oldest = bucket_start(min(finer), coarser)
                 await connection.execute(
                     update(watermarks)
                     .where(watermarks.c.resolution == coarser, watermarks.c.done_until > oldest)
                     .values(done_until=oldest)
                 )
 
-    async def _done_until(self, resolution: int) -> float | None:
-        with self._errors():
-            async with self.engine.connect() as connection:
-                statement = select(watermarks.c.done_until).where(
-                    watermarks.c.resolution == resolution
-                )
-                return (await connection.execute(statement)).scalar()
-
     async def _roll_up(self, finer: int, coarser: int, ready: float) -> int:
         horizon = bucket_start(ready, coarser)
-        chunk = coarser * max(1, CHUNK_SOURCE_ROWS * finer // coarser)
-        with self._errors():
-            async with self.engine.begin() as connection:
-                await connection.execute(
-                    self._ensure_watermark, {"resolution": coarser, "done_until": None}
-                )
         written = 0
         while True:
-            done = await self._done_until(coarser)
-            rows, stop = await self._read_chunk(finer, coarser, done, horizon, chunk)
-            if done is not None and stop <= done:
-                return written
-            rolled = _merge_buckets(rows, coarser)
-            if not await self._advance(coarser, done, stop, rolled):
-                return written  # a late write moved the watermark back: next run
+            with self._errors():
+                async with self.engine.connect() as connection, connection.begin():
+                    await self._lock(connection, exclusive=True)
+                    done = await _done_until(connection, coarser)
+                    rows, stop = await self._read_chunk(connection, finer, coarser, done, horizon)
+                    if done is not None and stop <= done:
+                        return written
+                    rolled = regroup(rows, coarser)
+                    await self._write_rows(connection, [to_row(s, coarser) for s in rolled])
+                    await connection.execute(
+                        self._set_watermark, {"resolution": coarser, "done_until": stop}
+                    )
             written += len(rolled)
             if stop >= horizon:
                 return written
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # let writers in between chunks
 
     async def _read_chunk(
-        self, finer: int, coarser: int, done: float | None, horizon: float, chunk: float
+        self,
+        connection: AsyncConnection,
+        finer: int,
+        coarser: int,
+        done: float | None,
+        horizon: float,
     ) -> tuple[list[Snapshot], float]:
-        # The finer rows of the next buckets that hold any, up to ``chunk`` seconds of them;
-        # with none left before the horizon, the watermark may jump to it.
+        # The finer rows of the next buckets that hold any, a bounded number of them; with
+        # none left before the horizon, the watermark may jump to it.
         pending = and_(snapshots.c.resolution == finer, snapshots.c.ts < horizon)
         if done is not None:
             pending = and_(pending, snapshots.c.ts >= done)
-        with self._errors():
-            async with self.engine.connect() as connection:
-                first = (
-                    await connection.execute(select(func.min(snapshots.c.ts)).where(pending))
-                ).scalar()
-                if first is None:
-                    return [], horizon
-                start = bucket_start(first, coarser)
-                stop = min(start + chunk, horizon)
-                statement = (
-                    select(*SNAPSHOT_COLUMNS)
-                    .where(pending, snapshots.c.ts >= start, snapshots.c.ts < stop)
-                    .order_by(snapshots.c.variant, snapshots.c.ts)
-                )
-                return [from_row(row) for row in await connection.execute(statement)], stop
+        first = (await connection.execute(select(func.min(snapshots.c.ts)).where(pending))).scalar()
+        if first is None:
+            return [], horizon
+        start = bucket_start(first, coarser)
+        stop = min(start + coarser * max(1, CHUNK_SOURCE_ROWS * finer // coarser), horizon)
+        statement = (
+            select(*SNAPSHOT_COLUMNS)
+            .where(pending, snapshots.c.ts >= start, snapshots.c.ts < stop)
+            .order_by(snapshots.c.variant, snapshots.c.ts)
+        )
+        return [from_row(row) for row in await connection.execute(statement)], stop
 
-    async def _advance(
-        self, resolution: int, done: float | None, until: float, rolled: Sequence[Snapshot]
-    ) -> bool:
-        # Compare-and-set: a write that moved the watermark back since ``done`` was read
-        # wins, and these buckets are rolled up again next run.
-        with self._errors():
-            async with self.engine.connect() as connection, connection.begin() as transaction:
-                if rolled:
-                    await self._write_rows(connection, [to_row(s, resolution) for s in rolled])
-                result = await connection.execute(
-                    update(watermarks)
-                    .where(
-                        watermarks.c.resolution == resolution,
-                        watermarks.c.done_until.is_not_distinct_from(done),
-                    )
-                    .values(done_until=until)
-                )
-                if result.rowcount != 1:
-                    await transaction.rollback()
-                    return False
-        return True
+    async def _lock(self, connection: AsyncConnection, *, exclusive: bool) -> None:
+        # A rollup reads finer rows and moves its watermark in one transaction, holding
+        # this lock exclusively; writes hold it shared. So a write waits for the rollup
+        # in progress, and its rows are either read by it or, being older than the new
+        # watermark, move the watermark back: no row is ever left out of a rollup.
+        if self.engine.dialect.name == "postgresql":
+            function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+            await connection.execute(text(f"SELECT {function}(:key)"), {"key": ROLLUP_LOCK_KEY})
+        elif exclusive:
+            # SQLite has one writer at a time; the driver would take the write lock only at
+            # the first INSERT, after the reads: take it before them.
+            await connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -310,13 +298,9 @@ class SnapshotStore:
             raise storage_error(exc, self.engine.url) from exc
 
 
-def _merge_buckets(rows: Iterable[Snapshot], seconds: int) -> list[Snapshot]:
-    groups: dict[tuple[str, float], list[Snapshot]] = {}
-    for snapshot in rows:
-        groups.setdefault((snapshot.variant, bucket_start(snapshot.ts, seconds)), []).append(
-            snapshot
-        )
-    return [merge_bucket(group, ts, seconds) for (_, ts), group in groups.items()]
+async def _done_until(connection: AsyncConnection, resolution: int) -> float | None:
+    statement = select(watermarks.c.done_until).where(watermarks.c.resolution == resolution)
+    return (await connection.execute(statement)).scalar()
 
 
 def _after(covered: Mapping[str, float], start: float) -> Any:
@@ -342,10 +326,6 @@ def _upsert_statement(table: Table, dialect: str) -> Any:
         index_elements=keys,
         set_={c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys},
     )
-
-
-def _insert_ignore(table: Table, dialect: str) -> Any:
-    return _dialect_insert(table, dialect).on_conflict_do_nothing()
 
 
 def _dialect_insert(table: Table, dialect: str) -> Any:

@@ -28,6 +28,7 @@ from zai_proxy.limiter.settings import LimiterSettings
 from zai_proxy.limiter.store import LimiterStore, StoreError
 from zai_proxy.limiter.stores import open_store
 from zai_proxy.proxy.metrics import renderer
+from zai_proxy.tasks import cancel_and_wait
 
 log = logging.getLogger("zai_proxy.limiter")
 
@@ -93,11 +94,7 @@ class LimiterService:
         """Stop background work and close the store."""
         if self.poller is not None:
             await self.poller.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         await self.store.close()
 
     def _stepped(self, result: StepResult) -> None:

@@ -22,7 +22,11 @@ within twelve windows), each with its reason:
 
 1. *Measured rate.* The "rate" in rate x (1 - r) is the rate the window actually ran at,
    min(rate, attempts / window): when demand stayed under the admitted rate, the admitted
-   rate would credit the upstream with requests nobody sent.
+   rate would credit the upstream with requests nobody sent. A window with more attempts
+   than its rate allows ran its first moments at the previous, higher rate (a step takes
+   effect a moment after its window ends); its refusals belong to that rate, so the accepted
+   rate is counted directly, attempts not refused per second, at most the rate. Charging
+   their share to the lower rate cut a halved limit twice, to ~85% of it (bench/limiter_sim).
 2. *Cap.* After a bad window the rate never exceeds that window's accepted rate x (1 -
    margin). The EWMA moves the ceiling only 30% of the way, so after the hidden limit
    halves the hold point would still sit ~70% above it and the next window would again be
@@ -199,6 +203,7 @@ def step(
         load=attempts / params.window_seconds,
         saturated=attempts > 0
         and window.demand >= _requests_at(rate.value * params.window_seconds),
+        one=1 / params.window_seconds,
     )
     rate, rate_decision = _step_limit(rate, rate_signal, rate_bounds, params)
 
@@ -221,6 +226,7 @@ def step(
             ratio=window.concurrency_ratio,
             load=float(window.peak_concurrency),
             saturated=attempts > 0 and window.peak_concurrency >= _requests_at(concurrency.value),
+            one=1.0,
         )
         concurrency, concurrency_decision = _step_limit(
             concurrency, concurrency_signal, concurrency_bounds, params
@@ -264,6 +270,7 @@ class _Signal:
     ratio: float  # share of attempts refused by this limit's 429 class
     load: float  # what the window actually exercised, in the limit's unit
     saturated: bool  # demand reached the limit, so a clean window carries information
+    one: float  # one request in the load's unit (counts are whole requests)
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,7 +374,16 @@ def _settled(limit: _Limit) -> _Limit:
 
 
 def _accepted(limit: _Limit, signal: _Signal) -> float:
-    """What the upstream accepted: the rate the window ran at, less the refused share."""
+    """What the upstream accepted: the rate the window ran at, less the refused share.
+
+    A window with more attempts than its rate allows (beyond one request of rounding) ran in
+    part at an earlier, higher rate: its first moments, before the step that cut the rate
+    took effect. Its refusals belong to that rate, and charging their share to the lower
+    one would cut twice; so the accepted rate is counted as it is, attempts not refused per
+    second, at most the rate.
+    """
+    if signal.load > limit.value + signal.one:
+        return max(0.0, min(limit.value, signal.load * (1 - signal.ratio)))
     return max(0.0, min(limit.value, signal.load) * (1 - signal.ratio))
 
 

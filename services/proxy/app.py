@@ -33,6 +33,7 @@ from zai_proxy.proxy.routing import Router
 from zai_proxy.proxy.settings import ProxySettings
 from zai_proxy.proxy.tokens import TokenEstimator, encoding_for, load_encoding
 from zai_proxy.proxy.upstream import create_session
+from zai_proxy.tasks import cancel_and_wait
 
 log = logging.getLogger("zai_proxy.proxy")
 
@@ -144,11 +145,7 @@ class ProxyApp:
 
     async def shutdown(self) -> None:
         """Stop background work, flush the last reports, close connections."""
-        for task in self.lifecycle.tasks:
-            task.cancel()
-        for task in self.lifecycle.tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(self.lifecycle.tasks)
         if self.limiter is not None:
             with contextlib.suppress(Exception):
                 await self.limiter.flush()

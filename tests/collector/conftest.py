@@ -61,7 +61,7 @@ class PostgresDatabases:
 
     def drop(self, url: str) -> None:
         """Drop one of the created databases."""
-        name = make_url(url).database
+        name = str(make_url(url).database)
         asyncio.run(_admin(self.server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         self.created.remove(name)
 

@@ -117,7 +117,7 @@ async def test_writing_the_same_interval_again_replaces_it(store: SnapshotStore)
 
 
 async def test_a_batch_is_written_whole_or_not_at_all(store: SnapshotStore) -> None:
-    broken = replace(full_snapshot(T0 + 5), requests_total=None)  # type: ignore[arg-type]
+    broken = replace(full_snapshot(T0 + 5), requests_total=None)
 
     with pytest.raises(StorageError) as raised:
         await store.write([full_snapshot(T0), broken])
@@ -357,6 +357,43 @@ async def test_a_late_row_rolls_its_buckets_up_again(store: SnapshotStore) -> No
     assert (await rows_at(store, 3600, "canary"))[0].requests_total == 720
 
 
+async def test_a_write_during_a_rollup_waits_for_it_and_is_rolled_up(database_url: str) -> None:
+    reading, release = asyncio.Event(), asyncio.Event()
+
+    class PausingStore(SnapshotStore):
+        """Holds its first rollup chunk open until released."""
+
+        async def _read_chunk(self, *args: Any) -> Any:
+            chunk = await super()._read_chunk(*args)
+            if not reading.is_set():
+                reading.set()
+                await release.wait()
+            return chunk
+
+    rollups = PausingStore(create_engine(database_url), owns_engine=True)
+    writes = SnapshotStore.open(database_url)
+    source = scraped(T0, T0 + HOUR)
+    late = replace(source.pop(6), requests_total=5.0)
+    try:
+        await writes.write(source)
+        rolling = asyncio.create_task(rollups.downsample(T0 + HOUR + 15))
+        await reading.wait()
+        writing = asyncio.create_task(writes.write([late]))
+        await asyncio.sleep(0.3)
+        assert not writing.done()  # waits for the rollup that is reading its bucket
+        release.set()
+        await rolling
+        await writing
+        await rollups.downsample(T0 + HOUR + 15)
+
+        assert (await rows_at(writes, 60, "production"))[0].requests_total == 11 + 5
+        assert (await rows_at(writes, 3600, "production"))[0].requests_total == 719 + 5
+    finally:
+        release.set()
+        await rollups.close()
+        await writes.close()
+
+
 async def test_gaps_in_the_finer_rows_are_skipped(store: SnapshotStore) -> None:
     await store.write(scraped(T0, T0 + 120))
     await store.write(scraped(T0 + 3 * DAY, T0 + 3 * DAY + 120))
@@ -527,7 +564,14 @@ def test_database_urls_are_normalised_to_asyncio_drivers(url: str | None, expect
 
 
 @pytest.mark.parametrize(
-    "url", ["not a url", "mysql://u:hunter2@db/zai", "redis://u:hunter2@cache:6379/0"]
+    "url",
+    [
+        "not a url",
+        "mysql://u:hunter2@db/zai",
+        "redis://u:hunter2@cache:6379/0",
+        "sqlite://",
+        "sqlite:///:memory:",
+    ],
 )
 def test_a_bad_database_url_is_refused_without_its_password(url: str) -> None:
     with pytest.raises(ValueError, match="DATABASE_URL") as raised:
