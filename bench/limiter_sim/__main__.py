@@ -27,7 +27,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--replicas", default="1,4", help="replica counts, one run each")
     parser.add_argument("--limits", default="40,20,60", help="hidden limit per phase, req/s")
     parser.add_argument("--phase-seconds", type=float, default=60.0)
-    parser.add_argument("--quick", action="store_true", help="30-s phases")
+    parser.add_argument("--quick", action="store_true", help="30-s phases and warm-up")
+    parser.add_argument(
+        "--warmup", type=float, default=None,
+        help="seconds at the first limit before the measured phases (default: one phase)",
+    )  # fmt: skip
     parser.add_argument(
         "--offered", type=float, default=None, help="req/s offered (default: 2 x max limit)"
     )
@@ -65,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     limits = [float(x) for x in args.limits.split(",") if x.strip()]
     phase_seconds = 30.0 if args.quick else args.phase_seconds
+    warmup = phase_seconds if args.warmup is None else args.warmup
     env = _env(args.env)
     hold_margin = float(env.get("RATE_LIMIT_HOLD_MARGIN", DEFAULT_HOLD_MARGIN))
     log = args.log or Path(tempfile.mkstemp(prefix="limiter-sim-", suffix=".log")[1])
@@ -78,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             for replicas in (int(x) for x in args.replicas.split(",") if x.strip()):
                 config = RunConfig(
                     replicas=replicas,
-                    phases=phases_of(limits, phase_seconds),
+                    phases=phases_of(limits, phase_seconds, warmup),
                     offered=args.offered or 2 * max(limits),
                     concurrency=args.concurrency,
                     latency_ms=args.latency_ms,
@@ -89,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 print(
                     f"\n== {replicas} replica(s): limits {args.limits} req/s, "
-                    f"{phase_seconds:g} s per phase, offered {config.offered:g} req/s",
+                    f"{phase_seconds:g} s per phase after {warmup:g} s of warm-up, "
+                    f"offered {config.offered:g} req/s",
                     flush=True,
                 )
                 result = run(config, redis_url, log)

@@ -10,7 +10,8 @@ Definitions (docs/limiter.md repeats them):
 - *steady state*: the last ``steady_fraction`` of a phase;
 - *3-s average at second a*: the counts of [a, a + 3) summed, then divided;
 - *settle after a drop*: the first second a of the phase from which every 3-s average
-  429 ratio, to the end of the phase, is under ``drop_ratio`` (5%);
+  429 ratio is under ``drop_ratio`` (5%) for at least ``drop_hold`` (10 s); later
+  excursions (probes) are the steady state's business;
 - *settle after a rise*: the first second a of the phase whose 3-s average goodput is at
   least ``rise_share`` (90%) of the new limit.
 """
@@ -36,6 +37,7 @@ class Targets:
     max_429_ratio: float = 0.02  # steady state: <= 2% of upstream attempts answered 429
     drop_ratio: float = 0.05  # after a drop: 429 ratio back under 5% ...
     drop_seconds: float = 10.0  # ... within 10 s
+    drop_hold: float = 10.0  # "back under": and staying there this long
     rise_share: float = 0.90  # after a rise: goodput at 90% of the new limit ...
     rise_seconds: float = 60.0  # ... within 60 s
 
@@ -48,6 +50,7 @@ class Phase:
     start: float
     end: float
     limit: float
+    warmup: bool = False  # the cold start: learning the first limit, not measured
 
 
 @dataclass
@@ -71,7 +74,7 @@ class PhaseResult:
 
     index: int
     limit: float
-    kind: str  # "start", "drop", "rise", "same"
+    kind: str  # "warm-up", "start", "drop", "rise", "same"
     goodput_share: float  # steady state goodput / hidden limit
     ratio_429: float  # steady state upstream 429 ratio
     attempts: float  # upstream attempts in the steady state
@@ -85,12 +88,14 @@ class PhaseResult:
     margins: dict[str, float] = field(default_factory=dict)
 
 
-def phases_of(limits: Sequence[float], phase_seconds: float) -> list[Phase]:
-    """The schedule as phases of equal length."""
-    return [
-        Phase(i, i * phase_seconds, (i + 1) * phase_seconds, limit)
+def phases_of(limits: Sequence[float], phase_seconds: float, warmup: float) -> list[Phase]:
+    """The schedule as phases of equal length, after a warm-up at the first limit."""
+    phases = [Phase(0, 0.0, warmup, limits[0], warmup=True)] if warmup > 0 else []
+    phases += [
+        Phase(i + 1, warmup + i * phase_seconds, warmup + (i + 1) * phase_seconds, limit)
         for i, limit in enumerate(limits)
     ]
+    return phases
 
 
 def schedule_text(phases: Sequence[Phase]) -> str:
@@ -161,15 +166,14 @@ def smoothed_goodput(series: Series, a: int) -> float:
 
 
 def settle_after_drop(series: Series, phase: Phase, targets: Targets) -> float | None:
-    """Seconds from the change until every later 3-s 429 ratio of the phase is under 5%."""
+    """Seconds from the change until the 3-s 429 ratio is under 5% and stays so for 10 s."""
     start, end = math.ceil(phase.start), math.floor(phase.end) - SMOOTH_SECONDS
-    settled: int | None = None
+    hold = math.ceil(targets.drop_hold)
     for a in range(start, end + 1):
-        if smoothed_ratio(series, a) >= targets.drop_ratio:
-            settled = None
-        elif settled is None:
-            settled = a
-    return None if settled is None else settled - phase.start
+        span = range(a, min(a + hold, end + 1))
+        if all(smoothed_ratio(series, b) < targets.drop_ratio for b in span):
+            return a - phase.start
+    return None
 
 
 def settle_after_rise(series: Series, phase: Phase, targets: Targets) -> float | None:
@@ -200,7 +204,10 @@ def analyse_phase(
     in_phase = [r for r in records if phase.start <= r.done < phase.end]
     upstream = [r for r in in_phase if r.source == "upstream"]
     early = [r for r in upstream if 0 <= r.attempts < max_attempts]
-    if previous is None:
+    if phase.warmup:
+        kind = "warm-up"
+        settle = settle_after_rise(series, phase, targets)
+    elif previous is None:
         kind = "start"
         settle = settle_after_rise(series, phase, targets)
     elif phase.limit < previous.limit:
@@ -226,6 +233,8 @@ def analyse_phase(
         client_other=sum(1 for r in in_phase if r.source == "error"),
         settle=settle,
     )
+    if phase.warmup:
+        return result
     result.checks["goodput"] = goodput_share >= targets.goodput_share
     result.margins["goodput"] = goodput_share - targets.goodput_share
     result.checks["429_ratio"] = ratio <= targets.max_429_ratio

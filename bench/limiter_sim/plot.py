@@ -65,6 +65,11 @@ def plot(runs: Sequence[RunResult], path: Path, hold_margin: float) -> None:
         for phase in run.config.phases[1:]:
             top.axvline(phase.start, color="grey", lw=0.6)
             bottom.axvline(phase.start, color="grey", lw=0.6)
+        for phase in run.config.phases:
+            if phase.warmup:
+                top.axvspan(phase.start, phase.end, color="grey", alpha=0.08, lw=0)
+                top.text(phase.start + 1, ymax * 0.05, "warm-up (cold start)", fontsize=8,
+                         color="dimgrey")  # fmt: skip
         top.set_ylabel("requests/s")
         title = f"{run.config.replicas} replica{'s' if run.config.replicas > 1 else ''}"
         top.set_title(

@@ -24,7 +24,7 @@ def _settle(result: PhaseResult) -> str:
     if result.kind == "same":
         return "-"
     text = "never" if result.settle is None else f"{result.settle:.0f} s"
-    if result.kind == "start":
+    if result.kind in ("start", "warm-up"):
         return f"{text} (from cold, to 90%)"
     target = "< 5% 429" if result.kind == "drop" else "to 90%"
     return f"{text} ({target}) {_mark(result, 'settle')}"
@@ -36,7 +36,7 @@ def rows(run: RunResult) -> list[list[str]]:
     for p in run.phases:
         out.append(
             [
-                str(p.index + 1),
+                "warm-up" if p.kind == "warm-up" else str(p.index),
                 f"{p.limit:g}",
                 p.kind,
                 f"{p.goodput_share:.1%} {_mark(p, 'goodput')}",
@@ -102,7 +102,8 @@ def targets_text(targets: Targets, steady_fraction: float) -> str:
         f"targets: steady state (last {steady_fraction:.0%} of each phase) goodput >= "
         f"{targets.goodput_share:.0%} of the hidden limit and <= {targets.max_429_ratio:.0%} "
         f"upstream 429s; no upstream 429 reaches a client while retries remain; after a drop "
-        f"the 3-s 429 ratio stays < {targets.drop_ratio:.0%} within {targets.drop_seconds:g} s; "
+        f"the 3-s 429 ratio is back under {targets.drop_ratio:.0%} (for {targets.drop_hold:g} s) "
+        f"within {targets.drop_seconds:g} s; "
         f"after a rise the 3-s goodput reaches {targets.rise_share:.0%} within "
         f"{targets.rise_seconds:g} s"
     )

@@ -313,7 +313,7 @@ def _step_limit(
 
 def _decrease(limit: _Limit, signal: _Signal, bounds: _Bounds, params: RateLimitParams) -> _Limit:
     accepted = _accepted(limit, signal)
-    if limit.ceiling is None or accepted > limit.ceiling:
+    if limit.ceiling is None or accepted > limit.ceiling or limit.probing:
         ceiling = accepted
     else:
         ceiling = limit.ceiling + params.ceiling_alpha * (accepted - limit.ceiling)

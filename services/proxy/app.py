@@ -15,7 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Response
-from prometheus_client import CollectorRegistry, disable_created_metrics, multiprocess
+from prometheus_client import (
+    CollectorRegistry,
+    ProcessCollector,
+    disable_created_metrics,
+    multiprocess,
+)
 from prometheus_fastapi_instrumentator import Instrumentator
 
 from zai_proxy.limiter.control import ControlLoop
@@ -62,6 +67,9 @@ class ProxyApp:
         self.limits = limits
         self.lifecycle = Lifecycle()
         self.registry = CollectorRegistry()
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            # process_start_time_seconds lets the collector tell a restart from a reset.
+            ProcessCollector(registry=self.registry)
         self.metrics = ProxyMetrics(
             settings.deployment_variant, settings.metrics_max_models, self.registry
         )
