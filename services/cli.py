@@ -78,6 +78,33 @@ def _run_collector(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_dashboard(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import uvicorn
+
+    from zai_proxy.collector import migrate
+    from zai_proxy.dashboard_api.app import build_app
+    from zai_proxy.dashboard_api.settings import DashboardSettings
+    from zai_proxy.logs import configure_logging
+
+    settings = DashboardSettings()
+    configure_logging(settings.log_level)
+    # So that it can start before the collector, on an empty database.
+    asyncio.run(migrate.upgrade(settings.database_url))
+    uvicorn.run(
+        build_app(settings),
+        host=args.host or settings.dashboard_host,
+        port=_port(args.port, settings.dashboard_port),
+        loop="uvloop",
+        log_config=None,
+        access_log=False,
+        # Live streams end at shutdown; this bounds the wait for the last writes.
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
 def _run_migrate(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -137,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     service("proxy", "the data plane (:8080)", _run_proxy)
     service("limiter", "the rate limiter control plane (:8090)", _run_limiter)
     service("collector", "scrape proxies and write SQL rollups (:8091)", _run_collector)
-    service("dashboard", "the dashboard API and web UI (:3000)", _not_yet(5))
+    service("dashboard", "the dashboard API and web UI (:3000)", _run_dashboard)
     service("up", "everything on one machine", _not_yet(6))
     service("demo", "up plus a simulated upstream and load", _not_yet(6))
     migrate = sub.add_parser("migrate", help="apply the rollup database's migrations")

@@ -15,6 +15,7 @@ from pydantic import SecretStr
 from pydantic_settings import BaseSettings
 
 from zai_proxy.collector.settings import CollectorSettings, DatabaseSettings
+from zai_proxy.dashboard_api.settings import DashboardSettings
 from zai_proxy.limiter.settings import LimiterSettings
 from zai_proxy.proxy.settings import ProxySettings
 
@@ -37,9 +38,10 @@ SETTINGS: tuple[tuple[tuple[str, ...], type[BaseSettings]], ...] = (
     (("proxy", "limiter"), LimiterSettings),
     (("collector",), CollectorSettings),
     (("migrate",), DatabaseSettings),
+    (("dashboard",), DashboardSettings),
 )
 # Variables of services that are not built yet: (name, default, meaning).
-PENDING = (("DASHBOARD_PORT", "`3000`", "Dashboard listen port (issue #5)."),)
+PENDING: tuple[tuple[str, str, str], ...] = ()
 START, END = "<!-- env-table:start -->", "<!-- env-table:end -->"
 
 

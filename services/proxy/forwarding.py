@@ -195,6 +195,7 @@ class Forwarder:
         exchange.model = self.metrics.models(request.model)
 
         pool, metrics = self.pool, self.metrics
+        self.limiter.arrived()
         metrics.queued.inc()
         try:
             queue_wait = await pool.acquire()
@@ -210,8 +211,7 @@ class Forwarder:
                 try:
                     async for attempt in self.retries.attempts(self._count_retry):
                         with attempt:
-                            first = attempt.retry_state.attempt_number == 1
-                            await self._attempt(send, exchange, route, request, headers, first)
+                            await self._attempt(send, exchange, route, request, headers)
                 except RetryableAttempt as failed:
                     if failed.answer is None:
                         raise failed.error or UpstreamUnavailable("the upstream failed") from None
@@ -227,10 +227,9 @@ class Forwarder:
         route: Route,
         request: Request,
         headers: list[tuple[str, str]],
-        first: bool,
     ) -> None:
         """One upstream attempt, admitted by the limiter; raise RetryableAttempt to retry."""
-        ticket = await self.limiter.admit(first=first)
+        ticket = await self.limiter.admit()
         self.metrics.rate_limit_wait_child.observe(ticket.waited)
         outcome = Outcome.NETWORK
         try:

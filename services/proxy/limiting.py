@@ -1,7 +1,8 @@
 """The proxy's side of the shared limiter: admission, outcome reports, degraded mode.
 
-Per upstream attempt: ``admit`` makes one store round trip (and sleeps the wait it is
-given); ``record`` counts the outcome in memory. A wait follows the pool's rate: when an
+Per request, ``arrived`` counts it in the window's demand (in memory). Per upstream
+attempt: ``admit`` makes one store round trip (and sleeps the wait it is given);
+``record`` counts the outcome in memory. A wait follows the pool's rate: when an
 answer shows that the rate changed, every request still waiting stretches or shrinks
 what is left of its wait by old rate / new rate, as the store moves its backlog (see
 acquire.lua), so a cut reaches the upstream at once instead of after the longest wait
@@ -102,16 +103,27 @@ class ProxyLimiter:
         self._rate_changed = asyncio.Event()
         self._rate_seen_at = -math.inf  # store time of the answer self.rate came from
 
-    async def admit(self, *, first: bool) -> Ticket:
+    def arrived(self) -> None:
+        """Count a request that wants the upstream in this window's demand.
+
+        Counted on arrival, before the worker pool, not by the store at admission: with
+        MAX_WORKERS below what the queue holds, admissions only come as fast as the rate
+        lets workers go, so demand counted there never exceeds the rate and the controller
+        could not tell a saturated window from an idle one (bench/limiter_sim with the
+        default 64 workers: half the windows read as without demand, no climbing).
+        """
+        window = self.store.config.window_of(time.time() + self._offset)
+        self._counts[window]["demand"] += 1
+
+    async def admit(self) -> Ticket:
         """Wait for a slot; raise RateLimited when it would take longer than the budget."""
         lease = uuid.uuid4().hex
         start = time.monotonic()
         deadline = start + self.max_wait
-        demand = first
         poll = CONCURRENCY_POLL_SECONDS
         while True:
             budget = max(0.0, deadline - time.monotonic())
-            admission = await self._acquire(lease, budget, demand)
+            admission = await self._acquire(lease, budget)
             if admission.granted:
                 local = self.degraded
                 if admission.wait > 0:
@@ -130,7 +142,6 @@ class ProxyLimiter:
                     "the upstream's rate limit is reached; the proxy is holding requests back",
                     retry_after=max(admission.wait, 1.0),
                 )
-            demand = False
             await asyncio.sleep(min(budget, poll * random.uniform(0.5, 1.0)))
             poll = min(2 * poll, CONCURRENCY_POLL_MAX_SECONDS)
 
@@ -157,18 +168,19 @@ class ProxyLimiter:
                 async with asyncio.timeout(end - now):
                     await changed.wait()
 
-    async def _acquire(self, lease: str, budget: float, demand: bool) -> Admission:
+    async def _acquire(self, lease: str, budget: float) -> Admission:
+        # Demand is counted on arrival (``arrived``), so no acquire counts it again.
         if not self.degraded:
             try:
                 admission = await self.store.acquire(
-                    self.pool, lease, budget, LEASE_TTL_SECONDS, demand
+                    self.pool, lease, budget, LEASE_TTL_SECONDS, demand=False
                 )
             except StoreError as exc:
                 await self._degrade(exc)
             else:
                 self._learn(admission)
                 return admission
-        return await self._local.acquire(self.pool, lease, budget, LEASE_TTL_SECONDS, demand)
+        return await self._local.acquire(self.pool, lease, budget, LEASE_TTL_SECONDS, demand=False)
 
     def _learn(self, admission: Admission) -> None:
         # Answers can be handled out of order (several connections): the newest one wins.

@@ -1,0 +1,125 @@
+"""What the dashboard reads from the collector's database: ranges, latest points, rounds.
+
+Range queries go through ``SnapshotStore.query`` (which picks the resolution, see
+``zai_proxy.collector.queries``). Rounds, the SSE stream's unit, are read here straight
+from the finest resolution's rows: the store's queries regroup rows into buckets, and a
+round must stay exactly one collector round, whatever ``SCRAPE_INTERVAL`` is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
+
+from zai_proxy.collector.database import storage_error
+from zai_proxy.collector.models import SNAPSHOT_COLUMNS, from_row, snapshots
+from zai_proxy.collector.queries import ALL_VARIANTS, DEFAULT_MAX_POINTS, plan_query
+from zai_proxy.collector.store import SnapshotStore
+from zai_proxy.dashboard_api.points import Round, point, rounds_of
+
+RangeName = Literal["5m", "15m", "1h", "6h", "24h", "7d"]
+# Range name → seconds, in the order the UI offers them.
+RANGES: dict[RangeName, int] = {
+    "5m": 300,
+    "15m": 900,
+    "1h": 3600,
+    "6h": 6 * 3600,
+    "24h": 24 * 3600,
+    "7d": 7 * 24 * 3600,
+}
+# A variant as the proxy accepts it (DEPLOYMENT_VARIANT), up to the column's length.
+VARIANT_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+# Times closer than this are one round's (event ids are whole milliseconds).
+SAME_ROUND = 0.0005
+VARIANTS_CACHE_SECONDS = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """A range of points per variant."""
+
+    start: float
+    end: float
+    step: int
+    series: dict[str, list[dict[str, Any]]]
+
+
+class HistoryReader:
+    """Reads the rollup store for the dashboard; every time comes in as an argument."""
+
+    def __init__(self, store: SnapshotStore, *, clock: Callable[[], float] = time.monotonic):
+        self.store = store
+        self._clock = clock
+        self._variants: list[str] = []
+        self._variants_at: float | None = None
+
+    async def variants(self) -> list[str]:
+        """Every variant the store holds rows of, sorted (cached for a few seconds)."""
+        now = self._clock()
+        if self._variants_at is None or now - self._variants_at > VARIANTS_CACHE_SECONDS:
+            statement = select(snapshots.c.variant).distinct().order_by(snapshots.c.variant)
+            rows = await self._fetch(statement)
+            self._variants = [row[0] for row in rows]
+            self._variants_at = now
+        return list(self._variants)
+
+    async def series(self, span: int, variant: str, now: float) -> Series:
+        """Points of ``variant`` (or ``all``) over the last ``span`` seconds before ``now``."""
+        start, end = now - span, now
+        plan = plan_query(
+            start,
+            end,
+            max_points=DEFAULT_MAX_POINTS,
+            resolutions=self.store.resolutions,
+            retention=self.store.retention,
+            now=now,
+        )
+        rows = await self.store.query(variant, start, end, max_points=DEFAULT_MAX_POINTS, now=now)
+        names = await self.variants() if variant == ALL_VARIANTS else [variant]
+        series: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for snapshot in rows:
+            series.setdefault(snapshot.variant, []).append(point(snapshot))
+        return Series(start, end, plan.step, series)
+
+    async def latest(self) -> dict[str, dict[str, Any] | None]:
+        """The newest point of every variant."""
+        latest: dict[str, dict[str, Any] | None] = {}
+        for variant in await self.variants():
+            snapshot = await self.store.latest(variant)
+            latest[variant] = None if snapshot is None else point(snapshot)
+        return latest
+
+    async def newest_round(self) -> float | None:
+        """The start of the newest round at the finest resolution; None when there is none."""
+        statement = (
+            select(snapshots.c.ts)
+            .where(snapshots.c.resolution == self.store.resolutions[0])
+            .order_by(snapshots.c.ts.desc())
+            .limit(1)
+        )
+        rows = await self._fetch(statement)
+        return float(rows[0][0]) if rows else None
+
+    async def rounds_from(self, start: float) -> list[Round]:
+        """The rounds that start at ``start`` or later, oldest first."""
+        statement = (
+            select(*SNAPSHOT_COLUMNS)
+            .where(
+                snapshots.c.resolution == self.store.resolutions[0],
+                snapshots.c.ts >= start - SAME_ROUND,
+            )
+            .order_by(snapshots.c.ts, snapshots.c.variant)
+        )
+        return rounds_of(from_row(row) for row in await self._fetch(statement))
+
+    async def _fetch(self, statement: Any) -> list[Any]:
+        try:
+            async with self.store.engine.connect() as connection:
+                return list(await connection.execute(statement))
+        except (DBAPIError, OSError, TimeoutError) as exc:
+            raise storage_error(exc, self.store.engine.url) from exc

@@ -1,0 +1,82 @@
+// From points per variant to what a uPlot chart draws: one shared time axis and one
+// line per (figure, variant). Variants after the first are drawn dashed.
+import type { Point, SeriesByVariant } from '../types'
+
+/** One line of a chart: values aligned with the chart's `x`. */
+export interface ChartLine {
+  label: string
+  values: (number | null)[]
+  /** A CSS custom property holding the colour, e.g. `--c-2xx`. */
+  color: string
+  dash?: number[]
+  /** The y scale: `y` (left, default) or `y2` (right). */
+  scale?: 'y' | 'y2'
+  fill?: boolean
+}
+
+export interface ChartData {
+  x: number[]
+  lines: ChartLine[]
+}
+
+/** One figure that a chart plots for each variant. */
+export interface FigureSpec {
+  label: string
+  color: string
+  value: (p: Point) => number | null
+  scale?: 'y' | 'y2'
+  fill?: boolean
+}
+
+/** A moment marked on the time axis (a limiter probe or back-off). */
+export interface ChartMarker {
+  ts: number
+  kind: 'probe' | 'backoff' | 'raise'
+  label: string
+}
+
+const DASHES: number[][] = [[], [7, 4], [2, 3], [10, 3, 2, 3]]
+
+/** Every timestamp of every variant, sorted, and each variant's points on that axis. */
+export function alignSeries(series: SeriesByVariant): { x: number[]; rows: Record<string, (Point | null)[]> } {
+  const stamps = new Set<number>()
+  for (const points of Object.values(series)) for (const p of points) stamps.add(p.ts)
+  const x = [...stamps].sort((a, b) => a - b)
+  const index = new Map(x.map((ts, i) => [ts, i]))
+  const rows: Record<string, (Point | null)[]> = {}
+  for (const [variant, points] of Object.entries(series)) {
+    const row: (Point | null)[] = new Array(x.length).fill(null)
+    for (const p of points) row[index.get(p.ts)!] = p
+    rows[variant] = row
+  }
+  return { x, rows }
+}
+
+/** The chart of `specs` for each variant in `series` (variants in the order given). */
+export function buildChart(series: SeriesByVariant, specs: FigureSpec[]): ChartData {
+  const { x, rows } = alignSeries(series)
+  const variants = Object.keys(rows)
+  const many = variants.length > 1
+  const lines: ChartLine[] = []
+  variants.forEach((variant, v) => {
+    const row = rows[variant]!
+    for (const spec of specs) {
+      lines.push({
+        label: many ? `${spec.label} · ${variant}` : spec.label,
+        values: row.map((p) => (p === null ? null : spec.value(p))),
+        color: spec.color,
+        dash: DASHES[v % DASHES.length],
+        scale: spec.scale,
+        fill: spec.fill && v === 0,
+      })
+    }
+  })
+  return { x, lines }
+}
+
+/** How many values of a chart are numbers: a chart with none has nothing to show. */
+export function countValues(data: ChartData): number {
+  let n = 0
+  for (const line of data.lines) for (const v of line.values) if (v !== null && Number.isFinite(v)) n++
+  return n
+}

@@ -1,0 +1,229 @@
+// The figures that the panels, the status bar and the comparison table show, computed
+// from points. Pure functions: numbers in, numbers out.
+import type { LimiterResponse, Point } from '../types'
+import type { ChartMarker } from './chart'
+import { coveredSeconds, upstream429s, upstreamAttempts } from './series'
+
+/** The headline figures of a variant over some points. */
+export interface Headline {
+  requestsPerSecond: number | null
+  latencyP95: number | null
+  ttfbP95: number | null
+  errorRatio: number | null
+  upstream429Ratio: number | null
+  tokensPerSecond: number | null
+  costPerHour: number | null
+  limiterRate: number | null
+}
+
+export type HeadlineKey = keyof Headline
+
+function sum(points: Point[], value: (p: Point) => number): number {
+  return points.reduce((total, p) => total + value(p), 0)
+}
+
+function weightedMean(points: Point[], value: (p: Point) => number | null): number | null {
+  let total = 0
+  let weight = 0
+  for (const p of points) {
+    const v = value(p)
+    if (v === null || !Number.isFinite(v)) continue
+    const w = coveredSeconds(p)
+    total += v * w
+    weight += w
+  }
+  return weight > 0 ? total / weight : null
+}
+
+function lastKnown(points: Point[], value: (p: Point) => number | null): number | null {
+  for (let i = points.length - 1; i >= 0; i--) {
+    const v = value(points[i]!)
+    if (v !== null) return v
+  }
+  return null
+}
+
+/**
+ * Headline figures over `points` (one variant): rates per covered second, ratios of the
+ * summed totals, the p95s as a time-weighted mean (the API keeps no histograms), the
+ * limiter's latest rate. Null when there is nothing to count.
+ */
+export function headline(points: Point[]): Headline {
+  const covered = sum(points, coveredSeconds)
+  const requests = sum(points, (p) => p.requests_total)
+  const attempts = sum(points, upstreamAttempts)
+  const rate = (total: number) => (covered > 0 ? total / covered : null)
+  return {
+    requestsPerSecond: rate(requests),
+    latencyP95: weightedMean(points, (p) => p.latency_p95),
+    ttfbP95: weightedMean(points, (p) => p.ttfb_p95),
+    errorRatio: requests > 0 ? sum(points, (p) => p.requests_5xx_total) / requests : covered > 0 ? 0 : null,
+    upstream429Ratio: attempts > 0 ? Math.min(1, sum(points, upstream429s) / attempts) : covered > 0 ? 0 : null,
+    tokensPerSecond: rate(sum(points, (p) => p.tokens_in_total + p.tokens_out_total)),
+    costPerHour: covered > 0 ? (sum(points, (p) => p.cost_usd) / covered) * 3600 : null,
+    limiterRate: lastKnown(points, (p) => p.limiter_rate),
+  }
+}
+
+/** Totals over the points of a range (tokens, requests, cost). */
+export interface WindowTotals {
+  requests: number
+  tokensIn: number
+  tokensOut: number
+  tokensCacheRead: number
+  tokensCacheWrite: number
+  tokensReasoning: number
+  costUsd: number
+  seconds: number
+}
+
+export function windowTotals(points: Point[]): WindowTotals {
+  return {
+    requests: sum(points, (p) => p.requests_total),
+    tokensIn: sum(points, (p) => p.tokens_in_total),
+    tokensOut: sum(points, (p) => p.tokens_out_total),
+    tokensCacheRead: sum(points, (p) => p.tokens_cache_read_total),
+    tokensCacheWrite: sum(points, (p) => p.tokens_cache_write_total),
+    tokensReasoning: sum(points, (p) => p.tokens_reasoning_total),
+    costUsd: sum(points, (p) => p.cost_usd),
+    seconds: sum(points, coveredSeconds),
+  }
+}
+
+/** Totals summed over several variants. */
+export function addTotals(all: WindowTotals[]): WindowTotals {
+  const out = windowTotals([])
+  for (const t of all) for (const key of Object.keys(out) as (keyof WindowTotals)[]) out[key] += t[key]
+  return out
+}
+
+/** One model's share of a range. */
+export interface ModelRow {
+  model: string
+  requests: number
+  tokensIn: number
+  tokensOut: number
+  tokensCacheRead: number
+  costUsd: number
+}
+
+/** Per-model totals over the points of every variant, the dearest first. */
+export function modelTable(pointLists: Point[][]): ModelRow[] {
+  const rows = new Map<string, ModelRow>()
+  for (const points of pointLists) {
+    for (const p of points) {
+      for (const [model, f] of Object.entries(p.models)) {
+        const row = rows.get(model) ?? { model, requests: 0, tokensIn: 0, tokensOut: 0, tokensCacheRead: 0, costUsd: 0 }
+        row.requests += f.requests
+        row.tokensIn += f.tokens_in
+        row.tokensOut += f.tokens_out
+        row.tokensCacheRead += f.tokens_cache_read
+        row.costUsd += f.cost_usd
+        rows.set(model, row)
+      }
+    }
+  }
+  return [...rows.values()].sort((a, b) => b.costUsd - a.costUsd || b.requests - a.requests)
+}
+
+export const HEADLINE_LABELS: Record<HeadlineKey, string> = {
+  requestsPerSecond: 'Requests / s',
+  latencyP95: 'Latency p95',
+  ttfbP95: 'Time to first byte p95',
+  errorRatio: 'Error ratio (5xx)',
+  upstream429Ratio: 'Upstream 429 ratio',
+  tokensPerSecond: 'Tokens / s',
+  costPerHour: 'Cost / hour',
+  limiterRate: 'Limiter rate',
+}
+
+/** One row of the comparison table: a figure per variant and each one's difference. */
+export interface ComparisonRow {
+  key: HeadlineKey
+  label: string
+  values: Record<string, number | null>
+  /** Per variant other than the baseline: value − baseline. */
+  difference: Record<string, number | null>
+  /** Per variant other than the baseline: (value − baseline) / baseline. */
+  relative: Record<string, number | null>
+}
+
+/** The headline figures side by side, each variant's difference from `baseline`. */
+export function compareHeadlines(figures: Record<string, Headline>, baseline: string): ComparisonRow[] {
+  const base = figures[baseline]
+  return (Object.keys(HEADLINE_LABELS) as HeadlineKey[]).map((key) => {
+    const values: Record<string, number | null> = {}
+    const difference: Record<string, number | null> = {}
+    const relative: Record<string, number | null> = {}
+    const b = base?.[key] ?? null
+    for (const [variant, h] of Object.entries(figures)) {
+      const v = h[key]
+      values[variant] = v
+      if (variant === baseline) continue
+      difference[variant] = v !== null && b !== null ? v - b : null
+      relative[variant] = v !== null && b !== null && b !== 0 ? (v - b) / Math.abs(b) : null
+    }
+    return { key, label: HEADLINE_LABELS[key], values, difference, relative }
+  })
+}
+
+/** The variant that others are compared with: production when there is one. */
+export function baselineOf(variants: string[]): string | undefined {
+  return variants.includes('production') ? 'production' : variants[0]
+}
+
+/**
+ * The limiter's decisions on the time axis: a probe, a back-off (the ceiling moved down)
+ * or a raise wherever a point counted one (`limiter_*_total` hold each interval's delta).
+ */
+export function limiterMarkers(points: Point[], variant?: string): ChartMarker[] {
+  const suffix = variant ? ` (${variant})` : ''
+  const markers: ChartMarker[] = []
+  for (const p of points) {
+    if (p.limiter_decreases_total > 0) markers.push({ ts: p.ts, kind: 'backoff', label: `back-off ×${p.limiter_decreases_total}${suffix}` })
+    if (p.limiter_probes_total > 0) markers.push({ ts: p.ts, kind: 'probe', label: `probe ×${p.limiter_probes_total}${suffix}` })
+  }
+  return markers
+}
+
+/** Upstream 429s of each class as a share of upstream attempts. */
+export function ratio429ByClass(p: Point): Record<'frequency' | 'concurrency' | 'quota' | 'congestion', number> {
+  const attempts = upstreamAttempts(p)
+  const share = (n: number) => (attempts > 0 ? Math.min(1, n / attempts) : 0)
+  return {
+    frequency: share(p.upstream_429_frequency_total),
+    concurrency: share(p.upstream_429_concurrency_total),
+    quota: share(p.upstream_429_quota_total),
+    congestion: share(p.upstream_429_congestion_total),
+  }
+}
+
+/** A provider quota window: how much is used and when it resets. */
+export interface QuotaWindow {
+  name: string
+  used: number | null
+  resetAt: number | null
+}
+
+/**
+ * The quota windows: from the limiter's own poller when the limiter answers, else from
+ * the newest point that carries them (the proxies export what the limiter shares).
+ */
+export function quotaWindows(limiter: LimiterResponse | null, latest: Point | null): QuotaWindow[] {
+  const quota = limiter?.available ? limiter.state.quota : null
+  if (quota && quota.windows.length) {
+    return quota.windows.map((w) => ({ name: w.name, used: w.used_ratio, resetAt: w.reset_at }))
+  }
+  if (!latest) return []
+  const names = new Set([...Object.keys(latest.quota_used), ...Object.keys(latest.quota_reset_at)])
+  return [...names].sort().map((name) => ({
+    name,
+    used: latest.quota_used[name] ?? null,
+    resetAt: latest.quota_reset_at[name] ?? null,
+  }))
+}
+
+/** The newest point of a list, or null. */
+export function latestPoint(points: Point[] | undefined): Point | null {
+  return points?.length ? points[points.length - 1]! : null
+}

@@ -1,0 +1,161 @@
+// The dashboard API's shapes (docs/dashboard-api.md). Times are epoch seconds, rates per
+// second, latencies in seconds, ratios 0..1, null where a figure is unknown.
+
+export const RANGES = ['5m', '15m', '1h', '6h', '24h', '7d'] as const
+export type Range = (typeof RANGES)[number]
+
+export const RANGE_SECONDS: Record<Range, number> = {
+  '5m': 300,
+  '15m': 900,
+  '1h': 3600,
+  '6h': 6 * 3600,
+  '24h': 24 * 3600,
+  '7d': 7 * 24 * 3600,
+}
+
+/** What the variant selector offers: one variant, every variant overlaid, or a comparison. */
+export type VariantChoice = string // a variant name, 'all' or 'compare'
+export const ALL = 'all'
+export const COMPARE = 'compare'
+
+export interface ModelFigures {
+  requests: number
+  tokens_in: number
+  tokens_out: number
+  tokens_cache_read: number
+  tokens_cache_write: number
+  tokens_reasoning: number
+  cost_usd: number
+}
+
+/** One stored snapshot: one variant's figures for `[ts, ts + seconds)`. */
+export interface Point {
+  ts: number
+  seconds: number
+  variant: string
+  replicas: number
+  requests_total: number
+  requests_2xx_total: number
+  requests_4xx_total: number
+  requests_429_total: number
+  requests_5xx_total: number
+  client_closed_total: number
+  requests_per_s: number
+  error_ratio: number
+  latency_p50: number | null
+  latency_p95: number | null
+  latency_p99: number | null
+  ttfb_p50: number | null
+  ttfb_p95: number | null
+  ttfb_p99: number | null
+  tokens_in_total: number
+  tokens_out_total: number
+  tokens_cache_read_total: number
+  tokens_cache_write_total: number
+  tokens_reasoning_total: number
+  tokens_estimated_total: number
+  tokens_in_per_s: number
+  tokens_out_per_s: number
+  cost_usd: number
+  in_flight: number
+  in_flight_max: number
+  queued: number
+  workers: number
+  worker_utilization: number
+  degraded_replicas: number
+  upstream_errors_total: number
+  upstream_429_ratio: number
+  upstream_429_frequency_total: number
+  upstream_429_concurrency_total: number
+  upstream_429_quota_total: number
+  upstream_429_congestion_total: number
+  retries_total: number
+  proxy_rate_limited_total: number
+  limiter_rate: number | null
+  limiter_ceiling: number | null
+  limiter_hold: number | null
+  limiter_concurrency: number | null
+  limiter_increases_total: number
+  limiter_decreases_total: number
+  limiter_probes_total: number
+  quota_used: Record<string, number>
+  quota_reset_at: Record<string, number>
+  models: Record<string, ModelFigures>
+}
+
+/** Points per variant, each list ordered by `ts`. */
+export type SeriesByVariant = Record<string, Point[]>
+
+export interface MetricsResponse {
+  range: Range
+  variant: string
+  start: number
+  end: number
+  step: number
+  series: SeriesByVariant
+}
+
+export interface VariantStatus {
+  latest: Point | null
+  age_seconds: number | null
+  stale: boolean
+}
+
+export interface StatusResponse {
+  now: number
+  stale_after: number
+  variants: Record<string, VariantStatus>
+}
+
+export interface ConfigResponse {
+  version: string
+  variants: string[]
+  ranges: Range[]
+  scrape_interval: number
+  sse_heartbeat_seconds: number
+  limiter: { configured: boolean }
+}
+
+export interface LimiterPool {
+  rate: number
+  ceiling: number | null
+  hold: number | null
+  concurrency_limit: number
+  clean_windows: number
+  probing: boolean
+  last_decision: string
+  window: number | null
+  updated_at: number | null
+  replicas: number
+}
+
+export interface QuotaWindowState {
+  name: string
+  used_ratio: number | null
+  remaining_ratio: number | null
+  reset_at: number | null
+}
+
+export interface LimiterState {
+  node: string
+  leader: boolean
+  degraded: boolean
+  window_seconds: number
+  pools: Record<string, LimiterPool>
+  quota: {
+    windows: QuotaWindowState[]
+    sample_age_seconds: number | null
+    error: string | null
+    rate_cap: number | null
+  } | null
+}
+
+export type LimiterResponse =
+  | { available: true; state: LimiterState }
+  | { available: false; error: string }
+
+/** The data of one SSE `snapshot` event: one collector round. */
+export interface SnapshotEvent {
+  ts: number
+  variants: Record<string, Point>
+}
