@@ -1,13 +1,19 @@
-"""Suite-wide rules: under CI nothing may be skipped, and the one rule for the real Redis."""
+"""Suite-wide rules: under CI nothing may be skipped; one rule each for the real Redis and
+the real PostgreSQL (CI fails without them, elsewhere their tests skip)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+from collections.abc import Iterator
 
+import asyncpg
 import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from tests.databases import POSTGRES_URL, PostgresDatabases, admin
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -46,3 +52,31 @@ def real_redis_url() -> str:
     finally:
         client.close()
     return REAL_REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The real PostgreSQL's URL: CI fails without it; elsewhere its runs skip (SQLite ran)."""
+    try:
+        asyncio.run(admin(POSTGRES_URL, "SELECT 1"))
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        if os.environ.get("CI"):
+            pytest.fail(
+                f"CI must test against a real PostgreSQL, none at {POSTGRES_URL}: {exc}",
+                pytrace=False,
+            )
+        pytest.skip(
+            f"no PostgreSQL at {POSTGRES_URL} ({exc}): the PostgreSQL runs are skipped; "
+            "the same tests ran on SQLite"
+        )
+    return POSTGRES_URL
+
+
+@pytest.fixture(scope="session")
+def postgres_databases(postgres_url: str) -> Iterator[PostgresDatabases]:
+    """Databases of this session on the real PostgreSQL, dropped at its end."""
+    databases = PostgresDatabases(postgres_url)
+    try:
+        yield databases
+    finally:
+        databases.drop_all()

@@ -147,7 +147,9 @@ def build_app(
         responses={**_errors(400, description="Bad parameters."), **unreadable},
     )
     async def metrics(
-        range: Annotated[RangeName, Query(description="How far back from now.")] = "1h",  # noqa: A002
+        span: Annotated[
+            RangeName, Query(alias="range", description="How far back from now.")
+        ] = "1h",
         variant: Annotated[
             str,
             Query(
@@ -158,10 +160,10 @@ def build_app(
     ) -> Response:
         """Points per variant over a range, at most about 300 each, at the range's resolution."""
         now = clock()
-        found = await reader.series(RANGES[range], variant, now)
+        found = await reader.series(RANGES[span], variant, now)
         return JSON(
             {
-                "range": range,
+                "range": span,
                 "variant": variant,
                 "start": found.start,
                 "end": found.end,
@@ -208,6 +210,7 @@ def build_app(
     @api.get(
         "/events",
         response_class=EventStream,
+        status_code=200,
         responses={
             200: {
                 "description": (

@@ -146,9 +146,7 @@ class Broadcaster:
             if not subscription.offer(rounds):
                 self.subscribers.discard(subscription)
                 self.dropped += 1
-                log.warning(
-                    "dropped a slow SSE client: %d batches of rounds behind", self.backlog
-                )
+                log.warning("dropped a slow SSE client: %d batches of rounds behind", self.backlog)
 
     async def _run(self) -> None:
         while True:

@@ -25,6 +25,7 @@ _MODEL_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ModelFigures))
 def point(snapshot: Snapshot) -> dict[str, Any]:
     """The JSON point of a snapshot."""
     out = {name: getattr(snapshot, name) for name in POINT_FIELDS}
+    out["ts"] = float(snapshot.ts)  # regrouped points come with whole-second ints
     out["models"] = {
         model: {name: getattr(figures, name) for name in _MODEL_FIELDS}
         for model, figures in snapshot.models.items()

@@ -120,4 +120,3 @@ class DashboardSettings(DatabaseSettings):
     def stale_after(self) -> float:
         """Seconds without a new point after which a variant counts as stale."""
         return 3 * self.scrape_interval
-

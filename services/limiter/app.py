@@ -142,7 +142,7 @@ class LimiterService:
         for pool in sorted(names):
             saved = await self.store.load_state(pool) or {}
             replicas = await self.store.replicas(pool)
-            params = self.loop.params_for(pool, saved)
+            params = self.loop.params_for(pool, await self.store.load_bounds(pool))
             self.metrics.pool_state(pool, saved, params, replicas)
             ceiling = float(saved["ceiling"]) if saved.get("ceiling") else None
             pools[pool] = {
@@ -203,17 +203,16 @@ class LimiterService:
     async def set_bounds(self, bounds: Bounds) -> dict[str, str]:
         """Save new bounds for a pool; the next step applies them."""
         name = bounds.pool or self.settings.pool()
-        saved = await self.store.load_state(name) or {}
         updates = {
-            f"bound_{field}": str(value)
+            field: str(value)
             for field, value in bounds.model_dump(exclude={"pool"}).items()
             if value is not None
         }
-        merged = {**saved, **updates}
+        merged = {**await self.store.load_bounds(name), **updates}
         apply_bounds(self.params, merged)  # ValueError when min exceeds max
-        await self.store.save_state(name, merged)
+        await self.store.save_bounds(name, merged)
         log.warning("pool=%s bounds set by the admin API: %s", name, updates)
-        return {"pool": name, **updates}
+        return {"pool": name, **merged}
 
 
 def build_app(settings: LimiterSettings, store: LimiterStore | None = None) -> FastAPI:

@@ -177,14 +177,13 @@ class ControlLoop:
         window_end = (window + 1) * self.window_seconds
         if saved.get("stepped_until") and float(saved["stepped_until"]) >= window_end - 1e-6:
             return None
-        params = self.params_for(pool, saved)
+        params = self.params_for(pool, await self.store.load_bounds(pool))
         state = decode_state(saved, now, self.state_max_age) or initial_state(params)
         counts = await self.store.read_window(pool, window)
         new_state, decision = step(state, Window.from_counts(counts), params)
         cap = self.rate_cap(pool, new_state.rate) if self.rate_cap else None
         rate = new_state.rate if cap is None else max(params.min_rate, min(new_state.rate, cap))
         fields_ = encode_state(new_state, window, self.window_seconds, now, rate)
-        fields_.update({k: v for k, v in saved.items() if k.startswith("bound_")})
         await self.store.save_state(pool, fields_)
         result = StepResult(pool, window, counts, new_state, decision, rate, cap)
         self.last_results[pool] = result
@@ -198,10 +197,10 @@ class ControlLoop:
             )  # fmt: skip
         return result
 
-    def params_for(self, pool: str, saved: Mapping[str, str]) -> RateLimitParams:
+    def params_for(self, pool: str, bounds: Mapping[str, str]) -> RateLimitParams:
         """The parameters with any bounds an operator set for this pool (PUT /bounds)."""
         try:
-            return apply_bounds(self.params, saved)
+            return apply_bounds(self.params, bounds)
         except ValueError:
             log.warning("pool=%s ignores inconsistent saved bounds", pool)
             return self.params
@@ -215,13 +214,9 @@ _BOUNDS: dict[str, Callable[[str], float | int]] = {
 }
 
 
-def apply_bounds(params: RateLimitParams, saved: Mapping[str, str]) -> RateLimitParams:
-    """Parameters with the ``bound_*`` overrides of a saved state; ValueError if inconsistent."""
-    overrides = {
-        name: parse(saved[f"bound_{name}"])
-        for name, parse in _BOUNDS.items()
-        if saved.get(f"bound_{name}")
-    }
+def apply_bounds(params: RateLimitParams, bounds: Mapping[str, str]) -> RateLimitParams:
+    """Parameters with an operator's bounds applied; ValueError if they are inconsistent."""
+    overrides = {name: parse(bounds[name]) for name, parse in _BOUNDS.items() if bounds.get(name)}
     if not overrides:
         return params
     low, high = (

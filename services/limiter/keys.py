@@ -14,6 +14,8 @@ key                                type    TTL                    written by / r
 ``{prefix}:{pool}:state``          hash    7 days, renewed on     limiter (``save_state``) /
                                            every save             ``acquire`` (``rate``,
                                                                   ``concurrency``), limiter
+``{prefix}:{pool}:bounds``         hash    none (operator         admin API (``save_bounds``) /
+                                           configuration)         limiter (``load_bounds``)
 ``{prefix}:{pool}:tat``            string  until the TAT has      ``acquire`` / ``acquire``
                                            passed (then it is     (GCRA theoretical arrival
                                            the same as none)      time and the rate it was
@@ -56,6 +58,7 @@ class PoolKeys:
     """The keys of one pool, all in the pool's hash slot."""
 
     state: str
+    bounds: str
     tat: str
     leases: str
     replicas: str
@@ -74,6 +77,7 @@ def pool_keys(prefix: str, pool: str) -> PoolKeys:
     base = f"{prefix}:{{{pool}}}"
     return PoolKeys(
         state=f"{base}:state",
+        bounds=f"{base}:bounds",
         tat=f"{base}:tat",
         leases=f"{base}:leases",
         replicas=f"{base}:replicas",

@@ -65,6 +65,7 @@ class MemoryStore:
         self.config = config
         self._clock = clock
         self._pools: dict[str, _Pool] = {}
+        self._bounds: dict[str, dict[str, str]] = {}  # operator configuration: never expires
         self._leader: tuple[str, float] | None = None  # node, expiry
         self._next_sweep = -math.inf
 
@@ -176,6 +177,17 @@ class MemoryStore:
         state = self._pool(pool)
         state.state = dict(fields) or None
         state.state_expiry = self._clock() + STATE_TTL_SECONDS
+
+    async def load_bounds(self, pool: str) -> dict[str, str]:
+        """Bounds an operator set for a pool; {} if none."""
+        return dict(self._bounds.get(pool, {}))
+
+    async def save_bounds(self, pool: str, fields: Mapping[str, str]) -> None:
+        """Replace a pool's bounds."""
+        if fields:
+            self._bounds[pool] = dict(fields)
+        else:
+            self._bounds.pop(pool, None)
 
     async def replicas(self, pool: str) -> int:
         """How many replicas have a heartbeat that has not expired."""

@@ -248,6 +248,23 @@ class RedisStore:
                     pipe.pexpire(state_key, _millis(STATE_TTL_SECONDS))
                 await pipe.execute()
 
+    async def load_bounds(self, pool: str) -> dict[str, str]:
+        """Bounds an operator set for a pool; {} if none."""
+        bounds_key = keys.pool_keys(self.config.prefix, pool).bounds
+        with _translate_errors:
+            fields = await self._redis.hgetall(bounds_key)
+        return {_text(name): _text(value) for name, value in fields.items()}
+
+    async def save_bounds(self, pool: str, fields: Mapping[str, str]) -> None:
+        """Replace a pool's bounds."""
+        bounds_key = keys.pool_keys(self.config.prefix, pool).bounds
+        with _translate_errors:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(bounds_key)
+                if fields:
+                    pipe.hset(bounds_key, items=[x for item in fields.items() for x in item])
+                await pipe.execute()
+
     async def replicas(self, pool: str) -> int:
         """How many replicas have a heartbeat that has not expired."""
         replicas_key = keys.pool_keys(self.config.prefix, pool).replicas

@@ -14,7 +14,7 @@ Hot path (proxies), one round trip each:
 - ``heartbeat``: say this replica is alive; learn how many share the pool.
 
 Control plane (the limiter's leader): ``pools``, ``read_window``, ``load_state``,
-``save_state``, ``replicas``, ``reset``, ``lead``.
+``save_state``, ``load_bounds``, ``save_bounds``, ``replicas``, ``reset``, ``lead``.
 
 Error hierarchy:
 
@@ -135,6 +135,15 @@ class LimiterStore(Protocol):
 
     async def save_state(self, pool: str, fields: Mapping[str, str]) -> None:
         """Save controller state; ``rate`` and ``concurrency`` take effect on the next acquire."""
+        ...
+
+    async def load_bounds(self, pool: str) -> dict[str, str]:
+        """Bounds an operator set for a pool (PUT /bounds); {} if none."""
+        ...
+
+    async def save_bounds(self, pool: str, fields: Mapping[str, str]) -> None:
+        """Replace a pool's bounds. Kept apart from the state, so that a controller step
+        (which replaces the state) can never overwrite them, and a reset keeps them."""
         ...
 
     async def replicas(self, pool: str) -> int:

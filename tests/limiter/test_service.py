@@ -168,6 +168,10 @@ class SharedState:
         """A pool's saved state."""
         return self.run(lambda store: store.load_state(pool))
 
+    def bounds(self, pool: str) -> dict[str, str]:
+        """A pool's saved bounds."""
+        return self.run(lambda store: store.load_bounds(pool))
+
     def heartbeat(self, pool: str, replica: str) -> int:
         """A proxy replica's heartbeat, good for a minute."""
         return self.run(lambda store: store.heartbeat(pool, replica, ttl=60))
@@ -296,15 +300,13 @@ def test_bounds_are_applied_by_the_next_step(
     store.save_learned(POOL, rate=40.0, ceiling=50.0)
     store.touch(POOL)  # registered: the leader steps it every window
     with start_limiter(limiter_env(real_redis_url, prefix)) as limiter:
-        # The bounds go in just after a step: PUT /bounds and a step both rewrite the
-        # pool's state, and the step would drop bounds saved while it runs.
         first = stepped_window(limiter)
         wait_until(lambda: stepped_window(limiter) > first, timeout=5 * WINDOW)
         assert pool_state(limiter)["rate"] == 40.0
         bounds = {"pool": POOL, "min_rate": 2, "max_rate": 5}
         answer = httpx.put(f"{limiter.url}/bounds", headers=AUTH, json=bounds)
         assert answer.status_code == 200
-        assert answer.json() == {"pool": POOL, "bound_min_rate": "2.0", "bound_max_rate": "5.0"}
+        assert answer.json() == {"pool": POOL, "min_rate": "2.0", "max_rate": "5.0"}
         assert pool_state(limiter)["bounds"]["max_rate"] == 5.0
         took = wait_until(lambda: pool_state(limiter)["rate"] <= 5.0, timeout=4 * WINDOW)
         state = pool_state(limiter)
@@ -338,7 +340,7 @@ def test_inconsistent_bounds_are_refused_with_400_and_change_nothing(
     assert answer.status_code == 400
     detail = answer.json()["detail"]
     assert all(word in detail for word in words), detail
-    assert SharedState(real_redis_url, guarded_prefix).load(pool) is None
+    assert SharedState(real_redis_url, guarded_prefix).bounds(pool) == {}
 
 
 def test_a_bound_that_contradicts_a_saved_one_is_refused(
@@ -350,8 +352,8 @@ def test_a_bound_that_contradicts_a_saved_one_is_refused(
     refused = httpx.put(f"{guarded.url}/bounds", headers=AUTH, json={"pool": pool, "min_rate": 8})
     assert refused.status_code == 400
     assert "min_rate" in refused.json()["detail"]
-    saved = SharedState(real_redis_url, guarded_prefix).load(pool)
-    assert saved == {"bound_max_rate": "5.0"}
+    saved = SharedState(real_redis_url, guarded_prefix).bounds(pool)
+    assert saved == {"max_rate": "5.0"}
 
 
 def test_out_of_range_values_are_refused_before_they_reach_the_store(

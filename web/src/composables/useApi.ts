@@ -37,10 +37,13 @@ export interface ApiClient {
   /**
    * The SSE URL. EventSource cannot send headers, so the token goes in `?token=`; and
    * since a new EventSource does not send `Last-Event-ID`, the last id goes in
-   * `?lastEventId=`.
+   * `?last_event_id=` (`RESUME_PARAM`).
    */
   eventsUrl(lastEventId?: string | null): string
 }
+
+/** The query parameter of `/api/events` that stands for the `Last-Event-ID` header. */
+export const RESUME_PARAM = 'last_event_id'
 
 export const ApiKey: InjectionKey<ApiClient> = Symbol('zai-proxy api')
 
@@ -91,7 +94,7 @@ export function createApi(options: UseApiOptions = {}): ApiClient {
   }
 
   function eventsUrl(lastEventId?: string | null): string {
-    return url('api/events', { token: token ?? undefined, lastEventId: lastEventId ?? undefined })
+    return url('api/events', { token: token ?? undefined, [RESUME_PARAM]: lastEventId ?? undefined })
   }
 
   return { token, url, get, eventsUrl }

@@ -56,7 +56,7 @@ export interface UseEventStream {
  * On an error the EventSource is closed and a new one made after an exponential backoff,
  * rather than left to the browser's fixed-delay retry: the server may be down for a
  * while, and many dashboards should not return in step. A new EventSource does not send
- * `Last-Event-ID`, so the last id rides along as `?lastEventId=`; the server then replays
+ * `Last-Event-ID`, so the last id rides along as `?last_event_id=`; the server then replays
  * the rounds missed meanwhile.
  */
 export function useEventStream(options: UseEventStreamOptions = {}): UseEventStream {

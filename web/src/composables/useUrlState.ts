@@ -7,7 +7,8 @@ import { shallowRef, watch, type ShallowRef } from 'vue'
  */
 export function useUrlState<T extends string>(name: string, fallback: T, allowed?: (value: string) => boolean): ShallowRef<T> {
   const current = new URL(window.location.href).searchParams.get(name)
-  const state = shallowRef<T>(current !== null && (!allowed || allowed(current)) ? (current as T) : fallback)
+  const initial: T = current !== null && (!allowed || allowed(current)) ? (current as T) : fallback
+  const state = shallowRef(initial) as ShallowRef<T>
   watch(state, (value) => {
     const url = new URL(window.location.href)
     url.searchParams.set(name, value)

@@ -4,7 +4,12 @@ import type { Point, SeriesByVariant } from '../types'
 
 /** One line of a chart: values aligned with the chart's `x`. */
 export interface ChartLine {
+  /** The full label: the figure, and the variant when there are several. */
   label: string
+  /** The figure alone (`p95`). */
+  figure: string
+  /** The variant the values are of. */
+  variant: string
   values: (number | null)[]
   /** A CSS custom property holding the colour, e.g. `--c-2xx`. */
   color: string
@@ -63,15 +68,22 @@ export function buildChart(series: SeriesByVariant, specs: FigureSpec[]): ChartD
     for (const spec of specs) {
       lines.push({
         label: many ? `${spec.label} · ${variant}` : spec.label,
+        figure: spec.label,
+        variant,
         values: row.map((p) => (p === null ? null : spec.value(p))),
         color: spec.color,
-        dash: DASHES[v % DASHES.length],
+        dash: dashOf(v),
         scale: spec.scale,
         fill: spec.fill && v === 0,
       })
     }
   })
   return { x, lines }
+}
+
+/** The dash pattern of the n-th variant (solid for the first). */
+export function dashOf(index: number): number[] {
+  return DASHES[index % DASHES.length]!
 }
 
 /** How many values of a chart are numbers: a chart with none has nothing to show. */

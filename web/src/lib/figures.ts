@@ -186,6 +186,22 @@ export function limiterMarkers(points: Point[], variant?: string): ChartMarker[]
   return markers
 }
 
+/**
+ * Markers of several variants on one axis: variants behind one upstream key share one
+ * limiter, so its decisions show in each; one marker per (time, kind) remains.
+ */
+export function mergeMarkers(lists: ChartMarker[][]): ChartMarker[] {
+  const merged = new Map<string, ChartMarker>()
+  for (const list of lists) {
+    for (const m of list) {
+      const key = `${m.ts}|${m.kind}`
+      const known = merged.get(key)
+      merged.set(key, known ? { ...known, label: `${known.label}, ${m.label}` } : m)
+    }
+  }
+  return [...merged.values()].sort((a, b) => a.ts - b.ts)
+}
+
 /** Upstream 429s of each class as a share of upstream attempts. */
 export function ratio429ByClass(p: Point): Record<'frequency' | 'concurrency' | 'quota' | 'congestion', number> {
   const attempts = upstreamAttempts(p)

@@ -16,11 +16,17 @@ export function formatNumber(v: number | null | undefined, digits = 3): string {
     [1e3, 'k'],
   ]
   for (const [size, suffix] of units) {
-    if (abs >= size) return `${trim((v / size).toPrecision(digits))}${suffix}`
+    if (abs >= size) return `${precise(v / size, digits)}${suffix}`
   }
   if (abs === 0) return '0'
   if (abs < 0.01) return v.toExponential(1)
-  return trim(v.toPrecision(digits))
+  return precise(v, digits)
+}
+
+// `digits` significant digits, but never in exponent form (999.7 → "1000", not "1.00e+3").
+function precise(v: number, digits: number): string {
+  const s = v.toPrecision(digits)
+  return s.includes('e') ? String(Math.round(v)) : trim(s)
 }
 
 function trim(s: string): string {
@@ -38,7 +44,7 @@ export function formatLatency(seconds: number | null | undefined): string {
 export function formatPercent(ratio: number | null | undefined, digits = 3): string {
   if (!known(ratio)) return DASH
   if (ratio === 0) return '0%'
-  return `${trim((ratio * 100).toPrecision(digits))}%`
+  return `${precise(ratio * 100, digits)}%`
 }
 
 /** US dollars: 0.0042 → "$0.0042", 12.345 → "$12.35". */
