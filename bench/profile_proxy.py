@@ -9,7 +9,8 @@ but not the proxy code that calls it. Also prints the busiest functions by own t
 
 With --gc the proxy runs under a thin wrapper that times every garbage collection
 (``gc.callbacks``) and writes them out at exit; the report gives collections and GC time
-per request by generation, and the longest pause.
+per request by generation, and the longest pause (wall clock: on a busy machine a pause
+also holds the time the process was descheduled in the middle of it).
 
     .venv/bin/pip install py-spy           # into the project's venv
     .venv/bin/python bench/profile_proxy.py [--connections 32] [--seconds 20] [--gc]
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -49,6 +51,8 @@ COMPONENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "upstream client (aiohttp, yarl, multidict)",
         ("aiohttp/", "yarl/", "multidict/", "upstream.py"),
     ),
+    ("limiter admission and reports", ("proxy/limiting.py", "zai_proxy/limiter/")),
+    ("retry policy (tenacity)", ("tenacity/", "proxy/retries.py")),
     ("header rules and request id", ("proxy/headers.py", "uuid.py")),
     ("server HTTP (uvicorn, httptools)", ("uvicorn/", "httptools", "proxy/server.py")),
     ("proxy glue (forwarding, routing, admission, app)", ("zai_proxy/",)),
@@ -120,6 +124,13 @@ def summarise_gc(path: Path, since_ns: int, until_ns: int, requests: int) -> dic
     return {"requests": requests, "generations": by_gen}
 
 
+def user_system_seconds(pid: int) -> tuple[float, float]:
+    """CPU time a process has spent in user space and in the kernel, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def py_spy() -> str | None:
     """The py-spy executable (next to this Python first), or None with a hint."""
     found = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
@@ -156,12 +167,15 @@ def main(argv: list[str] | None = None) -> int:
         url = f"{proxy.url}/v1/chat/completions"
         bench.run_wrk(url, 32, 2, 3)  # warm-up
         before, since = bench.requests_served(proxy), time.monotonic_ns()
+        user_before, system_before = user_system_seconds(proxy.pid)
         record = [spy, "record", "--pid", str(proxy.pid), "--nonblocking", "-f", "raw"]
         record += ["-r", str(args.rate), "-d", str(max(1, args.seconds - 2)), "-o", str(raw)]
         sampler = subprocess.Popen(record, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         result = bench.run_wrk(url, args.connections, threads, args.seconds, {"proxy": proxy.pid})
         sampler.wait()
         until = time.monotonic_ns()
+        user, system = user_system_seconds(proxy.pid)
+        user, system = user - user_before, system - system_before
         requests = bench.requests_served(proxy) - before
         # The proxy has exited here, so the GC wrapper has written its file.
     summary: dict[str, object] = {
@@ -171,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         "p50_ms": result.p50_ms,
         "p99_ms": result.p99_ms,
         "proxy_cpu_us_per_request": result.cpu_us["proxy"],
+        "kernel_share": system / (user + system),
+        "other_cores": result.other_cores,
         "profile": summarise_profile(raw, args.top),
     }
     if args.gc:
@@ -188,7 +204,9 @@ def print_summary(summary: dict[str, object]) -> None:
         f"c={summary['connections']} access_log={summary['access_log']}: "
         f"{summary['rps']:,.0f} req/s, p50 {summary['p50_ms']:.3f} ms, "
         f"p99 {summary['p99_ms']:.3f} ms, proxy CPU "
-        f"{summary['proxy_cpu_us_per_request']:.0f} µs/request"
+        f"{summary['proxy_cpu_us_per_request']:.0f} µs/request "
+        f"({summary['kernel_share']:.0%} of it in the kernel); "
+        f"other processes kept {summary['other_cores']:.2f} cores busy"
     )
     profile = summary["profile"]
     assert isinstance(profile, dict)
@@ -205,7 +223,7 @@ def print_summary(summary: dict[str, object]) -> None:
             print(
                 f"  gen {gen}: {figures['collections_per_1000_requests']:6.1f} per 1,000 "
                 f"requests, {figures['us_per_request']:6.1f} µs/request, "
-                f"longest pause {figures['max_pause_ms']:.2f} ms"
+                f"longest pause {figures['max_pause_ms']:.2f} ms (wall clock)"
             )
 
 

@@ -69,6 +69,7 @@ STREAM_ADDED_P99_MS = 1.0
 MEMORY_GROWTH_MB = 20.0
 
 PROXY_COMMAND = (sys.executable, "-m", "zai_proxy", "proxy")
+UNLIMITED = "1000000"  # for the limiter's rate (requests/s) and concurrency bounds
 RSS_SAMPLE_S = 0.05
 DISTURBED_CORES = 0.25  # other load above this (in cores) marks a run as disturbed
 HEALTH_TIMEOUT_S = 20.0
@@ -203,6 +204,13 @@ def run_proxy(
         PROXY_PORT=str(port),
         PROXY_HOST="127.0.0.1",
         PROXY_PROCESSES="1",
+        # The limiter must never hold a request back here: this measures the data plane's
+        # own cost (the admission call is still made on every request). The concurrency
+        # cap counts leases until their batched release (every 0.2 s), so at the default
+        # of 256 it refuses short requests beyond ~1,280 req/s (docs/performance.md).
+        RATE_LIMIT_INITIAL=UNLIMITED,
+        RATE_LIMIT_MAX=UNLIMITED,
+        CONCURRENCY_LIMIT_MAX=UNLIMITED,
     )
     if config.access_log is not None:
         env["ACCESS_LOG"] = config.access_log

@@ -4,13 +4,27 @@
 // `npm run dev` proxies /api to a running dashboard API (DASHBOARD_API_URL, default
 // http://127.0.0.1:3000; `npm run mock` starts a fake one on that port).
 import vue from '@vitejs/plugin-vue'
-import { defineConfig } from 'vite'
+import { fileURLToPath } from 'node:url'
+import { defineConfig, type Plugin } from 'vite'
+import { sourceHash } from './source-hash'
 
 const api = process.env.DASHBOARD_API_URL ?? 'http://127.0.0.1:3000'
 
+/** Writes `build-info.json` (the sources' hash) beside the built files. */
+function buildInfo(): Plugin {
+  return {
+    name: 'zai-proxy-build-info',
+    apply: 'build',
+    generateBundle() {
+      const source = sourceHash(fileURLToPath(new URL('.', import.meta.url)))
+      this.emitFile({ type: 'asset', fileName: 'build-info.json', source: `${JSON.stringify({ source }, null, 2)}\n` })
+    },
+  }
+}
+
 export default defineConfig({
   base: './',
-  plugins: [vue()],
+  plugins: [vue(), buildInfo()],
   build: {
     outDir: '../services/dashboard-api/static',
     emptyOutDir: true,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -100,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 result = run(config, redis_url, log)
                 results.append(result)
+                machine.setdefault("load_average_after", []).append(os.getloadavg())
+                print(f"load average after the run: {os.getloadavg()}")
                 print(report.text_table(result))
                 print(report.summary(result), flush=True)
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ The contract with the web UI is ``docs/dashboard-api.md``. Migrations are not ru
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any
@@ -25,6 +26,7 @@ from zai_proxy.dashboard_api.events import (
     HEARTBEAT,
     REPLAY_SECONDS,
     Broadcaster,
+    DroppedClientFilter,
     EventStream,
     TooManyClients,
     stream,
@@ -40,11 +42,12 @@ from zai_proxy.dashboard_api.points import (
 )
 from zai_proxy.dashboard_api.queries import RANGES, VARIANT_PATTERN, HistoryReader, RangeName
 from zai_proxy.dashboard_api.settings import DashboardSettings
-from zai_proxy.dashboard_api.static import UNAUTHORIZED, WebUI
+from zai_proxy.dashboard_api.webui import UNAUTHORIZED, WebUI
 
 EVENT_ID_PATTERN = r"^[0-9]{1,15}$"  # whole milliseconds since the epoch
 RETRY_AFTER_SECONDS = 5  # told to a client refused for lack of SSE slots
 LOCATIONS = {"query": "query parameter", "header": "header", "path": "path parameter"}
+MAX_ECHO = 80  # characters of a bad value repeated in its error message
 
 
 class JSON(Response):
@@ -70,7 +73,8 @@ def validation_detail(errors: Sequence[Any]) -> str:
         name = ".".join(str(part) for part in location[1:])
         text = f"{kind} {name!r}: {error.get('msg', 'invalid')}"
         if isinstance(error.get("input"), str | int | float):
-            text += f" (got {error['input']!r})"
+            given = repr(error["input"])
+            text += f" (got {given[:MAX_ECHO]}{'...' if len(given) > MAX_ECHO else ''})"
         parts.append(text)
     return "; ".join(parts) or "invalid request"
 
@@ -86,6 +90,7 @@ def build_app(
     clock: Callable[[], float] = time.time,
 ) -> FastAPI:
     """The dashboard's application; its lifespan opens the store and runs the broadcaster."""
+    _install_log_filter()
     guard = TokenGuard(settings.token())
     ui = WebUI(settings.static_dir())
     limiter = LimiterClient(settings.limiter_url, settings.limiter_admin_token.get_secret_value())
@@ -225,6 +230,7 @@ def build_app(
         },
     )
     async def events(
+        request: Request,
         last_event_id: Annotated[
             str | None,
             Header(
@@ -246,7 +252,8 @@ def build_app(
         """The live stream: one `snapshot` event per collector round, heartbeats between."""
         resume = last_event_id or since
         try:
-            subscription = broadcaster.subscribe()
+            peer = request.client
+            subscription = broadcaster.subscribe(f"{peer.host}:{peer.port}" if peer else "")
         except TooManyClients as exc:
             return problem(
                 503,
@@ -283,6 +290,14 @@ def build_app(
 
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _install_log_filter() -> None:
+    # A dropped SSE client's response is cancelled mid-stream (see ``events``), which
+    # uvicorn reports as an error; the broadcaster has logged the drop already.
+    server_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, DroppedClientFilter) for f in server_log.filters):
+        server_log.addFilter(DroppedClientFilter())
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

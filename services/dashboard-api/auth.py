@@ -9,7 +9,7 @@ and a reload without ``?token=`` still works. Tokens are compared in constant ti
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import APIKeyCookie, APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
@@ -22,12 +22,20 @@ REFUSAL = (
     "or add `?token=<token>` to the URL"
 )
 
-bearer_scheme = HTTPBearer(auto_error=False, description="DASHBOARD_TOKEN as a Bearer token.")
+bearer_scheme = HTTPBearer(
+    scheme_name="bearer", auto_error=False, description="DASHBOARD_TOKEN as a Bearer token."
+)
 query_scheme = APIKeyQuery(
-    name=QUERY, auto_error=False, description="DASHBOARD_TOKEN in the query (for EventSource)."
+    name=QUERY,
+    scheme_name="query_token",
+    auto_error=False,
+    description="DASHBOARD_TOKEN in the query (EventSource cannot set headers).",
 )
 cookie_scheme = APIKeyCookie(
-    name=COOKIE, auto_error=False, description="Set by the web UI's page when opened with ?token=."
+    name=COOKIE,
+    scheme_name="cookie_token",
+    auto_error=False,
+    description="Set by the web UI's page when it is opened with a valid ?token=.",
 )
 
 
@@ -74,7 +82,7 @@ class TokenGuard:
                 secure=request.url.scheme == "https",
             )
 
-    def dependency(self) -> object:
+    def dependency(self) -> Any:
         """The FastAPI dependency that refuses requests without the token (401)."""
 
         async def require_token(

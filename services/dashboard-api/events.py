@@ -43,6 +43,15 @@ REPLAY_SECONDS = 15 * 60.0
 HEARTBEAT = ServerSentEvent(comment="heartbeat", sep="\n")
 
 
+class DroppedClientFilter(logging.Filter):
+    """Hides uvicorn's error for a response cut short: here, only a dropped client's."""
+
+    MESSAGE = "ASGI callable returned without completing response."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != self.MESSAGE
+
+
 class TooManyClients(Exception):
     """Every SSE slot is taken."""
 
@@ -50,7 +59,10 @@ class TooManyClients(Exception):
 class Subscription:
     """One SSE client's queue of round batches; dropped when it overflows."""
 
-    def __init__(self, backlog: int, release: Callable[[Subscription], None]) -> None:
+    def __init__(
+        self, backlog: int, release: Callable[[Subscription], None], client: str = ""
+    ) -> None:
+        self.client = client  # the peer's address, for the log
         self.queue: asyncio.Queue[list[Round]] = asyncio.Queue(backlog)
         self.dropped = False
         self.on_drop: Callable[[], object] | None = None
@@ -107,11 +119,11 @@ class Broadcaster:
             await cancel_and_wait([self._task])
             self._task = None
 
-    def subscribe(self) -> Subscription:
+    def subscribe(self, client: str = "") -> Subscription:
         """A new client's subscription; TooManyClients when every slot is taken."""
         if len(self.subscribers) >= self.max_clients:
             raise TooManyClients(f"{self.max_clients} live clients already")
-        subscription = Subscription(self.backlog, self.subscribers.discard)
+        subscription = Subscription(self.backlog, self.subscribers.discard, client)
         self.subscribers.add(subscription)
         return subscription
 
@@ -119,7 +131,10 @@ class Broadcaster:
         """Read the rounds that are new since the last poll, and offer them to everyone."""
         if not self._primed:
             # Rounds before the dashboard started are history, not news.
-            self._cursor = await self.reader.newest_round()
+            newest = await self.reader.newest_round()
+            if newest is not None:
+                rounds = await self.reader.rounds_from(newest)
+                self._cursor, self._sent_at_cursor = rounds[-1].ts, set(rounds[-1].points)
             self._primed = True
             return []
         start = self.clock() - REPLAY_SECONDS
@@ -127,6 +142,7 @@ class Broadcaster:
             start = max(start, self._cursor)
         fresh = []
         for round_ in await self.reader.rounds_from(start):
+            self.reader.saw(round_.points)
             if self._cursor is not None and round_.id == event_id(self._cursor):
                 late = {v: p for v, p in round_.points.items() if v not in self._sent_at_cursor}
                 if not late:
@@ -146,7 +162,11 @@ class Broadcaster:
             if not subscription.offer(rounds):
                 self.subscribers.discard(subscription)
                 self.dropped += 1
-                log.warning("dropped a slow SSE client: %d batches of rounds behind", self.backlog)
+                log.warning(
+                    "dropped a slow SSE client %s: %d batches of rounds behind",
+                    subscription.client or "(unknown)",
+                    self.backlog,
+                )
 
     async def _run(self) -> None:
         while True:

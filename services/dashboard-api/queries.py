@@ -9,7 +9,7 @@ round must stay exactly one collector round, whatever ``SCRAPE_INTERVAL`` is.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -67,6 +67,12 @@ class HistoryReader:
             self._variants = [row[0] for row in rows]
             self._variants_at = now
         return list(self._variants)
+
+    def saw(self, variants: Iterable[str]) -> None:
+        """Variants seen in new rounds: known from now on, without waiting for the cache."""
+        new = set(variants).difference(self._variants)
+        if new:
+            self._variants = sorted(new.union(self._variants))
 
     async def series(self, span: int, variant: str, now: float) -> Series:
         """Points of ``variant`` (or ``all``) over the last ``span`` seconds before ``now``."""

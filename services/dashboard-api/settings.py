@@ -62,7 +62,10 @@ class DashboardSettings(DatabaseSettings):
     )
     limiter_url: str = Field(
         default="http://127.0.0.1:8090",
-        description="Limiter whose state the dashboard shows (`/state`); empty: none.",
+        description=(
+            "Limiter whose state the dashboard shows (its `/state`, with LIMITER_ADMIN_TOKEN); "
+            "empty: none."
+        ),
     )
     log_level: str = Field(default="INFO", description="Log level of every service.")
     # Documented by their owners (LimiterSettings, CollectorSettings).

@@ -43,12 +43,15 @@ within twelve windows), each with its reason:
 4. *Hold streak.* `probe_interval` hold-band windows in a row at a settled rate count as
    a failed trial: the band is there to absorb noise, but a limit that dropped a few
    percent would otherwise keep ~3% of attempts answered 429 indefinitely.
-5. *Overshoot.* When a bad window's accepted rate lies above the ceiling, the ceiling takes
-   it outright instead of by EWMA. That only happens when a probe overshot: the upstream
-   was offered more than its limit and accepted exactly its limit, a measurement rather
-   than a noisy surprise. Moving 30% of the way would leave the rate at ~75% of a limit just
-   measured, and climbing the rest by probing costs several windows (simulated: a limit
-   that rises 8x is reached at 90% in 10 windows instead of 14). Downward the EWMA stays.
+5. *Overshoot.* When a bad window judged a trial, or its accepted rate lies above the
+   ceiling (which only a trial can cause), the ceiling takes the accepted rate outright
+   instead of by EWMA: the upstream was offered more than its limit on purpose and
+   accepted exactly its limit, a measurement rather than a noisy surprise. Moving 30% of
+   the way would leave the rate at ~75% of a limit just measured, and climbing the rest by
+   probing costs several windows (simulated: a limit that rises 8x is reached at 90% in 10
+   windows instead of 14); below a stale ceiling, a climb that failed would climb into the
+   same limit again after each EWMA step, a bad window each time (bench/limiter_sim). A
+   bad window at a settled rate is a surprise: there the EWMA stays.
 6. *Slow start.* With no ceiling learned yet (None), clean windows multiply the rate by
    `slow_start_factor`, and the first window with r >= 1% sets the ceiling to its accepted
    rate outright (there is nothing to average with, and nothing to hold to).

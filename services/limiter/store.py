@@ -98,15 +98,17 @@ class LimiterStore(Protocol):
     ) -> Admission:
         """Reserve a slot (and a concurrency lease named ``lease``) unless the wait is too long.
 
-        ``demand`` counts the call in the current window's demand; a caller retrying after a
-        concurrency refusal passes False so one request counts once.
+        ``demand`` counts the call in the current window's demand (the proxy passes False
+        and reports demand itself, as each request arrives). When the rate changed since
+        the waits already granted were laid out, the backlog first moves to the new rate:
+        what is left of it is scaled by old rate / new rate, at most ``max_wait`` ahead.
         """
         ...
 
     async def report(
         self, pool: str, window: int, counts: Mapping[str, int], release: Sequence[str] = ()
     ) -> None:
-        """Add outcome counts (keys: Outcome values) to a window; release finished leases."""
+        """Add counts (keys: Outcome values, and `demand`) to a window; release leases."""
         ...
 
     async def heartbeat(self, pool: str, replica: str, ttl: float) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 from dataclasses import dataclass, field
@@ -140,6 +141,11 @@ class ProxyApp:
                 store, limits.params(), state_max_age=limits.rate_limit_state_max_age
             )
             tasks.append(asyncio.create_task(loop.run(), name="limiter-control"))
+        # Everything built so far lives as long as the process: out of the collector's
+        # sight, full collections under load take half as long (bench/limiter_sim: the
+        # longest went from 237 to 121 ms), which keeps them clear of REDIS_TIMEOUT.
+        gc.collect()
+        gc.freeze()
 
     async def _refresh_gauges(self) -> None:
         limiter, metrics = self.limiter, self.metrics

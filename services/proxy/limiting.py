@@ -14,7 +14,12 @@ on the response path.
 If the store cannot be reached, the proxy goes on at its share of the last known rate
 (the rate divided by the replicas that were alive), enforced by a private in-memory store,
 reports itself degraded, and goes back to the shared store within a second of it
-answering again. No request fails because the store is down.
+answering again. No request fails because the store is down. One failed call is only a
+suspicion: that request is admitted locally and the background task pings at once; the
+proxy degrades when the ping fails too. A pause of the proxy's own event loop (a full
+garbage collection, a starved CPU) fails every call in flight at the time, and degrading
+on it handed the whole replica to its local limiter, on top of the requests the shared
+store had already scheduled, several times a minute on a busy machine (bench/limiter_sim).
 """
 
 from __future__ import annotations
@@ -99,6 +104,7 @@ class ProxyLimiter:
         self._counts: defaultdict[int, Counter[str]] = defaultdict(Counter)
         self._released: list[str] = []
         self._wake = asyncio.Event()
+        self._suspect = False  # a store call failed; the next ping decides
         # Set (and replaced) when an answer shows a new rate: wakes the waiting requests.
         self._rate_changed = asyncio.Event()
         self._rate_seen_at = -math.inf  # store time of the answer self.rate came from
@@ -123,9 +129,8 @@ class ProxyLimiter:
         poll = CONCURRENCY_POLL_SECONDS
         while True:
             budget = max(0.0, deadline - time.monotonic())
-            admission = await self._acquire(lease, budget)
+            admission, local = await self._acquire(lease, budget)
             if admission.granted:
-                local = self.degraded
                 if admission.wait > 0:
                     if local:
                         await asyncio.sleep(admission.wait)
@@ -168,19 +173,22 @@ class ProxyLimiter:
                 async with asyncio.timeout(end - now):
                     await changed.wait()
 
-    async def _acquire(self, lease: str, budget: float) -> Admission:
+    async def _acquire(self, lease: str, budget: float) -> tuple[Admission, bool]:
+        """An admission, and whether the local store gave it."""
         # Demand is counted on arrival (``arrived``), so no acquire counts it again.
         if not self.degraded:
             try:
                 admission = await self.store.acquire(
                     self.pool, lease, budget, LEASE_TTL_SECONDS, demand=False
                 )
-            except StoreError as exc:
-                await self._degrade(exc)
+            except StoreError:
+                self._suspect = True
+                self._wake.set()
             else:
                 self._learn(admission)
-                return admission
-        return await self._local.acquire(self.pool, lease, budget, LEASE_TTL_SECONDS, demand=False)
+                return admission, False
+        local = await self._local.acquire(self.pool, lease, budget, LEASE_TTL_SECONDS, demand=False)
+        return local, True
 
     def _learn(self, admission: Admission) -> None:
         # Answers can be handled out of order (several connections): the newest one wins.
@@ -203,13 +211,18 @@ class ProxyLimiter:
         self._counts[window][outcome.value] += 1
         self._released.append(ticket.lease)
 
+    async def _share_locally(self) -> float:
+        """Set the local store to this replica's share of the last known limits."""
+        share = self.rate / max(1, self.replicas)
+        cap = max(1, self.concurrency // max(1, self.replicas))
+        await self._local.save_state(self.pool, {"rate": repr(share), "concurrency": str(cap)})
+        return share
+
     async def _degrade(self, exc: BaseException) -> None:
         if self.degraded:
             return
         self.degraded = True
-        share = self.rate / max(1, self.replicas)
-        cap = max(1, self.concurrency // max(1, self.replicas))
-        await self._local.save_state(self.pool, {"rate": repr(share), "concurrency": str(cap)})
+        share = await self._share_locally()
         log.warning(
             "limiter store unreachable (%s): serving at this replica's share, %.3f req/s",
             type(exc).__name__,
@@ -222,11 +235,14 @@ class ProxyLimiter:
         next_heartbeat = 0.0
         while True:
             try:
-                if self.degraded:
+                if self.degraded or self._suspect:
                     await self.store.ping()
+                    self._suspect = False
+                if self.degraded:
+                    # Counts and releases kept meanwhile go out with the next flush: a
+                    # release is idempotent, and a lease left behind would count as in
+                    # flight until its TTL.
                     self.degraded = False
-                    self._counts.clear()
-                    self._released.clear()
                     next_heartbeat = 0.0
                     log.warning("limiter store reachable again: shared limit restored")
                 if time.monotonic() >= next_heartbeat:
@@ -234,10 +250,16 @@ class ProxyLimiter:
                         self.pool, self.replica, HEARTBEAT_TTL_SECONDS
                     )
                     next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
+                    await self._share_locally()
                 await self.flush()
             except StoreError as exc:
-                await self._degrade(exc)
+                if self.degraded or self._suspect:
+                    await self._degrade(exc)
+                else:
+                    self._suspect = True  # confirm with a ping first (see the docstring)
             self._wake.clear()
+            if self._suspect and not self.degraded:
+                continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(REJOIN_SECONDS if self.degraded else FLUSH_SECONDS):
                     await self._wake.wait()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.collector.processes import Process, limiter
+from tests.collector.processes import limiter, running
 from tests.dashboard_api.processes import ADMIN_TOKEN, TOKEN, Dashboard, RoundWriter, dashboard
 from tests.dashboard_api.seed import INTERVAL, SeedSummary, seed_history
 
@@ -46,19 +46,9 @@ def static_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def limiter_process() -> Iterator[Process]:
-    """A real limiter (in-process store) with an admin token, for the whole session."""
-    process = limiter({"LIMITER_ADMIN_TOKEN": ADMIN_TOKEN})
-    process.start()
-    try:
-        yield process
-    finally:
-        process.stop()
-
-
-@pytest.fixture(scope="session")
-def main_dashboard(seeded: Seeded, static_dir: Path, limiter_process: Process) -> Iterator[Dashboard]:
-    """The dashboard most tests read: seeded SQLite, a token, the real limiter."""
+def main_dashboard(seeded: Seeded, static_dir: Path) -> Iterator[Dashboard]:
+    """The dashboard most tests read: seeded SQLite, a token, a real limiter beside it."""
+    beside = limiter({"LIMITER_ADMIN_TOKEN": ADMIN_TOKEN})
     process = dashboard(
         {
             "DATABASE_URL": seeded.url,
@@ -66,15 +56,12 @@ def main_dashboard(seeded: Seeded, static_dir: Path, limiter_process: Process) -
             "DASHBOARD_SSE_HEARTBEAT": str(HEARTBEAT),
             "DASHBOARD_POLL_INTERVAL": str(POLL),
             "DASHBOARD_STATIC_DIR": str(static_dir),
-            "LIMITER_URL": limiter_process.url,
+            "LIMITER_URL": beside.url,
             "LIMITER_ADMIN_TOKEN": ADMIN_TOKEN,
         }
     )
-    process.start()
-    try:
+    with running(beside, process):
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture

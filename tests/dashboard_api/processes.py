@@ -98,6 +98,18 @@ class EventReader:
                 setattr(event, name, value)
         raise EOFError("the stream ended")
 
+    def until_heartbeat(self, timeout: float = 10.0) -> list[Event]:
+        """The snapshot events before the next heartbeat comment."""
+        deadline = time.monotonic() + timeout
+        found: list[Event] = []
+        while time.monotonic() < deadline:
+            event = self.next()
+            if event.comments == ["heartbeat"] and event.event is None:
+                return found
+            if event.event == "snapshot":
+                found.append(event)
+        raise AssertionError(f"no heartbeat within {timeout} s")
+
     def snapshots(self, count: int, timeout: float = 10.0) -> list[Event]:
         """The next ``count`` snapshot events (heartbeats skipped)."""
         deadline = time.monotonic() + timeout

@@ -1,7 +1,7 @@
 // A fake dashboard API for UI development (docs/dashboard-api.md), no dependencies:
 //   node mock/server.mjs [port]   (default 3000), then `npm run dev` in another shell.
 // Serves generated history for two variants, a snapshot event every 5 s over SSE
-// (with ids, Last-Event-ID / ?lastEventId= replay), and the built UI at / if present.
+// (with ids, Last-Event-ID / ?last_event_id= replay), and the built UI at / if present.
 import { createReadStream, existsSync, statSync } from 'node:fs'
 import { createServer } from 'node:http'
 import { extname, join, normalize } from 'node:path'
@@ -90,7 +90,8 @@ function round(ts) {
 
 function events(req, url, res) {
   res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' })
-  const last = req.headers['last-event-id'] ?? url.searchParams.get('lastEventId')
+  res.write(': connected\n\n') // sends the headers: the browser's EventSource opens
+  const last = req.headers['last-event-id'] ?? url.searchParams.get('last_event_id')
   if (last) {
     const from = Number(last) / 1000
     const t = Math.floor(now() / STEP) * STEP - STEP

@@ -167,6 +167,11 @@ export function compareHeadlines(figures: Record<string, Headline>, baseline: st
   })
 }
 
+/** Variant names in display order: production first, then by name. */
+export function orderVariants(names: Iterable<string>): string[] {
+  return [...new Set(names)].sort((a, b) => (a === 'production' ? -1 : b === 'production' ? 1 : a.localeCompare(b)))
+}
+
 /** The variant that others are compared with: production when there is one. */
 export function baselineOf(variants: string[]): string | undefined {
   return variants.includes('production') ? 'production' : variants[0]
