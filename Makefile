@@ -2,8 +2,10 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
+UI := services/dashboard-api/static/index.html
+UI_SOURCES := $(shell find web/src web/index.html web/vite.config.ts web/tsconfig.json -type f 2>/dev/null)
 
-.PHONY: setup run test lint bench constraints
+.PHONY: setup ui run demo test lint test-web test-python bench constraints
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -12,19 +14,38 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 setup: $(BIN)/.installed
 
-run: setup
-	$(BIN)/zai-proxy proxy
+web/node_modules/.package-lock.json: web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+
+# The dashboard's web UI, built into the Python package when missing or out of date.
+$(UI): web/node_modules/.package-lock.json $(UI_SOURCES)
+	cd web && npm run build
+
+ui: $(UI)
+
+run: setup ui
+	$(BIN)/zai-proxy up
+
+demo: setup ui
+	$(BIN)/zai-proxy demo
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test-web: web/node_modules/.package-lock.json
+	cd web && npm test
+
+test-python: setup ui
 	$(BIN)/pytest
 
+test: lint test-web test-python
+
 bench: setup
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python bench/proxy_bench.py
 
 # Refresh the pinned versions after changing dependencies in pyproject.toml.
 constraints:
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/pip freeze --exclude-editable --disable-pip-version-check > constraints.txt

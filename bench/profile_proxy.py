@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         summary["gc"] = summarise_gc(gc_file, since, until, requests)
     print_summary(summary)
     print(f"\nraw samples: {raw}")
+    gc_file.unlink()
+    log.unlink()
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return 0

@@ -781,6 +781,13 @@ def run_sections(config: BenchConfig, report: Report, log: Path) -> None:
             memory_section(sim, proxy, config, report)
 
 
+def write_json(report: Report, path: str) -> None:
+    """Every figure, the targets with their verdicts and margins, as JSON."""
+    targets = [{**asdict(t), "passed": t.passed, "margin": t.margin} for t in report.targets]
+    Path(path).write_text(json.dumps({**asdict(report), "targets": targets}, indent=2))
+    print(f"\nwrote {path}")
+
+
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     if {"latency", "memory"} & set(config.sections) and not check_wrk():
@@ -792,18 +799,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_sections(config, report, log)
     except KeyboardInterrupt:
-        print("\ninterrupted; processes stopped", file=sys.stderr)
+        print(f"\ninterrupted; processes stopped (proxy output: {log})", file=sys.stderr)
         return 130
     print_targets(report)
     if config.json_path:
-        payload = {
-            **asdict(report),
-            "targets": [
-                {**asdict(t), "passed": t.passed, "margin": t.margin} for t in report.targets
-            ],
-        }
-        Path(config.json_path).write_text(json.dumps(payload, indent=2))
-        print(f"\nwrote {config.json_path}")
+        write_json(report, config.json_path)
+    if config.proxy_log is None:
+        log.unlink()  # kept only when the run failed, for its error
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -130,6 +131,28 @@ def _reported_errors() -> tuple[type[Exception], ...]:
     return (ValueError,) if database is None else (ValueError, database.StorageError)
 
 
+def _run_up(args: argparse.Namespace) -> int:
+    from zai_proxy.up import run
+
+    _apply_listen(args, "PROXY")
+    return run(demo=False)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from zai_proxy.up import run
+
+    _apply_listen(args, "PROXY")
+    return run(demo=True)
+
+
+def _apply_listen(args: argparse.Namespace, service: str) -> None:
+    """--host and --port of `up`/`demo` set where every part listens / the proxy's port."""
+    if args.host:
+        os.environ["UP_HOST"] = args.host
+    if args.port is not None:
+        os.environ[f"{service}_PORT"] = str(args.port)
+
+
 def _port(cli: int | None, configured: int) -> int:
     return configured if cli is None else cli
 
@@ -165,8 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     service("limiter", "the rate limiter control plane (:8090)", _run_limiter)
     service("collector", "scrape proxies and write SQL rollups (:8091)", _run_collector)
     service("dashboard", "the dashboard API and web UI (:3000)", _run_dashboard)
-    service("up", "everything on one machine", _not_yet(6))
-    service("demo", "up plus a simulated upstream and load", _not_yet(6))
+    service("up", "everything on one machine", _run_up)
+    service("demo", "up plus a simulated upstream and load", _run_demo)
     migrate = sub.add_parser("migrate", help="apply the rollup database's migrations")
     migrate.add_argument(
         "--downgrade", metavar="REV", help="migrate down to this revision (base: drop all)"

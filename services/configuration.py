@@ -18,6 +18,7 @@ from zai_proxy.collector.settings import CollectorSettings, DatabaseSettings
 from zai_proxy.dashboard_api.settings import DashboardSettings
 from zai_proxy.limiter.settings import LimiterSettings
 from zai_proxy.proxy.settings import ProxySettings
+from zai_proxy.up import StackSettings
 
 # The seed's variables come first, in the seed's order.
 SEED = (
@@ -39,6 +40,7 @@ SETTINGS: tuple[tuple[tuple[str, ...], type[BaseSettings]], ...] = (
     (("collector",), CollectorSettings),
     (("migrate",), DatabaseSettings),
     (("dashboard",), DashboardSettings),
+    (("up", "demo"), StackSettings),
 )
 # Variables of services that are not built yet: (name, default, meaning).
 PENDING: tuple[tuple[str, str, str], ...] = ()

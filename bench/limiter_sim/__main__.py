@@ -15,7 +15,7 @@ from zai_proxy.limiter.controller import DEFAULT_HOLD_MARGIN
 from . import processes, report
 from .analysis import phases_of
 from .plot import plot
-from .run import RunConfig, RunResult, run
+from .run import RunConfig, RunResult, from_json, run
 
 DEFAULT_PLOT = Path("docs/img/limiter-sim.png")
 
@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write every figure and sample here")
     parser.add_argument("--plot", type=Path, default=DEFAULT_PLOT)
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--replot", type=Path, metavar="JSON", help="only redraw the plot from a --json file"
+    )
     parser.add_argument("--log", type=Path, help="child processes' output (default: a temp file)")
     return parser.parse_args(argv)
 
@@ -66,13 +69,23 @@ def _env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
+def _hold_margin(env: dict[str, str]) -> float:
+    return float(env.get("RATE_LIMIT_HOLD_MARGIN", DEFAULT_HOLD_MARGIN))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        saved = json.loads(args.replot.read_text())
+        runs = [from_json(run) for run in saved["runs"]]
+        plot(runs, args.plot, _hold_margin(_env(args.env)))
+        print(f"plot: {args.plot}")
+        return 0
     limits = [float(x) for x in args.limits.split(",") if x.strip()]
     phase_seconds = 30.0 if args.quick else args.phase_seconds
     warmup = phase_seconds if args.warmup is None else args.warmup
     env = _env(args.env)
-    hold_margin = float(env.get("RATE_LIMIT_HOLD_MARGIN", DEFAULT_HOLD_MARGIN))
+    hold_margin = _hold_margin(env)
     log = args.log or Path(tempfile.mkstemp(prefix="limiter-sim-", suffix=".log")[1])
     machine = report.machine_info()
     print("machine:", json.dumps(machine))

@@ -67,7 +67,7 @@ def plot(runs: Sequence[RunResult], path: Path, hold_margin: float) -> None:
             bottom.axvline(phase.start, color="grey", lw=0.6)
         for phase in run.config.phases:
             if phase.warmup:
-                top.axvspan(phase.start, phase.end, color="grey", alpha=0.08, lw=0)
+                top.axvspan(phase.start, phase.end, color="grey", alpha=0.08, lw=0, zorder=0)
                 top.text(phase.start + 1, ymax * 0.05, "warm-up (cold start)", fontsize=8,
                          color="dimgrey")  # fmt: skip
         top.set_ylabel("requests/s")
@@ -76,7 +76,7 @@ def plot(runs: Sequence[RunResult], path: Path, hold_margin: float) -> None:
             f"{title}: offered {run.config.offered:g} req/s; markers: "
             "▼ decrease, ▲ increase (green) / probe (purple)", fontsize=10,
         )  # fmt: skip
-        top.legend(loc="upper left", fontsize=8, ncol=3)
+        top.legend(loc="upper left", bbox_to_anchor=(0.0, 0.93), fontsize=8, ncol=3)
         top.grid(alpha=0.3)
         ratios = [100 * smoothed_ratio(series, a) for a in range(last)]
         bottom.plot(centres, ratios, color="tab:red", lw=1.0, label="upstream 429 ratio (3-s)")

@@ -76,6 +76,22 @@ class RunResult:
         }
 
 
+def from_json(saved: dict[str, Any]) -> RunResult:
+    """A run as ``to_json`` wrote it (without the per-request records): for ``--replot``."""
+    config = dict(saved["config"])
+    config["phases"] = [Phase(**p) for p in config["phases"]]
+    config["targets"] = Targets(**config["targets"])
+    return RunResult(
+        config=RunConfig(**config),
+        samples=[Sample(**s) for s in saved["samples"]],
+        load=LoadResult(),
+        series=Series(**saved["series"]),
+        phases=[PhaseResult(**p) for p in saved["phases"]],
+        decisions=[Decision(**d) for d in saved["decisions"]],
+        decision_counts=saved["decision_counts"],
+    )
+
+
 async def _drive(
     config: RunConfig,
     sim_url: str,

@@ -6,7 +6,9 @@ moves no total backwards and makes no spike:
 
 - a target's first scrape (a new replica, one back after missing a round, or one last seen
   more than ``max_gap`` ago) only primes: it adds its gauges and counts as a replica, but
-  no increase; a variant whose every target primes this round gets no snapshot;
+  no increase, unless its ``process_start_time_seconds`` is after the previous round
+  (within the first round: after one interval ago): then the process is new and all it
+  counted is new, so its whole counts are the increase; a variant whose every target primes this round gets no snapshot;
 - a series that went down restarted: its increase is its new value (as Prometheus's
   ``increase`` reads a reset); a changed ``process_start_time_seconds`` marks every
   series of the target restarted; a histogram restarts as a whole (any bucket down, or
@@ -145,17 +147,24 @@ class RoundMerger:
         self.pool = pool
         self.max_gap = max_gap if max_gap is not None else DEFAULT_MAX_GAP_INTERVALS * interval
         self._previous: dict[str, Scrape] = {}
+        self._last_round: float | None = None
 
     def merge(self, now: float, scrapes: Iterable[Scrape]) -> list[Snapshot]:
         """Snapshots (one per variant with a baseline, by variant name) of the round at ``now``."""
         current = {scrape.target: scrape for scrape in scrapes}
         increases: dict[str, _Increase] = {}
+        # A process that started after the last round (or within the first round's
+        # interval) counted everything it shows since we last looked: count it all.
+        fresh_after = self._last_round if self._last_round is not None else now - self.interval
         for target, scrape in current.items():
             previous = self._previous.get(target)
             if previous is not None and 0 < scrape.time - previous.time <= self.max_gap:
                 increases[target] = _increase(previous.samples, scrape.samples)
+            elif (scrape.samples.start_time or 0.0) > fresh_after:
+                increases[target] = _increase(_NOTHING, scrape.samples)
         # Targets missing from this round are dropped: on return they prime again.
         self._previous = current
+        self._last_round = now
 
         limiter = _limiter_figures(current.values(), increases.values(), self.pool)
         ts = bucket_start(now, self.interval)
@@ -217,6 +226,9 @@ class RoundMerger:
             )
             s.cost_usd += figures.cost_usd
         s.models = dict(sorted(models.items()))
+
+
+_NOTHING = Samples()
 
 
 def _increase(previous: Samples, current: Samples) -> _Increase:

@@ -61,11 +61,22 @@ class Lifecycle:
 class ProxyApp:
     """The proxy's ASGI application."""
 
-    def __init__(self, settings: ProxySettings, limits: LimiterSettings) -> None:
+    def __init__(
+        self,
+        settings: ProxySettings,
+        limits: LimiterSettings,
+        *,
+        store: LimiterStore | None = None,
+        run_control: bool | None = None,
+    ) -> None:
+        """``store``: a limiter store shared with other parts of this process (``up``);
+        ``run_control``: step the controller here (default: when there is no Redis)."""
         # `_created` samples double the exposition and no dashboard reads them.
         disable_created_metrics()
         self.settings = settings
         self.limits = limits
+        self._shared_store = store
+        self._run_control = limits.redis_url is None if run_control is None else run_control
         self.lifecycle = Lifecycle()
         self.registry = CollectorRegistry()
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -114,7 +125,7 @@ class ProxyApp:
         estimator = None
         if s.token_counting_enabled:
             estimator = TokenEstimator(load_encoding(encoding_for(s.tokenizer_model)))
-        store = self.store = open_store(
+        store = self.store = self._shared_store or open_store(
             limits.redis_url, limits.store_config(), socket_timeout=limits.redis_timeout
         )
         limiter = self.limiter = ProxyLimiter(
@@ -135,8 +146,8 @@ class ProxyApp:
         tasks = self.lifecycle.tasks
         tasks.append(asyncio.create_task(limiter.run(), name="limiter-reports"))
         tasks.append(asyncio.create_task(self._refresh_gauges(), name="limiter-gauges"))
-        if limits.redis_url is None:
-            # No shared store: this process learns the limit itself.
+        if self._run_control:
+            # No limiter service on this store: this process learns the limit itself.
             loop = ControlLoop(
                 store, limits.params(), state_max_age=limits.rate_limit_state_max_age
             )
@@ -163,7 +174,7 @@ class ProxyApp:
         if self.limiter is not None:
             with contextlib.suppress(Exception):
                 await self.limiter.flush()
-        if self.store is not None:
+        if self.store is not None and self._shared_store is None:
             await self.store.close()
         if self.forwarder is not None:
             await self.forwarder.session.close()

@@ -11,7 +11,8 @@ here), driven by Playwright with its `executable_path`. Under CI a missing brows
 the test; elsewhere it skips. The UI is built (`npm ci && npm run build` in web/) unless
 `services/dashboard-api/static/` holds a build of the current sources (its
 `build-info.json` names their hash, see web/source-hash.ts). Screenshots, light and dark, at
-desktop and phone width, go to docs/img/ (or `DASHBOARD_SCREENSHOT_DIR`).
+desktop and phone width, go to a temporary folder, or to `DASHBOARD_SCREENSHOT_DIR`
+(`DASHBOARD_SCREENSHOT_DIR=docs/img` refreshes the ones docs/dashboard.md shows).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +40,10 @@ ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "web"
 STATIC = ROOT / "services" / "dashboard-api" / "static"
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
-SCREENSHOTS = Path(os.environ.get("DASHBOARD_SCREENSHOT_DIR", ROOT / "docs" / "img"))
+SCREENSHOTS = Path(
+    os.environ.get("DASHBOARD_SCREENSHOT_DIR")
+    or tempfile.mkdtemp(prefix="zai-dashboard-screenshots-")
+)
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--headless",

@@ -1,0 +1,127 @@
+"""The demo's synthetic load: clients of both dialects, above the hidden limit.
+
+It offers more than the simulated upstream accepts, so the limiter has something to learn,
+spreads it 3:1 over the production and canary proxies, mixes plain and streamed OpenAI
+and Anthropic requests with realistic token counts, and prints one progress line a
+second: what was sent and answered, and the limiter's rate against the hidden limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import sys
+import time
+from collections import Counter
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+# Requests per second offered: above the highest hidden limit of the demo schedule.
+OFFERED_RATE = 60.0
+MAX_IN_FLIGHT = 400
+PROGRESS_SECONDS = 1.0
+MODELS = ("glm-4.6", "glm-4.6", "glm-4.6", "glm-4.5-air")
+
+
+class DemoLoad:
+    """Sends the demo's requests and prints its progress line."""
+
+    def __init__(self, proxies: list[str], *, simulator: str, limiter: str) -> None:
+        self.proxies = proxies
+        self.simulator = simulator
+        self.limiter = limiter
+        self.counts: Counter[str] = Counter()
+        self.started = time.monotonic()
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._random = random.Random(7)
+
+    async def run(self) -> None:
+        """Offer load until cancelled."""
+        timeout = aiohttp.ClientTimeout(total=60)
+        connector = aiohttp.TCPConnector(limit=MAX_IN_FLIGHT)
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            progress = asyncio.create_task(self._progress(session))
+            pending: set[asyncio.Task[None]] = set()
+            try:
+                while True:
+                    await self._slots.acquire()
+                    task = asyncio.create_task(self._one(session))
+                    pending.add(task)
+                    task.add_done_callback(pending.discard)
+                    await asyncio.sleep(self._random.expovariate(OFFERED_RATE))
+            finally:
+                progress.cancel()
+                for task in pending:
+                    task.cancel()
+                print(file=sys.stderr)
+
+    async def _one(self, session: aiohttp.ClientSession) -> None:
+        rnd = self._random
+        base = self.proxies[0] if len(self.proxies) == 1 or rnd.random() < 0.75 else self.proxies[1]
+        anthropic = rnd.random() < 0.3
+        stream = anthropic or rnd.random() < 0.5
+        body: dict[str, object] = {
+            "model": rnd.choice(MODELS),
+            "stream": stream,
+            "messages": [{"role": "user", "content": "Summarise the incident report."}],
+        }
+        if anthropic:
+            body["max_tokens"] = 1024
+        completion = rnd.randint(40, 900)
+        headers = {
+            "x-sim-prompt-tokens": str(rnd.randint(300, 6000)),
+            "x-sim-completion-tokens": str(completion),
+            "x-sim-cached-tokens": str(rnd.choice((0, 0, 256, 1024))),
+            "x-sim-latency-ms": str(rnd.randint(40, 400)),
+            "x-sim-chunks": str(max(2, completion // 40)),
+            "x-sim-chunk-gap-ms": "15" if stream else "0",
+        }
+        path = "/v1/messages" if anthropic else "/v1/chat/completions"
+        self.counts["sent"] += 1
+        try:
+            async with session.post(base + path, json=body, headers=headers) as response:
+                await response.read()
+                if response.status == 200:
+                    self.counts["ok"] += 1
+                elif response.headers.get("x-ratelimit-source") == "proxy":
+                    self.counts["held back"] += 1
+                elif response.status == 429:
+                    self.counts["upstream 429"] += 1
+                else:
+                    self.counts["other"] += 1
+        except (aiohttp.ClientError, TimeoutError):
+            self.counts["failed"] += 1
+        finally:
+            self._slots.release()
+
+    async def _progress(self, session: aiohttp.ClientSession) -> None:
+        while True:
+            await asyncio.sleep(PROGRESS_SECONDS)
+            rate, ceiling, hidden = await self._figures(session)
+            elapsed = int(time.monotonic() - self.started)
+            c = self.counts
+            line = (
+                f"demo {elapsed // 60:02d}:{elapsed % 60:02d}  sent {c['sent']:,}  ok {c['ok']:,}"
+                f"  held back {c['held back']:,}  upstream 429 {c['upstream 429']:,}"
+                f"  limiter {rate}  ceiling {ceiling}  hidden limit {hidden}"
+            )
+            print(f"\r{line:<118}", end="", file=sys.stderr, flush=True)
+
+    async def _figures(self, session: aiohttp.ClientSession) -> tuple[str, str, str]:
+        rate = ceiling = hidden = "-"
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+            async with session.get(f"{self.limiter}/metrics") as response:
+                text = await response.text()
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "limiter_rate":
+                        rate = f"{sample.value:.1f}/s"
+                    elif sample.name == "limiter_ceiling":
+                        ceiling = f"{sample.value:.1f}/s"
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+            async with session.get(f"{self.simulator}/_sim/stats") as response:
+                stats = await response.json()
+            hidden = f"{stats['limit']['rate']:.0f}/s"
+        return rate, ceiling, hidden

@@ -1,0 +1,262 @@
+"""``zai-proxy up`` and ``zai-proxy demo``: every part in one process on one machine.
+
+One event loop serves the proxy, the limiter (its control loop and admin API, over the
+in-process store the proxy admits from), the collector (writing a SQLite file unless
+DATABASE_URL says otherwise) and the dashboard, each on its own port. Every port is bound
+before anything starts, so a taken port is a one-line error rather than a half-started
+system; Ctrl-C (or SIGTERM) stops every part, the proxy draining first.
+
+``demo`` adds a simulated upstream with a hidden rate limit that changes over time, a
+canary proxy beside the production one, and a synthetic load with a progress line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import secrets
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+import uvloop
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from zai_proxy import __version__
+from zai_proxy.limiter.settings import LimiterSettings
+from zai_proxy.limiter.stores import open_store
+from zai_proxy.proxy.settings import ProxySettings
+
+# The demo's hidden limit (requests/s) over time: it halves, then rises above the start.
+DEMO_SCHEDULE = ((0.0, 30.0), (90.0, 15.0), (180.0, 45.0))
+DEMO_QUOTA = (("5h", 200_000), ("weekly", 2_000_000))
+DEMO_KEY = "sk-demo-not-a-real-key"
+
+
+class StackSettings(BaseSettings):
+    """Where `up` and `demo` listen (each part's port is its own service's setting)."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+    up_host: str = Field(
+        default="127.0.0.1", description="Address every part of `up` and `demo` listens on."
+    )
+    demo_simulator_port: int = Field(
+        default=8070, ge=1, le=65535, description="Port of the demo's simulated upstream."
+    )
+    demo_canary_port: int = Field(
+        default=8081, ge=1, le=65535, description="Port of the demo's canary proxy."
+    )
+
+
+@dataclass
+class Part:
+    """One server of the stack."""
+
+    name: str
+    app: Any
+    host: str
+    port: int
+    note: str = ""
+    lifespan: str = "on"
+
+
+class StackServer(uvicorn.Server):
+    """A uvicorn server that leaves signals to the stack (several share one loop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind(part: Part) -> socket.socket:
+    """The part's listening socket; a clear error when the port is taken."""
+    family = socket.AF_INET6 if ":" in part.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((part.host, part.port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ValueError(
+                f"port {part.port} ({part.name}) is already in use: stop what holds it, or "
+                f"choose another port in the environment (see README)"
+            ) from None
+        raise ValueError(f"cannot listen on {part.host}:{part.port} ({part.name}): {exc}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve(
+    parts: list[Part],
+    extra: list[Callable[[], Awaitable[None]]] | None = None,
+    announce: Callable[[], None] | None = None,
+) -> None:
+    """Serve every part until SIGINT or SIGTERM; then stop them all, the proxies first."""
+    sockets = []
+    try:
+        for part in parts:
+            sockets.append(bind(part))
+    except ValueError:
+        for sock in sockets:
+            sock.close()
+        raise
+    if announce is not None:
+        announce()
+    servers = [
+        StackServer(
+            uvicorn.Config(
+                part.app,
+                loop="none",
+                lifespan=part.lifespan,
+                log_config=None,
+                access_log=False,
+                timeout_graceful_shutdown=10,
+            )
+        )
+        for part in parts
+    ]
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    tasks = [
+        asyncio.create_task(server.serve(sockets=[sock]), name=part.name)
+        for part, server, sock in zip(parts, servers, sockets, strict=True)
+    ]
+    helpers = [asyncio.create_task(job(), name="helper") for job in extra or ()]
+    waiter = asyncio.create_task(stopping.wait())
+    await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for job in helpers:
+        job.cancel()
+    for server in servers:  # parts are listed proxies first
+        server.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)
+    waiter.cancel()
+    for sock in sockets:
+        sock.close()
+    failed = [part.name for part, server in zip(parts, servers, strict=True) if not server.started]
+    if failed and not stopping.is_set():
+        raise ValueError(f"{', '.join(failed)} did not start (see the log above)")
+
+
+def _stack(demo: bool) -> tuple[list[Part], list[Callable[[], Awaitable[None]]], list[str]]:
+    """Build every part from the environment (demo: with its simulated upstream and load)."""
+    from zai_proxy.collector import migrate
+    from zai_proxy.collector.app import build_app as collector_app
+    from zai_proxy.collector.settings import CollectorSettings
+    from zai_proxy.dashboard_api.app import build_app as dashboard_app
+    from zai_proxy.dashboard_api.settings import DashboardSettings
+    from zai_proxy.limiter.app import build_app as limiter_app
+    from zai_proxy.proxy.app import ProxyApp
+
+    stack = StackSettings()
+    host = stack.up_host
+    if demo:
+        simulator_url = f"http://{host}:{stack.demo_simulator_port}"
+        os.environ.setdefault("ZAI_API_KEY", DEMO_KEY)
+        os.environ.setdefault("ZAI_TARGET_URL", f"{simulator_url}/api/paas/v4")
+        os.environ.setdefault("ZAI_ANTHROPIC_URL", f"{simulator_url}/api/anthropic")
+        os.environ.setdefault("DATABASE_URL", "sqlite+aiosqlite:///./zai-proxy-demo.db")
+        os.environ.setdefault("RATE_LIMIT_WINDOW", "2")
+        os.environ.setdefault("RATE_LIMIT_INITIAL", "10")
+    os.environ.setdefault("LIMITER_ADMIN_TOKEN", secrets.token_urlsafe(24))
+    proxy_settings = ProxySettings()
+    proxy_settings.require_key()
+    limits = LimiterSettings()
+    # One store for every part of this process: the proxies admit from it, the limiter
+    # steps it (REDIS_URL, when set, shares it with other machines too).
+    store = open_store(limits.redis_url, limits.store_config(), socket_timeout=limits.redis_timeout)
+    proxies = [(proxy_settings, proxy_settings.proxy_port)]
+    if demo:
+        canary = proxy_settings.model_copy(update={"deployment_variant": "canary"})
+        proxies.append((canary, stack.demo_canary_port))
+    proxy_urls = ",".join(f"http://{host}:{port}" for _, port in proxies)
+    os.environ.setdefault("COLLECTOR_TARGETS", proxy_urls)
+    os.environ.setdefault("COLLECTOR_LIMITER_TARGETS", f"http://{host}:{limits.limiter_port}")
+    os.environ.setdefault("LIMITER_URL", f"http://{host}:{limits.limiter_port}")
+    collector = CollectorSettings()
+    dashboard = DashboardSettings()
+    asyncio.run(migrate.upgrade(collector.database_url))
+
+    parts = [
+        Part(
+            f"proxy ({settings.deployment_variant})",
+            ProxyApp(settings, limits, store=store, run_control=False),
+            host,
+            port,
+            "OpenAI /v1/chat/completions, Anthropic /v1/messages",
+        )
+        for settings, port in proxies
+    ]
+    parts += [
+        Part("limiter", limiter_app(limits, store=store), host, limits.limiter_port,
+             "Redis" if limits.redis_url else "in-process store"),
+        Part("collector", collector_app(collector), host, collector.collector_port,
+             f"writes {_where(collector.database_url)}"),
+        Part("dashboard", dashboard_app(dashboard), host, dashboard.dashboard_port, ""),
+    ]  # fmt: skip
+    extra: list[Callable[[], Awaitable[None]]] = []
+    notes = [f"upstream   {proxy_settings.zai_target_url}"]
+    if demo:
+        from zai_proxy.demo import DemoLoad
+        from zai_proxy.simulator.app import build_app as simulator_app
+        from zai_proxy.simulator.config import SimulatorConfig
+
+        simulator = simulator_app(
+            SimulatorConfig(schedule=DEMO_SCHEDULE, quota_requests=DEMO_QUOTA)
+        )
+        parts.append(
+            Part("upstream (simulated)", simulator, host, stack.demo_simulator_port,
+                 "hidden limit 30 → 15 → 45 req/s", lifespan="off")
+        )  # fmt: skip
+        load = DemoLoad(
+            [f"http://{host}:{port}" for _, port in proxies],
+            simulator=simulator_url,
+            limiter=f"http://{host}:{limits.limiter_port}",
+        )
+        extra.append(load.run)
+        notes = ["upstream   simulated (no key, no network)"]
+    return parts, extra, notes
+
+
+def _where(database_url: str) -> str:
+    if database_url.startswith("sqlite"):
+        return str(Path(database_url.split("///", 1)[-1]).resolve())
+    return database_url.split("@")[-1]
+
+
+def banner(parts: list[Part], notes: list[str]) -> str:
+    """What listens where, and where the data lives."""
+    lines = [f"zai-proxy {__version__} is up"]
+    for part in parts:
+        url = f"http://{part.host}:{part.port}"
+        lines.append(f"  {part.name:<22} {url:<24} {part.note}".rstrip())
+    lines += [f"  {note}" for note in notes]
+    lines.append("Ctrl-C stops everything.")
+    return "\n".join(lines)
+
+
+def run(demo: bool = False) -> int:
+    """Build the stack, print the banner, serve until stopped."""
+    from zai_proxy.logs import configure_logging
+
+    configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
+    parts, extra, notes = _stack(demo)
+
+    def announce() -> None:
+        print(banner(parts, notes), file=sys.stderr, flush=True)
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(parts, extra, announce))
+    return 0
