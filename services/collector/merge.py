@@ -8,7 +8,8 @@ moves no total backwards and makes no spike:
   more than ``max_gap`` ago) only primes: it adds its gauges and counts as a replica, but
   no increase, unless its ``process_start_time_seconds`` is after the previous round
   (within the first round: after one interval ago): then the process is new and all it
-  counted is new, so its whole counts are the increase; a variant whose every target primes this round gets no snapshot;
+  counted is new, so its whole counts are the increase; a variant whose every target
+  primes this round gets no snapshot;
 - a series that went down restarted: its increase is its new value (as Prometheus's
   ``increase`` reads a reset); a changed ``process_start_time_seconds`` marks every
   series of the target restarted; a histogram restarts as a whole (any bucket down, or
