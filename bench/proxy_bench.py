@@ -39,6 +39,7 @@ import platform
 import re
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -788,7 +789,12 @@ def write_json(report: Report, path: str) -> None:
     print(f"\nwrote {path}")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: every child is stopped
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _interrupt)
     config = parse_args(argv)
     if {"latency", "memory"} & set(config.sections) and not check_wrk():
         return 2

@@ -131,6 +131,14 @@ def _reported_errors() -> tuple[type[Exception], ...]:
     return (ValueError,) if database is None else (ValueError, database.StorageError)
 
 
+def _run_status(args: argparse.Namespace) -> int:
+    from zai_proxy.status import report
+
+    text, all_up = report(args.host)
+    print(text)
+    return 0 if all_up else 1
+
+
 def _run_up(args: argparse.Namespace) -> int:
     from zai_proxy.up import run
 
@@ -155,17 +163,6 @@ def _apply_listen(args: argparse.Namespace, service: str) -> None:
 
 def _port(cli: int | None, configured: int) -> int:
     return configured if cli is None else cli
-
-
-def _not_yet(issue: int) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        print(
-            f"zai-proxy {args.command}: not implemented yet (tracked in issue #{issue})",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-
-    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.set_defaults(run=_run_migrate)
     status = sub.add_parser("status", help="health and figures of a running system")
-    status.set_defaults(run=_not_yet(6))
+    status.add_argument("--host", default="127.0.0.1", help="where the parts run")
+    status.set_defaults(run=_run_status)
     return parser
 
 

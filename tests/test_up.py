@@ -113,6 +113,19 @@ def test_up_serves_proxy_limiter_collector_and_dashboard_and_stops_on_ctrl_c(
         limiter_view = httpx.get(f"{url(env, 'DASHBOARD')}/api/limiter").json()
         assert limiter_view["available"] is True
 
+        status = subprocess.run(
+            [sys.executable, "-m", "zai_proxy", "status"], env=env, capture_output=True,
+            timeout=30, text=True,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stdout + status.stderr
+        for part in ("proxy", "limiter", "collector", "dashboard"):
+            assert part in status.stdout
+        assert "last minute" in status.stdout
+        production = next(
+            line for line in status.stdout.splitlines() if line.startswith("production")
+        )
+        assert production.split()[1] == "10"  # requests in the last minute
+
         process.send_signal(signal.SIGINT)
         assert process.wait(20) == 0
     assert "Traceback" not in log.read_text()
