@@ -197,7 +197,10 @@ def run_proxy(
 ) -> Iterator[ProxyProcess]:
     """One `python -m zai_proxy proxy` process on a free port until the block ends."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    # One process with the embedded limiter store, whatever this shell has exported.
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PROMETHEUS_MULTIPROC_DIR", "REDIS_URL")
+    }
     env.update(
         ZAI_API_KEY="sk-bench",
         ZAI_TARGET_URL=target_url,
@@ -224,7 +227,10 @@ def run_proxy(
         )
     proxy = ProxyProcess(f"http://127.0.0.1:{port}", process)
     try:
-        wait_healthy(proxy.url, process)
+        try:
+            wait_healthy(proxy.url, process)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}; its output is in {log}") from exc
         yield proxy
     finally:
         stop_process(process)

@@ -17,6 +17,7 @@ import asyncio
 import json
 import multiprocessing
 import re
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -99,6 +100,9 @@ async def _serve(ready: Connection) -> None:
 
 
 def _upstream_main(ready: Connection) -> None:
+    # The parent ends this process with SIGTERM; Ctrl-C is the parent's to handle.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     uvloop.run(_serve(ready))
 
 
