@@ -105,8 +105,12 @@ class DisconnectWatch:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
+        # Dropping the references breaks the request ↔ watcher cycle, so a finished request
+        # is freed by reference counting, not by the garbage collector (bench/profile_proxy).
+        # A finished response needs no cancel: uvicorn wakes the watcher when it completes.
+        watcher, self._watcher, self._task = self._watcher, None, None
+        if watcher is not None and not self._exchange.finished:
+            watcher.cancel()
 
     async def _watch(self) -> None:
         while True:
@@ -194,31 +198,39 @@ class Forwarder:
             self.metrics.unparseable.inc()
         exchange.model = self.metrics.models(request.model)
 
-        pool, metrics = self.pool, self.metrics
         self.limiter.arrived()
-        metrics.queued.inc()
-        try:
-            queue_wait = await pool.acquire()
-        finally:
-            metrics.queued.dec()
-        metrics.queue_wait_child.observe(queue_wait)
-        metrics.in_flight.inc()
-        try:
-            with DisconnectWatch(receive, exchange):
-                headers = upstream_request_headers(
-                    scope["headers"], route.dialect, self.auth, exchange.request_id
-                )
-                try:
-                    async for attempt in self.retries.attempts(self._count_retry):
-                        with attempt:
-                            await self._attempt(send, exchange, route, request, headers)
-                except RetryableAttempt as failed:
-                    if failed.answer is None:
-                        raise failed.error or UpstreamUnavailable("the upstream failed") from None
-                    await self._pass_answer(send, exchange, failed.answer)
-        finally:
-            metrics.in_flight.dec()
-            pool.release()
+        with DisconnectWatch(receive, exchange):
+            headers = upstream_request_headers(
+                scope["headers"], route.dialect, self.auth, exchange.request_id
+            )
+            try:
+                await self._attempt(send, exchange, route, request, headers)
+            except RetryableAttempt as failed:
+                await self._retry(send, exchange, route, request, headers, failed)
+
+    async def _retry(
+        self,
+        send: Any,
+        exchange: Exchange,
+        route: Route,
+        request: Request,
+        headers: list[tuple[str, str]],
+        failed: RetryableAttempt,
+    ) -> None:
+        """Retry a failed first attempt while the policy allows; pass on the last answer."""
+        if self.retries.retryable(failed):
+            self._count_retry(failed)
+            await asyncio.sleep(self.retries.delay(failed, 1))
+            try:
+                async for attempt in self.retries.retries(self._count_retry):
+                    with attempt:
+                        await self._attempt(send, exchange, route, request, headers)
+                return
+            except RetryableAttempt as last:
+                failed = last
+        if failed.answer is None:
+            raise failed.error or UpstreamUnavailable("the upstream failed") from None
+        await self._pass_answer(send, exchange, failed.answer)
 
     async def _attempt(
         self,
@@ -228,9 +240,25 @@ class Forwarder:
         request: Request,
         headers: list[tuple[str, str]],
     ) -> None:
-        """One upstream attempt, admitted by the limiter; raise RetryableAttempt to retry."""
+        """One upstream attempt, admitted by the limiter; raise RetryableAttempt to retry.
+
+        The limiter admits first, then the attempt takes a worker: a request waiting for
+        its turn at the upstream's rate holds no worker (MAX_WORKERS bounds what is upstream).
+        """
         ticket = await self.limiter.admit()
-        self.metrics.rate_limit_wait_child.observe(ticket.waited)
+        metrics, pool = self.metrics, self.pool
+        metrics.rate_limit_wait_child.observe(ticket.waited)
+        outcome: Outcome | None = None  # None: nothing reached the upstream
+        metrics.queued.inc()
+        try:
+            queue_wait = await pool.acquire()
+        except BaseException:
+            await self.limiter.record(ticket, outcome)
+            raise
+        finally:
+            metrics.queued.dec()
+        metrics.queue_wait_child.observe(queue_wait)
+        metrics.in_flight.inc()
         outcome = Outcome.NETWORK
         try:
             async with open_response(
@@ -257,6 +285,8 @@ class Forwarder:
             outcome = failed.outcome
             raise
         finally:
+            metrics.in_flight.dec()
+            pool.release()
             await self.limiter.record(ticket, outcome)
 
     async def _read_error(self, response: aiohttp.ClientResponse) -> UpstreamAnswer:

@@ -42,6 +42,9 @@ from zai_proxy.proxy.errors import ProxyError
 log = logging.getLogger("zai_proxy.proxy")
 
 FLUSH_SECONDS = 0.2
+# A finished attempt's lease goes back within this (batched with the others that finish
+# meanwhile): held longer, finished requests would count against the concurrency cap.
+RELEASE_SECONDS = 0.02
 HEARTBEAT_SECONDS = 2.0
 HEARTBEAT_TTL_SECONDS = 6.0
 REJOIN_SECONDS = 0.5
@@ -202,14 +205,17 @@ class ProxyLimiter:
             self._rate_changed.set()
             self._rate_changed = asyncio.Event()
 
-    async def record(self, ticket: Ticket, outcome: Outcome) -> None:
-        """Count an attempt's outcome and release its lease (sent in the background)."""
+    async def record(self, ticket: Ticket, outcome: Outcome | None) -> None:
+        """Count an attempt's outcome (None: it never reached the upstream) and release its
+        lease; both are sent in the background, the release within RELEASE_SECONDS."""
         if ticket.local:
             await self._local.report(self.pool, 0, {}, release=(ticket.lease,))
             return
-        window = self.store.config.window_of(time.time() + self._offset)
-        self._counts[window][outcome.value] += 1
+        if outcome is not None:
+            window = self.store.config.window_of(time.time() + self._offset)
+            self._counts[window][outcome.value] += 1
         self._released.append(ticket.lease)
+        self._wake.set()
 
     async def _share_locally(self) -> float:
         """Set the local store to this replica's share of the last known limits."""
@@ -234,6 +240,8 @@ class ProxyLimiter:
         """Flush reports, heartbeat, and rejoin the store after an outage; until cancelled."""
         next_heartbeat = 0.0
         while True:
+            # Cleared before the work: a release during the flush wakes the next round.
+            self._wake.clear()
             try:
                 if self.degraded or self._suspect:
                     await self.store.ping()
@@ -257,12 +265,13 @@ class ProxyLimiter:
                     await self._degrade(exc)
                 else:
                     self._suspect = True  # confirm with a ping first (see the docstring)
-            self._wake.clear()
             if self._suspect and not self.degraded:
                 continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(REJOIN_SECONDS if self.degraded else FLUSH_SECONDS):
                     await self._wake.wait()
+                    # Woken by a release: let the others finishing now join this batch.
+                    await asyncio.sleep(RELEASE_SECONDS)
 
     async def flush(self) -> None:
         """Send the counted outcomes and released leases."""

@@ -79,18 +79,31 @@ class RetryPolicy:
         self.backoff_max = backoff_max
         self._backoff = wait_random_exponential(multiplier=backoff_base, max=backoff_max)
 
-    def attempts(self, before_retry: Callable[[RetryableAttempt], None]) -> AsyncRetrying:
-        """A tenacity loop over attempts; the last RetryableAttempt is re-raised."""
+    def retryable(self, failed: RetryableAttempt) -> bool:
+        """Whether a failed attempt is worth another (a hint beyond the back-off is not)."""
+        return self.max_retries > 0 and (
+            failed.retry_after is None or failed.retry_after <= self.backoff_max
+        )
+
+    def delay(self, failed: RetryableAttempt, attempt: int) -> float:
+        """The wait after failed attempt number ``attempt``: the upstream's hint, else back-off."""
+        return max(failed.retry_after or 0.0, self._backoff(_Attempt(attempt)))  # type: ignore[arg-type]
+
+    def retries(self, before_retry: Callable[[RetryableAttempt], None]) -> AsyncRetrying:
+        """A tenacity loop over the retries that follow a failed first attempt.
+
+        The first attempt runs outside it: building the loop costs objects (and garbage
+        collections) that a request which succeeds at once should not pay for.
+        """
 
         def wait(state: RetryCallState) -> float:
             exc = _failure(state)
-            hint = exc.retry_after if exc is not None else None
-            return max(hint or 0.0, self._backoff(state))
+            # The loop's attempt n is the request's attempt n + 1.
+            backoff = self._backoff(_Attempt(state.attempt_number + 1))  # type: ignore[arg-type]
+            return max(exc.retry_after or 0.0 if exc is not None else 0.0, backoff)
 
         def retry(exc: BaseException) -> bool:
-            if not isinstance(exc, RetryableAttempt):
-                return False
-            return exc.retry_after is None or exc.retry_after <= self.backoff_max
+            return isinstance(exc, RetryableAttempt) and self.retryable(exc)
 
         def before_sleep(state: RetryCallState) -> None:
             exc = _failure(state)
@@ -98,12 +111,19 @@ class RetryPolicy:
                 before_retry(exc)
 
         return AsyncRetrying(
-            stop=stop_after_attempt(self.max_retries + 1),
+            stop=stop_after_attempt(self.max_retries),
             wait=wait,
             retry=retry_if_exception(retry),
             before_sleep=before_sleep,
             reraise=True,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """What tenacity's wait strategies read of a retry state: the attempt number."""
+
+    attempt_number: int
 
 
 def _failure(state: RetryCallState) -> RetryableAttempt | None:

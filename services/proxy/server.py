@@ -82,6 +82,7 @@ def uvicorn_config(app: ProxyApp, settings: ProxySettings, host: str, port: int)
         access_log=False,
         log_config=None,
         server_header=False,
+        proxy_headers=False,  # the client address is not used; skip the middleware
         date_header=False,  # the upstream's Date passes through
         timeout_graceful_shutdown=int(settings.shutdown_grace),
         timeout_keep_alive=75,
