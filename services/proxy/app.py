@@ -28,6 +28,7 @@ from zai_proxy.limiter.control import ControlLoop
 from zai_proxy.limiter.settings import LimiterSettings
 from zai_proxy.limiter.store import LimiterStore
 from zai_proxy.limiter.stores import open_store
+from zai_proxy.proxy.accesslog import AccessLog
 from zai_proxy.proxy.accounting import Accounting
 from zai_proxy.proxy.admission import WorkerPool
 from zai_proxy.proxy.forwarding import Forwarder
@@ -131,6 +132,7 @@ class ProxyApp:
         limiter = self.limiter = ProxyLimiter(
             store, limits.pool(), max_wait=limits.rate_limit_max_wait
         )
+        access_log = AccessLog() if s.access_log else None
         self.forwarder = Forwarder(
             router=Router(s.zai_target_url, s.zai_anthropic_url),
             auth=UpstreamAuth(s.zai_api_key.get_secret_value()),
@@ -141,9 +143,11 @@ class ProxyApp:
             limiter=limiter,
             retries=RetryPolicy(s.max_retries, s.retry_backoff_base, s.retry_backoff_max),
             max_body=s.max_request_body_bytes,
-            log_requests=s.access_log,
+            access_log=access_log,
         )
         tasks = self.lifecycle.tasks
+        if access_log is not None:
+            tasks.append(asyncio.create_task(access_log.run(), name="access-log"))
         tasks.append(asyncio.create_task(limiter.run(), name="limiter-reports"))
         tasks.append(asyncio.create_task(self._refresh_gauges(), name="limiter-gauges"))
         if self._run_control:

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 
 from zai_proxy.limiter.outcomes import Outcome
+from zai_proxy.proxy.accesslog import AccessLog
 from zai_proxy.proxy.accounting import MAX_JSON_BODY, Accounting, Request, StreamTap
 from zai_proxy.proxy.admission import WorkerPool
 from zai_proxy.proxy.classify import classify_status
@@ -51,7 +52,6 @@ WHOLE_BODY_LIMIT = 1 << 20
 MAX_ERROR_BODY = 1 << 20
 STATUS_CLIENT_CLOSED = 499
 
-access_log = logging.getLogger("zai_proxy.access")
 log = logging.getLogger("zai_proxy.proxy")
 
 
@@ -159,7 +159,7 @@ class Forwarder:
         limiter: ProxyLimiter,
         retries: RetryPolicy,
         max_body: int,
-        log_requests: bool,
+        access_log: AccessLog | None,
     ) -> None:
         self.router = router
         self.limiter = limiter
@@ -170,7 +170,7 @@ class Forwarder:
         self.metrics = metrics
         self.accounting = accounting
         self.max_body = max_body
-        self.log_requests = log_requests
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         exchange = Exchange(time.perf_counter(), scope["method"], request_id_of(scope["headers"]))
@@ -479,16 +479,14 @@ class Forwarder:
             exchange.ttfb,
             exchange.size,
         )
-        if self.log_requests:
+        if self.access_log is not None:
             usage = exchange.usage
-            access_log.info(
-                "request_id=%s method=%s path=%s status=%d duration_ms=%.1f model=%s "
-                "tokens_in=%d tokens_out=%d tokens_source=%s",
+            self.access_log.record(
                 exchange.request_id,
                 exchange.method,
                 exchange.template,
                 exchange.status,
-                duration * 1000,
+                duration,
                 exchange.model,
                 usage.input if usage else 0,
                 usage.output if usage else 0,

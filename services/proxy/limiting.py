@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import random
@@ -96,6 +97,8 @@ class ProxyLimiter:
         self.pool = pool
         self.max_wait = max_wait
         self.replica = replica or uuid.uuid4().hex[:12]
+        # Lease ids only need to be unique in the pool: this replica's id and a counter.
+        self._leases = itertools.count()
         self.degraded = False
         self.rate = store.config.initial_rate
         self.concurrency = store.config.initial_concurrency
@@ -126,7 +129,7 @@ class ProxyLimiter:
 
     async def admit(self) -> Ticket:
         """Wait for a slot; raise RateLimited when it would take longer than the budget."""
-        lease = uuid.uuid4().hex
+        lease = f"{self.replica}-{next(self._leases)}"
         start = time.monotonic()
         deadline = start + self.max_wait
         poll = CONCURRENCY_POLL_SECONDS

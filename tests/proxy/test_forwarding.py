@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.support import TEST_KEY, ServiceProcess, free_port, start_proxy
+from tests.support import TEST_KEY, ServiceProcess, free_port, start_proxy, wait_until
 from zai_proxy.simulator.process import SimulatorProcess
 
 
@@ -163,7 +163,8 @@ def test_a_request_id_is_made_when_missing_and_echoed(
     request_id = response.headers["x-request-id"]
     assert len(request_id) == 32
     assert seen_by_upstream(upstream, request_id)
-    assert f"request_id={request_id}" in proxy.log()
+    # The access log is written in batches, a tenth of a second apart.
+    wait_until(lambda: f"request_id={request_id}" in proxy.log(), timeout=5)
 
     mine = new_id()
     echoed = httpx.post(
