@@ -26,7 +26,7 @@ within twelve windows), each with its reason:
    than its rate allows ran its first moments at the previous, higher rate (a step takes
    effect a moment after its window ends); its refusals belong to that rate, so the accepted
    rate is counted directly, attempts not refused per second, at most the rate. Charging
-   their share to the lower rate cut a halved limit twice, to ~85% of it (bench/limiter_sim).
+   their share to the lower rate cut too deep, to ~75% of the limit (bench/limiter_sim).
 2. *Cap.* After a bad window the rate never exceeds that window's accepted rate x (1 -
    margin). The EWMA moves the ceiling only 30% of the way, so after the hidden limit
    halves the hold point would still sit ~70% above it and the next window would again be
