@@ -120,6 +120,7 @@ async def serve(
                 loop="none",
                 lifespan=part.lifespan,
                 log_config=None,
+                timeout_keep_alive=75,
                 access_log=False,
                 timeout_graceful_shutdown=10,
             )

@@ -10,6 +10,7 @@ from .config import SimulatorConfig
 from .responses import ConnectionBreak
 
 READY_PREFIX = "listening on "
+KEEP_ALIVE_S = 75
 GRACEFUL_SHUTDOWN_S = 1  # a simulator has nothing worth waiting for
 
 
@@ -57,6 +58,9 @@ def serve(config: SimulatorConfig, host: str, port: int, log_level: str = "warni
         server_header=False,
         proxy_headers=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        # Like a real API front (nginx's default): longer than the proxy's pooled keep-alive,
+        # so the proxy, not the upstream, closes idle connections.
+        timeout_keep_alive=KEEP_ALIVE_S,
     )
     install_log_filter()
     sock = uv_config.bind_socket()
