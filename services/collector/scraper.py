@@ -47,11 +47,14 @@ class _Failed(Exception):
         self.reason = reason
 
 
-def create_session() -> aiohttp.ClientSession:
-    """The HTTP client the scraper uses (the caller closes it)."""
+def create_session(metrics_token: str = "") -> aiohttp.ClientSession:
+    """The HTTP client the scraper uses (the caller closes it); with the targets' token."""
+    headers = {"Accept": ACCEPT}
+    if metrics_token:
+        headers["Authorization"] = f"Bearer {metrics_token}"
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
-        headers={"Accept": ACCEPT},
+        headers=headers,
         # Every target gets the same session: no cookie of one may reach another.
         cookie_jar=aiohttp.DummyCookieJar(),
     )

@@ -100,7 +100,8 @@ class CollectorService:
     async def open(self) -> None:
         """Open the HTTP client: rounds can run (``start`` also runs them on the cadence)."""
         if self._scraper is None:
-            self._scraper = Scraper(create_session(), clock=self._wall)
+            token = self.settings.metrics_token.get_secret_value()
+            self._scraper = Scraper(create_session(token), clock=self._wall)
         self._started = time.monotonic()
 
     async def start(self) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from zai_proxy.collector.database import normalise_url
@@ -45,6 +45,10 @@ class DatabaseSettings(BaseSettings):
 class CollectorSettings(DatabaseSettings):
     """Settings of the collector: what it scrapes, how often, and where it writes."""
 
+    metrics_token: SecretStr = Field(
+        default=SecretStr(""),
+        exclude=True,  # documented by the proxy, which requires it
+    )
     collector_targets: str = Field(
         default="http://127.0.0.1:8080",
         description=(

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hmac
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Header, Response
 from prometheus_client import (
     CollectorRegistry,
     ProcessCollector,
@@ -31,6 +32,7 @@ from zai_proxy.limiter.stores import open_store
 from zai_proxy.proxy.accesslog import AccessLog
 from zai_proxy.proxy.accounting import Accounting
 from zai_proxy.proxy.admission import WorkerPool
+from zai_proxy.proxy.auth import ClientKeys
 from zai_proxy.proxy.forwarding import Forwarder
 from zai_proxy.proxy.headers import UpstreamAuth
 from zai_proxy.proxy.limiting import ProxyLimiter
@@ -87,6 +89,9 @@ class ProxyApp:
             settings.deployment_variant, settings.metrics_max_models, self.registry
         )
         self.metrics.workers.set(settings.max_workers)
+        self.keys = ClientKeys.from_settings(
+            settings.proxy_api_keys.get_secret_value(), settings.proxy_api_keys_file
+        )
         self.control = self._control_app()
         self.forwarder: Forwarder | None = None
         self.store: LimiterStore | None = None
@@ -144,6 +149,7 @@ class ProxyApp:
             retries=RetryPolicy(s.max_retries, s.retry_backoff_base, s.retry_backoff_max),
             max_body=s.max_request_body_bytes,
             access_log=access_log,
+            keys=self.keys,
         )
         tasks = self.lifecycle.tasks
         if access_log is not None:
@@ -210,9 +216,20 @@ class ProxyApp:
                 return {"status": "draining" if lifecycle.draining else "starting"}
             return {"status": "ready"}
 
+        metrics_token = self.settings.metrics_token.get_secret_value().encode()
+
         @app.get("/metrics")
-        async def metrics() -> Response:
+        async def metrics(authorization: Annotated[str, Header()] = "") -> Response:
             """Prometheus exposition (all worker processes merged in multiprocess mode)."""
+            if metrics_token and not hmac.compare_digest(
+                authorization.encode(), b"Bearer " + metrics_token
+            ):
+                return Response(
+                    '{"detail": "a valid metrics token is required"}',
+                    status_code=401,
+                    media_type="application/json",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
             body, content_type = render()
             return Response(body, media_type=content_type)
 

@@ -22,6 +22,7 @@ from zai_proxy.limiter.outcomes import Outcome
 from zai_proxy.proxy.accesslog import AccessLog
 from zai_proxy.proxy.accounting import MAX_JSON_BODY, Accounting, Request, StreamTap
 from zai_proxy.proxy.admission import WorkerPool
+from zai_proxy.proxy.auth import ANONYMOUS, ClientKeys
 from zai_proxy.proxy.classify import classify_status
 from zai_proxy.proxy.errors import (
     ProxyError,
@@ -69,6 +70,7 @@ class Exchange:
     template: str = "/other"
     dialect: Dialect = "openai"
     model: str = UNKNOWN
+    key: str = ANONYMOUS
     status: int = 0
     size: int = 0
     ttfb: float | None = None
@@ -160,6 +162,7 @@ class Forwarder:
         retries: RetryPolicy,
         max_body: int,
         access_log: AccessLog | None,
+        keys: ClientKeys,
     ) -> None:
         self.router = router
         self.limiter = limiter
@@ -171,6 +174,7 @@ class Forwarder:
         self.accounting = accounting
         self.max_body = max_body
         self.access_log = access_log
+        self.keys = keys
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         exchange = Exchange(time.perf_counter(), scope["method"], request_id_of(scope["headers"]))
@@ -192,6 +196,7 @@ class Forwarder:
     async def _forward(self, scope: Scope, receive: Any, send: Any, exchange: Exchange) -> None:
         route = self.router.resolve(scope["raw_path"], scope["query_string"])
         exchange.template, exchange.dialect = route.template, route.dialect
+        exchange.key = self.keys.alias_of(scope["headers"])
         body = await read_body(receive, scope["headers"], self.max_body)
         request = exchange.request = self.accounting.prepare(route, exchange.method, body)
         if request.info is None and request.counted and self.accounting.enabled and body:
@@ -464,7 +469,9 @@ class Forwarder:
             )
             exchange.usage_source = "estimate"
         if exchange.usage is not None:
-            self.metrics.observe_tokens(exchange.model, exchange.usage, exchange.usage_source)
+            self.metrics.observe_tokens(
+                exchange.model, exchange.key, exchange.usage, exchange.usage_source
+            )
 
     def _record(self, exchange: Exchange) -> None:
         if exchange.disconnected and not exchange.finished:
@@ -475,6 +482,7 @@ class Forwarder:
             exchange.template,
             exchange.status,
             exchange.model,
+            exchange.key,
             duration,
             exchange.ttfb,
             exchange.size,

@@ -100,8 +100,8 @@ class ProxyMetrics:
         r = registry
         self.requests = Counter(
             REQUESTS_TOTAL,
-            "Requests answered, by route template and status.",
-            ["method", "path", "status", "model", "variant"],
+            "Requests answered, by route template, status and client key alias.",
+            ["method", "path", "status", "model", "key", "variant"],
             registry=r,
         )
         self.duration = Histogram(
@@ -131,7 +131,7 @@ class ProxyMetrics:
             ["type", "variant"],
             registry=r,
         )
-        token_labels = ["model", "variant", "source"]
+        token_labels = ["model", "key", "variant", "source"]
         self.tokens_in = Counter(
             TOKEN_INPUT,
             "Input tokens, all of them (cache reads included).",
@@ -260,19 +260,20 @@ class ProxyMetrics:
         path: str,
         status: int,
         model: str,
+        key: str,
         duration: float,
         ttfb: float | None,
         size: int,
     ) -> None:
         """Record one finished request."""
         v = self.variant
-        self._child(self.requests, method, path, str(status), model, v).inc()
+        self._child(self.requests, method, path, str(status), model, key, v).inc()
         self._child(self.duration, path, model, v).observe(duration)
         if ttfb is not None:
             self._child(self.ttfb, path, model, v).observe(ttfb)
         self._child(self.size, path, v).observe(size)
 
-    def observe_tokens(self, model: str, usage: Usage, source: str) -> None:
+    def observe_tokens(self, model: str, key: str, usage: Usage, source: str) -> None:
         """Record the tokens of one exchange; source is "usage" or "estimate"."""
         v = self.variant
         for metric, value in (
@@ -282,7 +283,7 @@ class ProxyMetrics:
             (self.tokens_cache_write, usage.cache_write),
             (self.tokens_reasoning, usage.reasoning),
         ):
-            child = self._child(metric, model, v, source)
+            child = self._child(metric, model, key, v, source)
             if value:
                 child.inc(value)
 

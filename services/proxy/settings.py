@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -82,6 +83,17 @@ class ProxySettings(BaseSettings):
     )
     metrics_max_models: int = Field(
         default=50, ge=1, le=1000, description="Distinct model label values before 'other'."
+    )
+    proxy_api_keys: SecretStr = Field(
+        default=SecretStr(""),
+        description="Client keys as alias:key,alias:key; set: only these keys may call.",
+    )
+    proxy_api_keys_file: Path | None = Field(
+        default=None, description="A file of client keys, one 'alias key' per line."
+    )
+    metrics_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Bearer token /metrics requires (the collector sends it); unset: open.",
     )
     access_log: bool = Field(default=True, description="Log one line per proxied request.")
     log_level: str = Field(default="INFO", description="Log level of every service.")

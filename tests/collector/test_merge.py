@@ -64,10 +64,11 @@ class Replica:
         """Answer n requests, each taking ``seconds`` and spending ``usage`` when it is a 200."""
         for _ in range(n):
             self.metrics.observe_request(
-                "POST", "/v1/chat/completions", status, model, seconds, seconds / 3, 512
-            )
+                "POST", "/v1/chat/completions", status, model, "anonymous", seconds,
+                seconds / 3, 512,
+            )  # fmt: skip
             if status == 200:
-                self.metrics.observe_tokens(model, usage or Usage(100, 20), source)
+                self.metrics.observe_tokens(model, "anonymous", usage or Usage(100, 20), source)
 
     def scrape(self, target: str, time: float) -> Scrape:
         return Scrape.parse(target, time, generate_latest(self.registry).decode())

@@ -341,6 +341,101 @@ def test_a_failed_climb_below_a_stale_ceiling_replaces_the_ceiling() -> None:
     assert settled.rate == pytest.approx(accepted * 0.98)
 
 
+@pytest.mark.parametrize(
+    ("state", "window", "ceiling"),
+    [
+        pytest.param(
+            # Climbing from 9.6 below a stale ceiling of 16.9; the upstream takes only 8.
+            replace(SETTLED, rate=9.8, ceiling=16.9, probing=True),
+            Window(ok=40, rate_frequency=9, demand=100),
+            8.0,
+            id="a failed climb below the ceiling",
+        ),
+        pytest.param(
+            # Probing at 20.4 above a ceiling of 20; the limit halved meanwhile.
+            replace(SETTLED, rate=20.4, probing=True),
+            Window(ok=51, rate_frequency=51, demand=200),
+            10.2,
+            id="a failed probe below the old ceiling",
+        ),
+        pytest.param(
+            replace(SETTLED, rate=30.0, ceiling=25.0, probing=True, probe_streak=3),
+            Window(ok=140, rate_frequency=10, demand=300),
+            28.0,
+            id="a failed probe above the old ceiling",
+        ),
+        pytest.param(
+            # Not a trial, but accepting more than the ceiling only a trial could explain.
+            replace(SETTLED, ceiling=18.0),
+            Window(ok=92, rate_frequency=6, demand=200),
+            18.4,
+            id="accepted above the ceiling at a settled rate",
+        ),
+    ],
+)
+def test_a_bad_window_that_judges_a_trial_sets_the_ceiling_to_the_accepted_rate_outright(
+    state: ControllerState, window: Window, ceiling: float
+) -> None:
+    after, decision = step(state, window, PARAMS)
+    assert decision is Decision.DECREASE
+    assert after.ceiling == pytest.approx(ceiling)
+    assert after.rate == pytest.approx(ceiling * 0.98)
+    assert not after.probing and after.probe_streak == 0
+    # The same window at a settled rate below the ceiling would move it by EWMA only.
+    if state.ceiling is not None and ceiling < state.ceiling:
+        settled, _ = step(replace(state, probing=False, probe_streak=0), window, PARAMS)
+        assert settled.ceiling == pytest.approx(state.ceiling + 0.3 * (ceiling - state.ceiling))
+
+
+def test_a_failed_concurrency_trial_sets_the_concurrency_ceiling_outright() -> None:
+    trial = replace(
+        SETTLED, concurrency=12.0, concurrency_ceiling=10.0, concurrency_probing=True
+    )
+    window = Window(ok=50, rate_concurrency=50, demand=1_000, peak_concurrency=12)
+    state, _ = step(trial, window, PARAMS)
+    assert state.concurrency_decision is Decision.DECREASE
+    assert state.concurrency_ceiling == pytest.approx(6.0)  # not 10 + 0.3 x (6 - 10)
+    assert state.concurrency == pytest.approx(6.0 * 0.98)
+    assert not state.concurrency_probing
+
+
+@pytest.mark.parametrize(
+    ("attempts", "refused", "accepted"),
+    [
+        # 30 rps ran under a rate of 19.6: the 90 refusals belong to the earlier, higher
+        # rate. 60 accepted in 5 s is 12 rps; charged to 19.6 as a share it would be 7.8.
+        (150, 90, 12.0),
+        (120, 60, 12.0),
+        # More attempts accepted than the rate allows: the rate is as far as it goes.
+        (150, 50, 19.6),
+        # Within one request of the rate (99 <= 98 + 1) the window ran at the rate.
+        (99, 10, 19.6 * 89 / 99),
+    ],
+)
+def test_a_window_above_its_rate_counts_the_attempts_not_refused_as_the_accepted_rate(
+    attempts: int, refused: int, accepted: float
+) -> None:
+    window = Window(ok=attempts - refused, rate_frequency=refused, demand=2 * attempts)
+    state, decision = step(SETTLED, window, PARAMS)
+    assert decision is Decision.DECREASE
+    ceiling = 20.0 + 0.3 * (accepted - 20.0)
+    assert state.ceiling == pytest.approx(ceiling)
+    assert state.rate == pytest.approx(min(ceiling, accepted) * 0.98)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(100, 1_000), st.data())
+def test_a_bad_window_above_its_rate_never_cuts_below_the_attempts_not_refused(
+    attempts: int, data: st.DataObject
+) -> None:
+    # SETTLED allows 98 attempts in a window; from 100 on, part ran at an earlier rate.
+    refused = data.draw(st.integers(attempts // 20 + 1, attempts))
+    window = Window(ok=attempts - refused, rate_frequency=refused, demand=2 * attempts)
+    state, _ = step(SETTLED, window, PARAMS)
+    accepted = min(SETTLED.rate, (attempts - refused) / W)
+    assert state.rate == pytest.approx(max(PARAMS.min_rate, accepted * 0.98))
+
+
 # --- which outcomes feed what -------------------------------------------------------------
 
 

@@ -248,6 +248,38 @@ async def test_save_state_changes_the_rate_and_cap_the_next_acquire_uses(
     assert _send_time(slow[1]) - _send_time(slow[0]) == pytest.approx(1.0, abs=EXACT)
 
 
+@pytest.mark.parametrize("burst", [0.0, 0.25])
+@pytest.mark.parametrize("new_rate", [0.5, 4.0])
+async def test_a_rate_change_rescales_the_waiting_backlog_by_old_rate_over_new_rate(
+    backend: Backend, new_rate: float, burst: float
+) -> None:
+    store = await backend.open(initial_rate=1.0, burst_seconds=burst)
+    backlog = await _acquire_many(store, 4)  # the last one is sent ~3 s from now
+    last = _send_time(backlog[-1])
+
+    await store.save_state(POOL, {"rate": repr(new_rate), "concurrency": "256"})
+    first, second = await _acquire_many(store, 2)
+    assert (first.granted, first.rate) == (True, new_rate)
+    # What was left of the backlog stretches (or shrinks) by 1 / new_rate; the next slot
+    # follows it one new interval later, not one old interval after the old last send.
+    rescaled_last = first.now + (last - first.now) * 1.0 / new_rate
+    assert _send_time(first) == pytest.approx(rescaled_last + 1 / new_rate, abs=EXACT)
+    assert _send_time(second) - _send_time(first) == pytest.approx(1 / new_rate, abs=EXACT)
+
+
+async def test_a_rescaled_backlog_ends_at_most_max_wait_ahead(backend: Backend) -> None:
+    store = await backend.open(initial_rate=1.0, burst_seconds=0.0)
+    await _acquire_many(store, 4)  # the last one is sent ~3 s from now, 30 s at 0.1 rps
+    await store.save_state(POOL, {"rate": "0.1", "concurrency": "256"})
+
+    refused = await store.acquire(POOL, "impatient", 5.0, LEASE_TTL)
+    assert (refused.granted, refused.reason) == (False, "rate")
+    # The backlog was cut at the caller's max wait, 5 s; its next slot is 10 s after that.
+    assert refused.wait == pytest.approx(5.0 + 10.0, abs=EXACT)
+    patient = await store.acquire(POOL, "patient", 60.0, LEASE_TTL)
+    assert _send_time(patient) == pytest.approx(refused.now + 5.0 + 10.0, abs=EXACT)
+
+
 @pytest.mark.parametrize("saved", ["0", "-1", "nan", "inf", "fast"])
 async def test_a_saved_rate_that_is_not_a_positive_number_falls_back_to_the_initial_rate(
     backend: Backend, saved: str

@@ -40,8 +40,8 @@ def test_known_models_keep_their_label_after_the_cap() -> None:
 def test_tokens_are_counted_by_kind_and_source() -> None:
     registry = CollectorRegistry()
     metrics = ProxyMetrics("canary", 10, registry)
-    metrics.observe_tokens("glm-4.6", Usage(10, 5, 3, 2, 1), "usage")
-    labels = {"model": "glm-4.6", "variant": "canary", "source": "usage"}
+    metrics.observe_tokens("glm-4.6", "team-a", Usage(10, 5, 3, 2, 1), "usage")
+    labels = {"model": "glm-4.6", "key": "team-a", "variant": "canary", "source": "usage"}
     for name, value in [
         ("proxy_token_input_total", 10),
         ("proxy_token_output_total", 5),
