@@ -35,5 +35,7 @@ def configure_logging(level: str = "INFO") -> None:
         logger = logging.getLogger(name)
         logger.handlers[:] = []
         logger.propagate = True
-    # aiohttp logs every client-side connection problem; the proxy counts them itself.
-    logging.getLogger("aiohttp").setLevel(max(logging.WARNING, root.level))
+    # aiohttp logs every client-side connection problem (the proxy counts them itself);
+    # Alembic narrates every plugin it loads.
+    for noisy in ("aiohttp", "alembic"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -231,7 +231,10 @@ def _stack(demo: bool) -> tuple[list[Part], list[Callable[[], Awaitable[None]]],
     return parts, extra, notes
 
 
-def _where(database_url: str) -> str:
+def _where(database_url: str | None) -> str:
+    from zai_proxy.collector.database import DEFAULT_DATABASE_URL
+
+    database_url = database_url or DEFAULT_DATABASE_URL
     if database_url.startswith("sqlite"):
         return str(Path(database_url.split("///", 1)[-1]).resolve())
     return database_url.split("@")[-1]

@@ -62,7 +62,8 @@ def test_make_run_on_a_fresh_clone_brings_up_proxy_and_dashboard(tmp_path: Path)
             assert (clone / "services" / "dashboard-api" / "static" / "index.html").exists()
             wait_until(lambda: httpx.get(f"{proxy}/ready").status_code == 200, timeout=10)
         finally:
-            os.killpg(process.pid, signal.SIGINT)
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGINT)
             try:
                 process.wait(30)
             except subprocess.TimeoutExpired:
