@@ -107,7 +107,11 @@ class ProxyApp:
                 await self.forwarder(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
-        # websocket and other scope types are not served; returning closes them.
+        elif kind == "websocket":
+            # Not proxied: closing before accepting makes uvicorn answer the upgrade 403
+            # (returning without a word would be a 500 and an error in the log).
+            await send({"type": "websocket.close", "code": 1008})
+        # Other scope types are not served; returning closes them.
 
     async def _lifespan(self, receive: Any, send: Any) -> None:
         while True:
@@ -148,6 +152,7 @@ class ProxyApp:
             limiter=limiter,
             retries=RetryPolicy(s.max_retries, s.retry_backoff_base, s.retry_backoff_max),
             max_body=s.max_request_body_bytes,
+            body_timeout=s.client_body_timeout,
             access_log=access_log,
             keys=self.keys,
         )

@@ -2,7 +2,9 @@
 
     ProxyError                  any answer the proxy makes instead of the upstream
     ├── BadRequestTarget        400  the target could steer the request elsewhere
+    ├── RequestTimeout          408  the client stopped sending its request (CLIENT_*_TIMEOUT)
     ├── RequestTooLarge         413  the body is over MAX_REQUEST_BODY_BYTES
+    ├── RequestHeadTooLarge     431  the target and headers are over MAX_REQUEST_HEADER_BYTES
     ├── Overloaded              503  no worker slot within QUEUE_TIMEOUT, or the queue is full
     ├── UpstreamUnavailable     502  the upstream could not be reached or broke off
     └── UpstreamTimeout         504  the upstream did not answer in time
@@ -65,12 +67,32 @@ class BadRequestTarget(ProxyError):
     anthropic_type = "invalid_request_error"
 
 
+class RequestTimeout(ProxyError):
+    """The client went silent before its whole request arrived; the connection is closed."""
+
+    status = 408
+    code = "request_timeout"
+    anthropic_type = "invalid_request_error"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        # The rest of the request may still come: the connection cannot serve another.
+        return [*super().headers(), (b"connection", b"close")]
+
+
 class RequestTooLarge(ProxyError):
     """The request body is larger than the configured limit."""
 
     status = 413
     code = "request_too_large"
     anthropic_type = "request_too_large"
+
+
+class RequestHeadTooLarge(ProxyError):
+    """The request target and headers together are larger than the configured limit."""
+
+    status = 431
+    code = "request_header_too_large"
+    anthropic_type = "invalid_request_error"
 
 
 class Overloaded(ProxyError):

@@ -26,6 +26,7 @@ from zai_proxy.proxy.auth import ANONYMOUS, ClientKeys
 from zai_proxy.proxy.classify import classify_status
 from zai_proxy.proxy.errors import (
     ProxyError,
+    RequestTimeout,
     RequestTooLarge,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -125,15 +126,22 @@ class DisconnectWatch:
                 return
 
 
-async def read_body(receive: Any, headers: list[tuple[bytes, bytes]], limit: int) -> bytes:
-    """The whole request body, refusing more than ``limit`` bytes."""
+async def read_body(
+    receive: Any, headers: list[tuple[bytes, bytes]], limit: int, silence: float
+) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes or ``silence`` seconds
+    without a byte (a client that stalls mid-body would otherwise hold what it sent)."""
     for name, value in headers:
         if name == b"content-length" and value.isdigit() and int(value) > limit:
             raise RequestTooLarge(f"request body is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        try:
+            async with asyncio.timeout(silence):
+                message = await receive()
+        except TimeoutError:
+            raise RequestTimeout(f"the request body stalled for {silence:g} s") from None
         if message["type"] == "http.disconnect":
             raise ClientDisconnected
         chunk = message.get("body", b"")
@@ -161,6 +169,7 @@ class Forwarder:
         limiter: ProxyLimiter,
         retries: RetryPolicy,
         max_body: int,
+        body_timeout: float,
         access_log: AccessLog | None,
         keys: ClientKeys,
     ) -> None:
@@ -173,6 +182,7 @@ class Forwarder:
         self.metrics = metrics
         self.accounting = accounting
         self.max_body = max_body
+        self.body_timeout = body_timeout
         self.access_log = access_log
         self.keys = keys
 
@@ -197,7 +207,7 @@ class Forwarder:
         route = self.router.resolve(scope["raw_path"], scope["query_string"])
         exchange.template, exchange.dialect = route.template, route.dialect
         exchange.key = self.keys.alias_of(scope["headers"])
-        body = await read_body(receive, scope["headers"], self.max_body)
+        body = await read_body(receive, scope["headers"], self.max_body, self.body_timeout)
         request = exchange.request = self.accounting.prepare(route, exchange.method, body)
         if request.info is None and request.counted and self.accounting.enabled and body:
             self.metrics.unparseable.inc()

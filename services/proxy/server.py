@@ -12,6 +12,8 @@ PROMETHEUS_MULTIPROC_DIR, which the parent creates empty before the children sta
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import multiprocessing
 import os
 import shutil
@@ -20,28 +22,136 @@ import socket
 import tempfile
 import threading
 from types import FrameType
+from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from zai_proxy.limiter.settings import LimiterSettings
 from zai_proxy.logs import configure_logging
 from zai_proxy.proxy.app import Lifecycle, ProxyApp
+from zai_proxy.proxy.errors import ProxyError, RequestHeadTooLarge, RequestTimeout
 from zai_proxy.proxy.settings import ProxySettings
+
+# The defaults of MAX_REQUEST_HEADER_BYTES and CLIENT_HEADER_TIMEOUT.
+DEFAULT_MAX_HEAD_BYTES = 64 * 1024
+DEFAULT_HEAD_TIMEOUT = 60.0
+# Seconds a refused connection keeps reading (and dropping) input before it is closed.
+REFUSAL_LINGER_SECONDS = 2.0
 
 
 class TargetPreservingProtocol(HttpToolsProtocol):
-    """httptools protocol that keeps absolute-form targets visible to the router.
+    """httptools protocol that keeps absolute-form targets visible to the router and bounds
+    what a client may hold before its request reaches the application.
 
     httptools reduces ``GET http://other.host/x`` to the path ``/x``; the proxy must see
     the original target to refuse it, so the raw target replaces raw_path when it does
     not start with a slash.
+
+    Neither httptools nor uvicorn limits a request head: a client could send megabytes of
+    headers (buffered in memory, then forwarded upstream) or trickle them forever, each
+    such connection holding memory and a file descriptor. Here a head larger than
+    ``max_head_bytes`` is answered 431, and one that is not complete ``head_timeout``
+    seconds after its first byte (a connection's first request: after the connection
+    opened) is answered 408; either way the connection is closed. A connection that sends
+    nothing at all is closed silently after ``head_timeout``. The size counts every read
+    that ends while a head is incomplete, so it is exact to within one read (uvloop reads
+    at most 256 KiB at once).
     """
 
+    def __init__(
+        self,
+        *args: Any,
+        max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+        head_timeout: float = DEFAULT_HEAD_TIMEOUT,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_head_bytes = max_head_bytes
+        self.head_timeout = head_timeout
+        self._head_open = True  # a request head is (or may be) arriving
+        self._head_started = False  # ... and its first byte is in
+        self._head_bytes = 0
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._discarding = False  # refused: what still arrives is dropped until the close
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return
+        super().data_received(data)
+        if self._head_open and self._head_started and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > self.max_head_bytes:
+                self._refuse(
+                    RequestHeadTooLarge(
+                        f"request target and headers are larger than {self.max_head_bytes} bytes"
+                    )
+                )
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_open = self._head_started = True
+        self._head_bytes = 0
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
     def on_headers_complete(self) -> None:
+        self._head_open = self._head_started = False
+        self._stop_head_timer()
         super().on_headers_complete()
         if "raw_path" in self.scope and not self.url.startswith(b"/"):
             self.scope["raw_path"] = self.url.partition(b"?")[0]
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._head_open or self.transport.is_closing():
+            return
+        if not self._head_started:
+            self.transport.close()  # connected and never said a word: nothing to answer
+            return
+        self._refuse(
+            RequestTimeout(f"the request head did not arrive within {self.head_timeout:g} s")
+        )
+
+    def _refuse(self, err: ProxyError) -> None:
+        """Answer a request the application never saw, and close the connection."""
+        self._stop_head_timer()
+        self._head_open = False
+        if self.cycle is None or self.cycle.response_complete:
+            body = err.body("openai")
+            headers = [
+                *(pair for pair in err.headers() if pair[0] != b"connection"),
+                (b"content-length", b"%d" % len(body)),
+                (b"connection", b"close"),
+            ]
+            head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
+            self.transport.write(STATUS_LINE[err.status] + head + b"\r\n" + body)
+        else:
+            # An earlier pipelined request is still being answered: closing is all that
+            # can be done without corrupting its response.
+            self.transport.close()
+            return
+        # Closing a socket with unread input resets the connection, and the reset can
+        # reach the client before the answer does (a client still sending a huge head
+        # would see "connection reset"): end the answer with a FIN, read and drop what
+        # keeps coming for a moment, then close.
+        self._discarding = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(REFUSAL_LINGER_SECONDS, self.transport.close)
 
 
 class DrainingServer(uvicorn.Server):
@@ -77,7 +187,11 @@ def uvicorn_config(app: ProxyApp, settings: ProxySettings, host: str, port: int)
         host=host,
         port=port,
         loop="uvloop",
-        http=TargetPreservingProtocol,
+        http=functools.partial(
+            TargetPreservingProtocol,
+            max_head_bytes=settings.max_request_header_bytes,
+            head_timeout=settings.client_header_timeout,
+        ),
         lifespan="on",
         access_log=False,
         log_config=None,

@@ -73,6 +73,20 @@ class ProxySettings(BaseSettings):
     max_request_body_bytes: int = Field(
         default=32 * 1024 * 1024, ge=1024, description="Larger request bodies get 413."
     )
+    max_request_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Larger request heads (target and headers together) get 431.",
+    )
+    client_header_timeout: Seconds = Field(
+        default=60.0,
+        description="Seconds a client gets to send a request's target and headers; then 408.",
+    )
+    client_body_timeout: Seconds = Field(
+        default=60.0,
+        description="Longest silence from a client while its request body is read; then 408.",
+    )
     shutdown_delay: float = Field(
         default=0.0,
         ge=0,

@@ -388,9 +388,7 @@ def test_a_bad_window_that_judges_a_trial_sets_the_ceiling_to_the_accepted_rate_
 
 
 def test_a_failed_concurrency_trial_sets_the_concurrency_ceiling_outright() -> None:
-    trial = replace(
-        SETTLED, concurrency=12.0, concurrency_ceiling=10.0, concurrency_probing=True
-    )
+    trial = replace(SETTLED, concurrency=12.0, concurrency_ceiling=10.0, concurrency_probing=True)
     window = Window(ok=50, rate_concurrency=50, demand=1_000, peak_concurrency=12)
     state, _ = step(trial, window, PARAMS)
     assert state.concurrency_decision is Decision.DECREASE

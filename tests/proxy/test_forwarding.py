@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import gc
 import hashlib
 import socket
+import time
 import uuid
+from collections.abc import Callable
 
 import httpx
 import orjson
 import pytest
+from tenacity import AsyncRetrying
 
-from tests.support import TEST_KEY, ServiceProcess, free_port, start_proxy, wait_until
+from tests.support import TEST_KEY, Scrape, ServiceProcess, free_port, start_proxy, wait_until
+from zai_proxy.limiter.settings import LimiterSettings
+from zai_proxy.proxy.app import ProxyApp
+from zai_proxy.proxy.retries import RetryableAttempt, RetryPolicy
+from zai_proxy.proxy.settings import ProxySettings
 from zai_proxy.simulator.process import SimulatorProcess
 
 
@@ -278,3 +287,82 @@ def test_the_upstream_key_never_reaches_clients_or_logs(
 def test_health_and_ready(proxy: ServiceProcess) -> None:
     assert httpx.get(f"{proxy.url}/health").json() == {"status": "ok"}
     assert httpx.get(f"{proxy.url}/ready").status_code == 200
+
+
+async def test_requests_waiting_for_the_limiter_hold_no_worker(upstream: SimulatorProcess) -> None:
+    # One worker, four requests at 2 rps: the last one's turn comes after 1.5 s, later than
+    # the 1 s a request may wait for a worker. Waiting for its turn on a worker, it would
+    # be answered 503; each exchange (0.3 s) ends before the next turn, so none waits.
+    env = {
+        "MAX_WORKERS": "1",
+        "QUEUE_TIMEOUT": "1",
+        "RATE_LIMIT_INITIAL": "2",
+        "RATE_LIMIT_MIN": "2",
+        "RATE_LIMIT_MAX": "2",
+        "RATE_LIMIT_BURST": "0",
+        "RATE_LIMIT_MAX_WAIT": "5",
+    }
+    with start_proxy(upstream.url, env=env) as proxy:
+        async with httpx.AsyncClient(base_url=proxy.url, timeout=10.0) as client:
+            in_flight: list[float] = []
+
+            async def sample() -> None:
+                while True:
+                    metrics = Scrape((await client.get("/metrics")).text)
+                    in_flight.append(metrics.value("proxy_in_flight_requests"))
+                    await asyncio.sleep(0.02)
+
+            sampler = asyncio.create_task(sample())
+            started = time.monotonic()
+            answers = await asyncio.gather(
+                *(
+                    client.post(
+                        "/v1/chat/completions", json=CHAT, headers={"x-sim-latency-ms": "300"}
+                    )
+                    for _ in range(4)
+                )
+            )
+            elapsed = time.monotonic() - started
+            sampler.cancel()
+            final = Scrape((await client.get("/metrics")).text)
+
+    assert [answer.status_code for answer in answers] == [200] * 4
+    assert elapsed >= 1.4  # they waited their turns at 2 rps
+    assert max(in_flight) == 1
+    assert final.value("proxy_retry_attempts_total") == 0
+
+
+@pytest.mark.parametrize(("failures", "loops"), [(0, 0), (1, 1)])
+async def test_only_a_first_attempt_that_fails_builds_a_retry_loop(
+    upstream: SimulatorProcess, monkeypatch: pytest.MonkeyPatch, failures: int, loops: int
+) -> None:
+    built: list[object] = []
+    build = RetryPolicy.retries
+
+    def counting(
+        policy: RetryPolicy, before_retry: Callable[[RetryableAttempt], None]
+    ) -> AsyncRetrying:
+        built.append(before_retry)
+        return build(policy, before_retry)
+
+    monkeypatch.setattr(RetryPolicy, "retries", counting)
+    settings = ProxySettings(
+        zai_api_key=TEST_KEY,
+        zai_target_url=f"{upstream.url}/api/paas/v4",
+        retry_backoff_base=0.01,
+    )
+    app = ProxyApp(settings, LimiterSettings(rate_limit_initial=1000, rate_limit_max=10_000))
+    await app.startup()
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+            headers = {"x-sim-key": new_id(), "x-request-id": new_id()}
+            if failures:
+                headers |= {"x-sim-fail-first": str(failures), "x-sim-zai-code": "1305"}
+            response = await client.post("/v1/chat/completions", json=CHAT, headers=headers)
+    finally:
+        await app.shutdown()
+        gc.unfreeze()  # startup froze this process's objects, as it does a proxy's
+    assert response.status_code == 200
+    assert seen_by_upstream(upstream, headers["x-request-id"])["seen"] == failures + 1
+    assert len(built) == loops

@@ -24,6 +24,7 @@ from zai_proxy.proxy.limiting import ProxyLimiter, RateLimited, Ticket
 
 POOL = "glm"
 LEASE_TTL = 60.0
+WAIT_SECONDS = 5.0  # for conditions that take milliseconds when all is well
 
 
 def config(**overrides: Any) -> StoreConfig:
@@ -80,19 +81,18 @@ class FlakyStore(MemoryStore):
         self.done["ping"] += 1
 
 
-async def wait_for(condition: Callable[[], object], timeout: float = 5.0) -> float:
-    """Seconds until condition() (awaited if it returns an awaitable) is true;
-    AssertionError after ``timeout`` seconds."""
+async def wait_for(condition: Callable[[], object]) -> float:
+    """Seconds until condition() (awaited if it returns an awaitable) is true; TimeoutError
+    after WAIT_SECONDS."""
     start = time.monotonic()
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.002)
+    async with asyncio.timeout(WAIT_SECONDS):
+        while True:
+            result = condition()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return time.monotonic() - start
+            await asyncio.sleep(0.002)
 
 
 @contextlib.asynccontextmanager

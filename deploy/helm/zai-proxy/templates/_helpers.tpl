@@ -130,6 +130,30 @@ Call with (dict "root" $ "key" "LIMITER_ADMIN_TOKEN" "value" <given> "generate" 
       key: {{ .Values.secrets.keys.dashboardToken }}
 {{- end -}}
 
+{{- define "zai-proxy.env.metricsToken" -}}
+- name: METRICS_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "zai-proxy.secretRef.name" (dict "root" .) }}
+      key: {{ .Values.secrets.keys.metricsToken }}
+      {{- if .Values.secrets.existingSecret }}
+      # Without the key in your Secret, /metrics stays open (and the collector sends none).
+      optional: true
+      {{- end }}
+{{- end -}}
+
+{{/* PROXY_API_KEYS when the chart's Secret holds client keys or an existing Secret may. */}}
+{{- define "zai-proxy.env.clientKeys" -}}
+{{- if or .Values.secrets.existingSecret .Values.secrets.clientKeys }}
+- name: PROXY_API_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "zai-proxy.secretRef.name" (dict "root" .) }}
+      key: {{ .Values.secrets.keys.clientKeys }}
+      optional: {{ not .Values.secrets.clientKeys }}
+{{- end }}
+{{- end -}}
+
 {{- define "zai-proxy.env.redis" -}}
 - name: REDIS_URL
   valueFrom:
