@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -35,30 +36,28 @@ def _run_proxy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_limiter(args: argparse.Namespace) -> int:
+def _serve(app: Any, host: str, port: int, **options: Any) -> int:
+    """Serve a control-plane application with the project's uvicorn defaults."""
     import uvicorn
 
+    uvicorn.run(app, host=host, port=port, loop="uvloop", log_config=None, access_log=False,
+                **options)  # fmt: skip
+    return 0
+
+
+def _run_limiter(args: argparse.Namespace) -> int:
     from zai_proxy.limiter.app import build_app
     from zai_proxy.limiter.settings import LimiterSettings
     from zai_proxy.logs import configure_logging
 
     settings = LimiterSettings()
     configure_logging(settings.log_level)
-    uvicorn.run(
-        build_app(settings),
-        host=args.host or settings.limiter_host,
-        port=_port(args.port, settings.limiter_port),
-        loop="uvloop",
-        log_config=None,
-        access_log=False,
-    )
-    return 0
+    host = args.host or settings.limiter_host
+    return _serve(build_app(settings), host, _port(args.port, settings.limiter_port))
 
 
 def _run_collector(args: argparse.Namespace) -> int:
     import asyncio
-
-    import uvicorn
 
     from zai_proxy.collector import migrate
     from zai_proxy.collector.app import build_app
@@ -68,21 +67,12 @@ def _run_collector(args: argparse.Namespace) -> int:
     settings = CollectorSettings()
     configure_logging(settings.log_level)
     asyncio.run(migrate.upgrade(settings.database_url))
-    uvicorn.run(
-        build_app(settings),
-        host=args.host or settings.collector_host,
-        port=_port(args.port, settings.collector_port),
-        loop="uvloop",
-        log_config=None,
-        access_log=False,
-    )
-    return 0
+    host = args.host or settings.collector_host
+    return _serve(build_app(settings), host, _port(args.port, settings.collector_port))
 
 
 def _run_dashboard(args: argparse.Namespace) -> int:
     import asyncio
-
-    import uvicorn
 
     from zai_proxy.collector import migrate
     from zai_proxy.dashboard_api.app import build_app
@@ -93,17 +83,10 @@ def _run_dashboard(args: argparse.Namespace) -> int:
     configure_logging(settings.log_level)
     # So that it can start before the collector, on an empty database.
     asyncio.run(migrate.upgrade(settings.database_url))
-    uvicorn.run(
-        build_app(settings),
-        host=args.host or settings.dashboard_host,
-        port=_port(args.port, settings.dashboard_port),
-        loop="uvloop",
-        log_config=None,
-        access_log=False,
-        # Live streams end at shutdown; this bounds the wait for the last writes.
-        timeout_graceful_shutdown=5,
-    )
-    return 0
+    host = args.host or settings.dashboard_host
+    # Live streams end at shutdown; the timeout bounds the wait for the last writes.
+    return _serve(build_app(settings), host, _port(args.port, settings.dashboard_port),
+                  timeout_graceful_shutdown=5)  # fmt: skip
 
 
 def _run_migrate(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@
 Hop-by-hop headers (RFC 9110 section 7.6.1, and whatever ``Connection`` lists) are dropped
 both ways. The client's credentials are replaced by the upstream key in the dialect's
 form. ``Accept-Encoding`` is not forwarded: the proxy asks for identity encoding so it can
-read usage out of every answer (docs/plan/0002-identity-encoding.md). Everything else
+read usage out of every answer (docs/plan/0002-identity-encoding-upstream.md). Everything else
 passes through unchanged, in order.
 """
 
