@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
+import promql_parser
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -221,6 +222,39 @@ def test_every_metric_named_in_operations_exists() -> None:
     assert "proxy_overloaded" in known  # the error codes are read, not guessed
     assert len(named) > 40, "operations.md names fewer metrics than expected"
     assert not named - known, f"operations.md names metrics nobody exports: {named - known}"
+
+
+def promql_blocks(document: Path) -> Iterator[tuple[int, str]]:
+    """Every fenced ``promql`` block of a document: its first line and its text."""
+    lines = document.read_text().splitlines()
+    start = None
+    for number, line in enumerate(lines, start=1):
+        if start is None and line.strip() == "```promql":
+            start = number
+        elif start is not None and line.strip() == "```":
+            yield start, "\n".join(lines[start : number - 1])
+            start = None
+
+
+def test_every_promql_expression_parses() -> None:
+    problems, checked = [], 0
+    for document in DOCUMENTS:
+        for line, block in promql_blocks(document):
+            # One expression over several lines, or one expression per line.
+            try:
+                promql_parser.parse(block)
+                checked += 1
+                continue
+            except ValueError:
+                pass
+            for expression in filter(str.strip, block.splitlines()):
+                try:
+                    promql_parser.parse(expression)
+                    checked += 1
+                except ValueError as exc:
+                    problems.append(f"{document.relative_to(ROOT)}:{line}: {exc}")
+    assert checked >= 10
+    assert not problems, "PromQL that does not parse:\n" + "\n".join(problems)
 
 
 def test_operations_explains_every_metric() -> None:

@@ -298,6 +298,11 @@ class Forwarder:
             raise RetryableAttempt(Outcome.NETWORK, error=err) from err
         except RetryableAttempt as failed:
             outcome = failed.outcome
+            if failed.answer is None:
+                # An answer that broke off (or was empty) before anything reached the
+                # client; a 429 or 5xx answer was counted when it was read.
+                timed_out = isinstance(failed.error, UpstreamTimeout)
+                self.metrics.upstream_error("timeout" if timed_out else "network")
             raise
         finally:
             metrics.in_flight.dec()

@@ -45,7 +45,17 @@ def helm_binary() -> Path:
     lines = result.stdout.strip().splitlines()
     if result.returncode != 0 or not lines:
         raise HelmUnavailable(result.stderr.strip() or f"{FETCH_HELM} exited {result.returncode}")
-    return Path(lines[-1])
+    binary = Path(lines[-1])
+    try:
+        version = subprocess.run(
+            [str(binary), "version", "--short"],
+            capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise HelmUnavailable(f"{binary} does not run: {exc}") from exc
+    if not version.stdout.startswith("v3."):
+        raise HelmUnavailable(f"{binary} is helm {version.stdout.strip()}, not helm 3")
+    return binary
 
 
 def helm_run(helm: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,9 @@ def helm() -> Path:
         return helm_binary()
     except HelmUnavailable as exc:
         if os.environ.get("CI"):
-            pytest.fail(f"CI must lint and render the chart, but helm is missing: {exc}")
+            pytest.fail(
+                f"CI must lint and render the chart, but helm is missing: {exc}", pytrace=False
+            )
         pytest.skip(f"helm could not be obtained, the chart is not rendered: {exc}")
 
 

@@ -6,10 +6,10 @@ simulated upstream's counters, and a TCP server that answers whatever bytes it i
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -28,13 +28,38 @@ def rss_bytes(pid: int) -> int:
 
 def open_fds(pid: int) -> int:
     """Open file descriptors of a process (sockets included)."""
-    import os
-
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
+
+
+def tcp_sockets(pid: int) -> list[tuple[int, int, int]]:
+    """(local port, remote port, state) of every TCP socket a process holds open.
+
+    Read from /proc/net/tcp{,6}, matched by inode to the process's descriptors: this tells
+    the proxy's client connections (local port: its own) from its upstream pool (remote
+    port: the upstream's), which open_fds() cannot.
+    """
+    inodes = set()
+    fd_dir = f"/proc/{pid}/fd"
+    for name in os.listdir(fd_dir):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"{fd_dir}/{name}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as rows:
+            next(rows)
+            for row in rows:
+                fields = row.split()
+                if fields[9] in inodes:
+                    local = int(fields[1].rsplit(":", 1)[1], 16)
+                    remote = int(fields[2].rsplit(":", 1)[1], 16)
+                    found.append((local, remote, int(fields[3], 16)))
+    return found
 
 
 def exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
@@ -150,8 +175,8 @@ class ScriptedServer:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._sock.close()
         self._thread.join(5)
+        self._sock.close()
         self.drop_held()
 
     def drop_held(self) -> None:
@@ -163,11 +188,16 @@ class ScriptedServer:
                 conn.close()
 
     def _serve(self) -> None:
+        # A timeout, so that the loop sees the stop: closing a socket does not wake accept().
+        self._sock.settimeout(0.1)
         while not self._stop.is_set():
             try:
                 conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
+            conn.settimeout(None)
             threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
@@ -194,9 +224,3 @@ class ScriptedServer:
         time.sleep(0.05)  # let the bytes go before the FIN
         with contextlib.suppress(OSError):
             conn.close()
-
-
-@contextlib.contextmanager
-def scripted_server() -> Iterator[ScriptedServer]:
-    with ScriptedServer() as server:
-        yield server
