@@ -39,18 +39,21 @@ MB = 1024 * 1024
 LISTEN = 0x0A  # the TCP state of a listening socket in /proc/net/tcp
 
 
-@pytest.fixture(scope="module")
+# Every client holds a worker for its whole stream; none may be refused or queued.
+ENV = {
+    "MAX_WORKERS": str(CLIENTS + 100),
+    "CONCURRENCY_LIMIT_MAX": str(2 * CLIENTS),
+    "RATE_LIMIT_INITIAL": "10000",
+    "RATE_LIMIT_MAX": "10000",
+    "RATE_LIMIT_BURST": "1",
+    "ACCESS_LOG": "false",
+}
+
+
+@pytest.fixture
 def proxy(simulator: SimulatorProcess) -> Iterator[ServiceProcess]:
-    env = {
-        # Every client holds a worker for its whole stream; none may be refused or queued.
-        "MAX_WORKERS": str(CLIENTS + 100),
-        "CONCURRENCY_LIMIT_MAX": str(2 * CLIENTS),
-        "RATE_LIMIT_INITIAL": "10000",
-        "RATE_LIMIT_MAX": "10000",
-        "RATE_LIMIT_BURST": "1",
-        "ACCESS_LOG": "false",
-    }
-    with start_proxy(simulator.url, env=env) as service:
+    """A fresh proxy: memory figures must not start from another test's high-water mark."""
+    with start_proxy(simulator.url, env=ENV) as service:
         yield service
 
 
