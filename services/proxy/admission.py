@@ -44,6 +44,10 @@ class WorkerPool:
         self.busy += 1
         return time.perf_counter() - start
 
+    def is_idle(self) -> bool:
+        """No request holds a worker or waits for one."""
+        return self.busy == 0 and self.waiting == 0
+
     def release(self) -> None:
         """Give a slot back."""
         self.busy -= 1

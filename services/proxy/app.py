@@ -36,6 +36,7 @@ from zai_proxy.proxy.auth import ClientKeys
 from zai_proxy.proxy.forwarding import Forwarder
 from zai_proxy.proxy.headers import UpstreamAuth
 from zai_proxy.proxy.limiting import ProxyLimiter
+from zai_proxy.proxy.memory import trim_when_idle
 from zai_proxy.proxy.metrics import ProxyMetrics, renderer
 from zai_proxy.proxy.retries import RetryPolicy
 from zai_proxy.proxy.routing import Router
@@ -161,6 +162,9 @@ class ProxyApp:
             tasks.append(asyncio.create_task(access_log.run(), name="access-log"))
         tasks.append(asyncio.create_task(limiter.run(), name="limiter-reports"))
         tasks.append(asyncio.create_task(self._refresh_gauges(), name="limiter-gauges"))
+        tasks.append(
+            asyncio.create_task(trim_when_idle(self.forwarder.pool.is_idle), name="memory-trim")
+        )
         if self._run_control:
             # No limiter service on this store: this process learns the limit itself.
             loop = ControlLoop(
