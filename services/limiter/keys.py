@@ -22,8 +22,9 @@ key                                type    TTL                    written by / r
                                                                   laid out at: ``"<tat>
                                                                   <rate>"``)
 ``{prefix}:{pool}:leases``         zset    the longest lease;     ``acquire`` adds (lease id ->
-                                           expired members are    expiry), ``report`` removes /
-                                           dropped by acquire     ``acquire`` (in-flight count)
+                                           expired members are    expiry), ``renew`` extends,
+                                           dropped by acquire     ``report`` removes /
+                                           and renew              ``acquire`` (in-flight count)
 ``{prefix}:{pool}:w:{window}``     hash    window TTL from the    ``acquire`` (``demand``,
                                            first acquire,         ``peak_concurrency``),
                                            renewed by every       ``report`` (outcome counts) /

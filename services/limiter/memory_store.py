@@ -134,6 +134,22 @@ class MemoryStore:
         for lease in release:
             state.leases.pop(lease, None)
 
+    async def renew(self, pool: str, leases: Sequence[str], ttl: float) -> int:
+        """Extend leases still held to expire ``ttl`` seconds from now (as renew.lua)."""
+        if ttl <= 0:
+            raise ValueError("ttl must be > 0")
+        state = self._pools.get(pool)
+        if state is None or not leases:
+            return 0
+        now = self._clock()
+        state.leases = {name: end for name, end in state.leases.items() if end > now}
+        renewed = 0
+        for lease in leases:
+            if lease in state.leases:
+                state.leases[lease] = now + ttl
+                renewed += 1
+        return renewed
+
     async def heartbeat(self, pool: str, replica: str, ttl: float) -> int:
         """Mark a replica alive for ``ttl`` seconds; return how many replicas are alive."""
         if ttl <= 0:

@@ -105,6 +105,7 @@ class RedisStore:
         self._register = redis.register_script(_script("register.lua"))
         self._pools = redis.register_script(_script("pools.lua"))
         self._heartbeat = redis.register_script(_script("heartbeat.lua"))
+        self._renew = redis.register_script(_script("renew.lua"))
         self._replicas = redis.register_script(_script("replicas.lua"))
         self._lead = redis.register_script(_script("lead.lua"))
         self._pools_key = keys.pools_key(config.prefix)
@@ -195,6 +196,16 @@ class RedisStore:
                 if release:
                     pipe.zrem(pool_keys.leases, *release)
                 await pipe.execute()
+
+    async def renew(self, pool: str, leases: Sequence[str], ttl: float) -> int:
+        """Extend leases still held to expire ``ttl`` seconds from now; return how many."""
+        if ttl <= 0:
+            raise ValueError("ttl must be > 0")
+        if not leases:
+            return 0
+        leases_key = keys.pool_keys(self.config.prefix, pool).leases
+        with _translate_errors:
+            return int(await self._renew(keys=(leases_key,), args=(ttl, *leases)))
 
     async def heartbeat(self, pool: str, replica: str, ttl: float) -> int:
         """Mark a replica alive for ``ttl`` seconds; return how many replicas are alive."""

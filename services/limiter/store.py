@@ -12,6 +12,7 @@ Hot path (proxies), one round trip each:
 - ``report``: add one batch of outcome counts to a window and release leases (pipelined,
   off the response path).
 - ``heartbeat``: say this replica is alive; learn how many share the pool.
+- ``renew``: keep the concurrency leases of the attempts still running from expiring.
 
 Control plane (the limiter's leader): ``pools``, ``read_window``, ``load_state``,
 ``save_state``, ``load_bounds``, ``save_bounds``, ``replicas``, ``reset``, ``lead``.
@@ -109,6 +110,15 @@ class LimiterStore(Protocol):
         self, pool: str, window: int, counts: Mapping[str, int], release: Sequence[str] = ()
     ) -> None:
         """Add counts (keys: Outcome values, and `demand`) to a window; release leases."""
+        ...
+
+    async def renew(self, pool: str, leases: Sequence[str], ttl: float) -> int:
+        """Extend leases still held to expire ``ttl`` seconds from now; return how many.
+
+        A lease already released or expired stays gone. Holders renew their leases well
+        within ``ttl``, so a lease outlives any request still running, and the leases of a
+        proxy that died come back within ``ttl``.
+        """
         ...
 
     async def heartbeat(self, pool: str, replica: str, ttl: float) -> int:

@@ -49,9 +49,14 @@ RELEASE_SECONDS = 0.02
 HEARTBEAT_SECONDS = 2.0
 HEARTBEAT_TTL_SECONDS = 6.0
 REJOIN_SECONDS = 0.5
-# A lease outlives any upstream exchange that is still running; a crashed proxy's leases
-# come back by themselves after this.
-LEASE_TTL_SECONDS = 900.0
+# A concurrency lease in the shared store lives this long unless its holder renews it,
+# which the background task does with every heartbeat for each attempt still running: a
+# lease outlives any exchange that is still going, and the leases of a proxy that died
+# (kill -9, out of memory, a lost node) come back by themselves within this, instead of
+# counting against the cluster-wide cap for as long as the longest exchange could last.
+LEASE_TTL_SECONDS = 10.0
+# Leases of the local store (degraded mode) live and die with this process: not renewed.
+LOCAL_LEASE_TTL_SECONDS = 900.0
 # While a learned cap on concurrency is reached, ask again after this, doubling (with
 # jitter) up to the maximum. The cap counts the requests waiting for their turn too, so
 # under overload it stays full for seconds, and hundreds of requests asking 20 times a
@@ -109,6 +114,8 @@ class ProxyLimiter:
         self._offset = 0.0  # store clock minus local clock
         self._counts: defaultdict[int, Counter[str]] = defaultdict(Counter)
         self._released: list[str] = []
+        # Leases the shared store granted to attempts still running: renewed until released.
+        self._held: set[str] = set()
         self._wake = asyncio.Event()
         self._suspect = False  # a store call failed; the next ping decides
         # Set (and replaced) when an answer shows a new rate: wakes the waiting requests.
@@ -137,11 +144,19 @@ class ProxyLimiter:
             budget = max(0.0, deadline - time.monotonic())
             admission, local = await self._acquire(lease, budget)
             if admission.granted:
+                if not local:
+                    self._held.add(lease)
                 if admission.wait > 0:
-                    if local:
-                        await asyncio.sleep(admission.wait)
-                    else:
-                        await self._wait_turn(lease, admission.wait, admission.rate)
+                    try:
+                        if local:
+                            await asyncio.sleep(admission.wait)
+                        else:
+                            await self._wait_turn(lease, admission.wait, admission.rate)
+                    except BaseException:
+                        # The turn is gone (RateLimited) or the client left (cancelled):
+                        # the lease goes back now rather than when it expires.
+                        await self.record(Ticket(lease, 0.0, local), None)
+                        raise
                 return Ticket(lease, time.monotonic() - start, local)
             if admission.reason == "concurrency" and admission.concurrency >= self.max_cap:
                 raise RateLimited(
@@ -165,8 +180,8 @@ class ProxyLimiter:
                 left = max(0.0, end - now) * rate / self.rate
                 rate = self.rate
                 if left > self.max_wait:
-                    # The store cut the backlog at max_wait from now: this turn is gone.
-                    self._released.append(lease)
+                    # The store cut the backlog at max_wait from now: this turn is gone
+                    # (admit releases the lease).
                     raise RateLimited(
                         "the upstream's rate limit dropped; the proxy is holding requests back",
                         retry_after=max(left - self.max_wait, 1.0),
@@ -193,7 +208,9 @@ class ProxyLimiter:
             else:
                 self._learn(admission)
                 return admission, False
-        local = await self._local.acquire(self.pool, lease, budget, LEASE_TTL_SECONDS, demand=False)
+        local = await self._local.acquire(
+            self.pool, lease, budget, LOCAL_LEASE_TTL_SECONDS, demand=False
+        )
         return local, True
 
     def _learn(self, admission: Admission) -> None:
@@ -217,6 +234,7 @@ class ProxyLimiter:
         if outcome is not None:
             window = self.store.config.window_of(time.time() + self._offset)
             self._counts[window][outcome.value] += 1
+        self._held.discard(ticket.lease)
         self._released.append(ticket.lease)
         self._wake.set()
 
@@ -262,6 +280,8 @@ class ProxyLimiter:
                     )
                     next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
                     await self._share_locally()
+                    if self._held:
+                        await self.store.renew(self.pool, list(self._held), LEASE_TTL_SECONDS)
                 await self.flush()
             except StoreError as exc:
                 if self.degraded or self._suspect:

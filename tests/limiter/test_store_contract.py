@@ -196,6 +196,25 @@ async def test_an_expired_lease_frees_its_slot_by_itself(backend: Backend) -> No
     assert (await store.acquire(POOL, "next", 60.0, LEASE_TTL, demand=False)).granted
 
 
+async def test_renewed_leases_outlive_their_ttl_and_released_or_expired_ones_stay_gone(
+    backend: Backend,
+) -> None:
+    store = await backend.open(initial_rate=1000.0, initial_concurrency=3)
+    for lease in ("running", "released", "crashed"):
+        assert (await store.acquire(POOL, lease, 60.0, 0.5)).granted
+    await store.report(POOL, 0, {}, release=["released"])
+    assert await store.renew(POOL, ["running", "released"], 5.0) == 1
+    await asyncio.sleep(0.7)
+    # "crashed" was never renewed and has expired by itself; a renewal cannot bring it
+    # back, and "running" still holds its slot.
+    assert await store.renew(POOL, ["running", "crashed"], 5.0) == 1
+    assert (await store.acquire(POOL, "second", 60.0, LEASE_TTL, demand=False)).granted
+    assert (await store.acquire(POOL, "third", 60.0, LEASE_TTL, demand=False)).granted
+    refused = await store.acquire(POOL, "fourth", 60.0, LEASE_TTL, demand=False)
+    assert refused.reason == "concurrency"
+    assert await store.renew(POOL, [], 0.3) == 0
+
+
 async def test_peak_concurrency_is_recorded_per_window(backend: Backend) -> None:
     store = await backend.open(initial_rate=1000.0, window_seconds=0.2, window_ttl_seconds=5.0)
     config = store.config
