@@ -2,6 +2,7 @@
 
     ProxyError                  any answer the proxy makes instead of the upstream
     ├── BadRequestTarget        400  the target could steer the request elsewhere
+    ├── MethodNotAllowed        405  TRACE or CONNECT: never forwarded
     ├── RequestTimeout          408  the client stopped sending its request (CLIENT_*_TIMEOUT)
     ├── RequestTooLarge         413  the body is over MAX_REQUEST_BODY_BYTES
     ├── RequestHeadTooLarge     431  the target and headers are over MAX_REQUEST_HEADER_BYTES
@@ -65,6 +66,17 @@ class BadRequestTarget(ProxyError):
     status = 400
     code = "invalid_request_target"
     anthropic_type = "invalid_request_error"
+
+
+class MethodNotAllowed(ProxyError):
+    """A method the proxy does not forward."""
+
+    status = 405
+    code = "method_not_allowed"
+    anthropic_type = "invalid_request_error"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [*super().headers(), (b"allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")]
 
 
 class RequestTimeout(ProxyError):

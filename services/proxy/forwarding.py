@@ -25,6 +25,7 @@ from zai_proxy.proxy.admission import WorkerPool
 from zai_proxy.proxy.auth import ANONYMOUS, ClientKeys
 from zai_proxy.proxy.classify import classify_status
 from zai_proxy.proxy.errors import (
+    MethodNotAllowed,
     ProxyError,
     RequestTimeout,
     RequestTooLarge,
@@ -53,6 +54,9 @@ WHOLE_BODY_LIMIT = 1 << 20
 # Error answers (429, 5xx) are read whole, up to this, to classify them and to retry.
 MAX_ERROR_BODY = 1 << 20
 STATUS_CLIENT_CLOSED = 499
+# TRACE asks the upstream to echo the request it got, upstream key included; CONNECT asks
+# for a tunnel, and aiohttp would send it to the upstream's own host and port.
+REFUSED_METHODS = frozenset({"TRACE", "CONNECT"})
 
 log = logging.getLogger("zai_proxy.proxy")
 
@@ -206,6 +210,8 @@ class Forwarder:
     async def _forward(self, scope: Scope, receive: Any, send: Any, exchange: Exchange) -> None:
         route = self.router.resolve(scope["raw_path"], scope["query_string"])
         exchange.template, exchange.dialect = route.template, route.dialect
+        if exchange.method in REFUSED_METHODS:
+            raise MethodNotAllowed(f"{exchange.method} is not forwarded")
         exchange.key = self.keys.alias_of(scope["headers"])
         body = await read_body(receive, scope["headers"], self.max_body, self.body_timeout)
         request = exchange.request = self.accounting.prepare(route, exchange.method, body)

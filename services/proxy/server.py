@@ -40,6 +40,10 @@ DEFAULT_HEAD_TIMEOUT = 60.0
 REFUSAL_LINGER_SECONDS = 2.0
 
 
+class RequestRefused(Exception):
+    """Raised in a parser callback to stop parsing a request that has been answered."""
+
+
 class TargetPreservingProtocol(HttpToolsProtocol):
     """httptools protocol that keeps absolute-form targets visible to the router and bounds
     what a client may hold before its request reaches the application.
@@ -55,8 +59,16 @@ class TargetPreservingProtocol(HttpToolsProtocol):
     seconds after its first byte (a connection's first request: after the connection
     opened) is answered 408; either way the connection is closed. A connection that sends
     nothing at all is closed silently after ``head_timeout``. The size counts every read
-    that ends while a head is incomplete, so it is exact to within one read (uvloop reads
-    at most 256 KiB at once).
+    that ends while a head is incomplete, and, once a head is complete, its target and
+    fields (a head that came in one read was never incomplete after one).
+
+    The fields of a chunked body's trailer are dropped: uvicorn would add them to the
+    request's headers (forwarded upstream as if the client had sent them first) with no
+    bound on how many.
+
+    An answer that is complete before its request's body is (413, a refused target) also
+    closes the connection: uvicorn would read and drop the rest of the body to reuse the
+    connection, for as long as the client cares to send it (a chunked body has no end).
     """
 
     def __init__(
@@ -71,7 +83,8 @@ class TargetPreservingProtocol(HttpToolsProtocol):
         self.head_timeout = head_timeout
         self._head_open = True  # a request head is (or may be) arriving
         self._head_started = False  # ... and its first byte is in
-        self._head_bytes = 0
+        self._head_bytes = 0  # of reads that ended with the head incomplete
+        self._field_bytes = 0  # of the head's fields, names and values
         self._head_timer: asyncio.TimerHandle | None = None
         self._discarding = False  # refused: what still arrives is dropped until the close
 
@@ -90,30 +103,57 @@ class TargetPreservingProtocol(HttpToolsProtocol):
         if self._head_open and self._head_started and not self.transport.is_closing():
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes:
-                self._refuse(
-                    RequestHeadTooLarge(
-                        f"request target and headers are larger than {self.max_head_bytes} bytes"
-                    )
-                )
+                self._refuse(self._head_too_large())
+
+    def send_400_response(self, msg: str) -> None:
+        # After a refusal (which stopped the parser) the answer is out, or cannot be sent.
+        if not self._discarding and not self.transport.is_closing():
+            super().send_400_response(msg)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_open = self._head_started = True
-        self._head_bytes = 0
+        self._head_bytes = self._field_bytes = 0
         if self._head_timer is None:
             self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_open:  # else a trailer field
+            self._field_bytes += len(name) + len(value)
+            super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._head_open = self._head_started = False
         self._stop_head_timer()
+        if len(self.url) + self._field_bytes > self.max_head_bytes:
+            self._refuse(self._head_too_large())
+            raise RequestRefused  # stops the parser: the application never sees the request
         super().on_headers_complete()
         if "raw_path" in self.scope and not self.url.startswith(b"/"):
             self.scope["raw_path"] = self.url.partition(b"?")[0]
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        if (
+            cycle is not None
+            and cycle.response_complete  # this answer's cycle, not a pipelined one's
+            and cycle.more_body
+            and not self.transport.is_closing()
+        ):
+            self.server_state.total_requests += 1
+            self._linger_and_close()
+            return
+        super().on_response_complete()
 
     def _stop_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+
+    def _head_too_large(self) -> RequestHeadTooLarge:
+        return RequestHeadTooLarge(
+            f"request target and headers are larger than {self.max_head_bytes} bytes"
+        )
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
@@ -144,11 +184,17 @@ class TargetPreservingProtocol(HttpToolsProtocol):
             # can be done without corrupting its response.
             self.transport.close()
             return
-        # Closing a socket with unread input resets the connection, and the reset can
-        # reach the client before the answer does (a client still sending a huge head
-        # would see "connection reset"): end the answer with a FIN, read and drop what
-        # keeps coming for a moment, then close.
+        self._linger_and_close()
+
+    def _linger_and_close(self) -> None:
+        """End the answer with a FIN, read and drop what keeps coming for a moment, then close.
+
+        Closing a socket with unread input resets the connection, and the reset can reach
+        the client before the answer does (a client still sending a huge head or body
+        would see "connection reset").
+        """
         self._discarding = True
+        self.flow.resume_reading()  # uvicorn pauses reading while a body waits for the app
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self.loop.call_later(REFUSAL_LINGER_SECONDS, self.transport.close)
