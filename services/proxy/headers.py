@@ -77,6 +77,16 @@ class UpstreamAuth:
         return "UpstreamAuth(key=***)"
 
 
+def _text(value: bytes) -> str:
+    """A header value as aiohttp needs it: it writes strings as UTF-8, so a UTF-8 value
+    (``X-Title: café``) is decoded as UTF-8 to arrive unchanged. Other bytes are not
+    UTF-8 text and cannot pass unchanged; they are read as latin-1."""
+    try:
+        return value.decode()
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
+
+
 def upstream_request_headers(
     client: Headers, dialect: Dialect, auth: UpstreamAuth, request_id: str
 ) -> list[tuple[str, str]]:
@@ -87,7 +97,7 @@ def upstream_request_headers(
         else _REQUEST_OWNED
     )
     out = [
-        (name.decode("latin-1"), value.decode("latin-1"))
+        (name.decode("latin-1"), _text(value))
         for name, value in client
         if name.lower() not in drop and name != b"x-request-id"
     ]

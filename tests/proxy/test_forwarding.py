@@ -165,6 +165,21 @@ def test_hop_by_hop_headers_stop_at_the_proxy_and_the_rest_pass(
     assert header_values(record, "host") == [upstream.url.removeprefix("http://")]
 
 
+def test_header_values_in_utf_8_reach_the_upstream_byte_for_byte(
+    proxy: ServiceProcess, upstream: SimulatorProcess
+) -> None:
+    request_id, title = new_id(), "café ☕ ü".encode()
+    httpx.post(
+        f"{proxy.url}/v1/chat/completions",
+        json=CHAT,
+        headers={"x-title": title, "x-request-id": request_id},
+    )
+    # The simulator records header bytes as latin-1 text.
+    assert header_values(seen_by_upstream(upstream, request_id), "x-title") == [
+        title.decode("latin-1")
+    ]
+
+
 def test_a_request_id_is_made_when_missing_and_echoed(
     proxy: ServiceProcess, upstream: SimulatorProcess
 ) -> None:
