@@ -16,7 +16,14 @@ moves no total backwards and makes no spike:
   other bounds);
 - a series new on a known target counts from 0;
 - a target missing from a round is forgotten, so what it counted while unseen is not
-  attributed to the round it returns in.
+  attributed to the round it returns in;
+- after a restart, ``restore`` hands back the baselines written with the last round
+  (``baselines``, ADR 0014): a target of that round counts its first increase against its
+  baseline when its process is the same (the same start time, or none on either side;
+  then a series that went down is a reset), from its start when its process started after
+  the baseline, and else only primes. A variant's snapshot that counted from a restored
+  baseline covers the whole gap: ``ts`` where the stored rows end, ``seconds`` up to the
+  end of the round, so its rates are averages over the downtime, not a spike.
 
 Rates are increases over the round's interval. Histograms are merged bucket by bucket over
 every series of a variant (all paths and models) before percentiles are read. Gauges of a
@@ -53,10 +60,17 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 
+from zai_proxy.collector.baselines import Baseline
 from zai_proxy.collector.percentiles import merge_buckets
 from zai_proxy.collector.pricing import PriceTable, default_prices
 from zai_proxy.collector.rollup import bucket_start, derive
-from zai_proxy.collector.scrape_parse import Buckets, Samples, SeriesKey, parse_exposition
+from zai_proxy.collector.scrape_parse import (
+    START_TIME,
+    Buckets,
+    Samples,
+    SeriesKey,
+    parse_exposition,
+)
 from zai_proxy.collector.snapshot import ModelFigures, Snapshot
 from zai_proxy.limiter import metrics as limiter_metrics
 from zai_proxy.proxy import metrics as proxy_metrics
@@ -149,26 +163,50 @@ class RoundMerger:
         self.max_gap = max_gap if max_gap is not None else DEFAULT_MAX_GAP_INTERVALS * interval
         self._previous: dict[str, Scrape] = {}
         self._last_round: float | None = None
+        self._covered_until: float | None = None  # end of the last round's interval
+        # Baselines restored from the database, for the first round after a restart.
+        self._restored: dict[str, Scrape] = {}
+        self._resume_from: float | None = None
 
     def merge(self, now: float, scrapes: Iterable[Scrape]) -> list[Snapshot]:
         """Snapshots (one per variant with a baseline, by variant name) of the round at ``now``."""
         current = {scrape.target: scrape for scrape in scrapes}
         increases: dict[str, _Increase] = {}
+        ts = bucket_start(now, self.interval)
         # A process that started after the last round (or within the first round's
         # interval) counted everything it shows since we last looked: count it all.
         fresh_after = self._last_round if self._last_round is not None else now - self.interval
+        restored, self._restored = self._restored, {}
+        resume_from = self._resume_from
+        resumed: set[str] = set()  # targets counted from a restored baseline
         for target, scrape in current.items():
             previous = self._previous.get(target)
+            baseline = restored.get(target)
             if previous is not None and 0 < scrape.time - previous.time <= self.max_gap:
                 increases[target] = _increase(previous.samples, scrape.samples)
-            elif (scrape.samples.start_time or 0.0) > fresh_after:
+            elif baseline is not None and resume_from is not None and resume_from > ts:
+                # Rows up to this round's bucket are stored already: count from the
+                # restored baseline in the next round instead.
+                self._restored[target] = baseline
+            elif baseline is not None and _same_process(baseline, scrape):
+                if scrape.time > baseline.time:
+                    increases[target] = _increase(baseline.samples, scrape.samples)
+                    resumed.add(target)
+            elif (scrape.samples.start_time or 0.0) > (
+                baseline.time if baseline is not None else fresh_after
+            ):
                 increases[target] = _increase(_NOTHING, scrape.samples)
-        # Targets missing from this round are dropped: on return they prime again.
-        self._previous = current
+                if baseline is not None:
+                    resumed.add(target)  # restarted while the collector was down
+        # Targets missing from this round are dropped: on return they prime again. Those
+        # held on a restored baseline keep it as their previous scrape.
+        self._previous = {t: s for t, s in current.items() if t not in self._restored}
         self._last_round = now
+        self._covered_until = ts + self.interval
+        if not self._restored:
+            self._resume_from = None
 
         limiter = _limiter_figures(current.values(), increases.values(), self.pool)
-        ts = bucket_start(now, self.interval)
         snapshots = []
         for variant, targets in sorted(_variants(current).items()):
             answered = [current[t] for t in sorted(targets)]
@@ -176,6 +214,10 @@ class RoundMerger:
             if not counted:
                 continue
             snapshot = Snapshot(ts=ts, seconds=self.interval, variant=variant)
+            if resume_from is not None and resume_from < ts and resumed & targets:
+                # The first round after a restart: its increases cover the downtime, so
+                # its row does too (a rate over the whole gap, not a spike in one round).
+                snapshot.ts, snapshot.seconds = resume_from, ts + self.interval - resume_from
             snapshot.replicas = len(answered)
             self._add_counters(snapshot, variant, counted)
             _add_histograms(snapshot, variant, counted)
@@ -187,6 +229,43 @@ class RoundMerger:
     def forget(self, target: str) -> None:
         """Drop a target's previous scrape (its next scrape only primes)."""
         self._previous.pop(target, None)
+        self._restored.pop(target, None)
+
+    def baselines(self) -> list[Baseline]:
+        """Each target's last scrape, as the database stores it with the last round."""
+        if self._covered_until is None:
+            return []
+        return [
+            Baseline(
+                target=scrape.target,
+                time=scrape.time,
+                start_time=scrape.samples.start_time,
+                covered_until=self._covered_until,
+                counters=scrape.samples.counters,
+                histograms=scrape.samples.histograms,
+            )
+            for _, scrape in sorted(self._previous.items())
+        ]
+
+    def restore(self, baselines: Iterable[Baseline]) -> int:
+        """Count the next round against baselines stored before a restart; how many are used.
+
+        Only the targets of the last round written (the newest ``covered_until``) are
+        restored: a target missing from it had been forgotten, and only primes. The next
+        round's snapshots that count from a restored baseline cover the time since that
+        round, ``[covered_until, end of the round)``.
+        """
+        stored = list(baselines)
+        if not stored:
+            return 0
+        resume_from = max(b.covered_until for b in stored)
+        self._resume_from = resume_from
+        self._restored = {
+            b.target: Scrape(b.target, b.time, _samples_of(b))
+            for b in stored
+            if b.covered_until == resume_from
+        }
+        return len(self._restored)
 
     def _add_counters(self, s: Snapshot, variant: str, counted: list[_Increase]) -> None:
         models: dict[str, ModelFigures] = defaultdict(ModelFigures)
@@ -230,6 +309,17 @@ class RoundMerger:
 
 
 _NOTHING = Samples()
+
+
+def _samples_of(baseline: Baseline) -> Samples:
+    gauges = {} if baseline.start_time is None else {(START_TIME, ()): baseline.start_time}
+    return Samples(dict(baseline.counters), gauges, dict(baseline.histograms))
+
+
+def _same_process(baseline: Scrape, scrape: Scrape) -> bool:
+    # The same process start time, or none on either side (a multi-process proxy: counted
+    # on from the baseline, a series that went down read as a restart, as between rounds).
+    return baseline.samples.start_time == scrape.samples.start_time
 
 
 def _increase(previous: Samples, current: Samples) -> _Increase:

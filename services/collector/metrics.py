@@ -25,7 +25,7 @@ DATABASE_UP = "collector_database_up"
 
 # Why a scrape failed: a small fixed set, so the label stays bounded.
 SCRAPE_ERROR_REASONS = ("dns", "timeout", "connection", "status", "too_large", "parse")
-DATABASE_OPERATIONS = ("write", "downsample", "expire")
+DATABASE_OPERATIONS = ("write", "downsample", "expire", "restore")
 DROP_REASONS = ("buffer_full", "rejected")
 KINDS = ("proxy", "limiter")
 

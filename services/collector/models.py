@@ -1,4 +1,5 @@
-"""The rollup tables: every snapshot at every resolution, and the downsampling watermarks.
+"""The rollup tables: every snapshot at every resolution, the downsampling watermarks,
+and the collector's per-target baselines (``target_baselines``, see ``baselines``).
 
 One ``snapshots`` table holds the three resolutions, told apart by ``resolution`` (5, 60
 or 3600 seconds), rather than a table per resolution: the columns are the same, so one
@@ -15,14 +16,15 @@ under ``migrations/versions/`` create the same schema; a test compares the two.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from typing import Any, cast
 
-from sqlalchemy import JSON, Double, Index, Integer, MetaData, String, Table
+from sqlalchemy import JSON, Double, Index, Integer, MetaData, String, Table, Text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from zai_proxy.collector.baselines import Baseline, decode_series, encode_series
 from zai_proxy.collector.snapshot import Buckets, ModelFigures, Snapshot
 
 # Constraint names that are the same on every database, so migrations can name them.
@@ -34,6 +36,7 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 VARIANT_LENGTH = 64
+TARGET_LENGTH = 512  # a scrape target's URL
 
 # JSONB on PostgreSQL (indexable, compact), JSON text elsewhere.
 Json = JSON().with_variant(JSONB(), "postgresql")
@@ -123,8 +126,25 @@ class RollupWatermark(Base):
     done_until: Mapped[float | None]
 
 
+class TargetBaseline(Base):
+    """One target's last-scrape baseline, written with the round (see ``baselines``).
+
+    One row per target, replaced by each written round that scraped it; rows of targets
+    not scraped for the finest resolution's retention are deleted by ``expire``.
+    """
+
+    __tablename__ = "target_baselines"
+
+    target: Mapped[str] = mapped_column(String(TARGET_LENGTH), primary_key=True)
+    scraped_at: Mapped[float]
+    process_start_time: Mapped[float | None]
+    covered_until: Mapped[float]
+    series: Mapped[str] = mapped_column(Text)
+
+
 snapshots = cast(Table, SnapshotRow.__table__)
 watermarks = cast(Table, RollupWatermark.__table__)
+baselines = cast(Table, TargetBaseline.__table__)
 
 # Snapshot's fields in the order ``from_row`` expects them (select ``SNAPSHOT_COLUMNS``).
 SNAPSHOT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Snapshot))
@@ -158,6 +178,30 @@ def from_row(values: Sequence[Any]) -> Snapshot:
         for model, figures in row["models"].items()
     }
     return Snapshot(**row)
+
+
+def baseline_row(baseline: Baseline) -> dict[str, Any]:
+    """The ``target_baselines`` row of a baseline."""
+    return {
+        "target": baseline.target,
+        "scraped_at": baseline.time,
+        "process_start_time": baseline.start_time,
+        "covered_until": baseline.covered_until,
+        "series": encode_series(baseline),
+    }
+
+
+def from_baseline_row(row: Mapping[str, Any]) -> Baseline:
+    """The baseline of a ``target_baselines`` row; ValueError when its series do not decode."""
+    counters, histograms = decode_series(row["series"])
+    return Baseline(
+        target=row["target"],
+        time=row["scraped_at"],
+        start_time=row["process_start_time"],
+        covered_until=row["covered_until"],
+        counters=counters,
+        histograms=histograms,
+    )
 
 
 def _bound_key(bound: float) -> str:

@@ -8,6 +8,11 @@ writer loop, woken after each round, flushes the queue, rolls the new buckets up
 away the queue keeps the newest ``COLLECTOR_BUFFER_MAX`` snapshots and the next flush
 writes them.
 
+Each round's target baselines (``merge.RoundMerger.baselines``) travel with its
+snapshots and are written in the transaction of the round's last rows; ``open`` loads them
+back, so after a stop or a ``kill -9`` the first round counts from the last round written
+(ADR 0014): the downtime's traffic, and that of rounds lost from the buffer, is stored.
+
 Memory stays bounded: the merger keeps only the last scrape of the targets of the last
 round, the per-target state here is pruned to the current targets, and the queue is
 bounded. A target's trouble is logged when its state changes (up → down → up), and every
@@ -25,6 +30,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
+from zai_proxy.collector.baselines import Baseline
 from zai_proxy.collector.cadence import RoundSchedule
 from zai_proxy.collector.database import StorageError, masked, normalise_url
 from zai_proxy.collector.merge import RoundMerger
@@ -98,8 +104,10 @@ class CollectorService:
         self._write_task: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
-        """Open the HTTP client: rounds can run (``start`` also runs them on the cadence)."""
+        """Open the HTTP client and restore the targets' baselines: rounds can run
+        (``start`` also runs them on the cadence)."""
         if self._scraper is None:
+            await self._restore()
             token = self.settings.metrics_token.get_secret_value()
             self._scraper = Scraper(create_session(token), clock=self._wall)
         self._started = time.monotonic()
@@ -160,7 +168,8 @@ class CollectorService:
         snapshots = self.merger.merge(
             slot_wall - self.interval / 2, [r.scrape for r in results if r.scrape is not None]
         )
-        self.writer.add(snapshots)
+        # With the round's baselines: written in the transaction of its last rows.
+        self.writer.add(snapshots, self.merger.baselines())
         self._queued.set()
         self.rounds += 1
         self._last_round_end = time.monotonic()
@@ -215,12 +224,35 @@ class CollectorService:
             except Exception:
                 log.exception("writing snapshots failed")
 
-    async def _write(self, batch: Sequence[Snapshot]) -> int:
+    async def _write(self, batch: Sequence[Snapshot], baselines: Sequence[Baseline] = ()) -> int:
+        # Every round is one of the finest rows, the first after a restart included (it
+        # covers the downtime, so it is longer than the others).
+        resolution = self.store.resolution_of(self.interval)
         try:
-            return await self.store.write(batch)
+            return await self.store.write(batch, baselines, resolution=resolution)
         except StorageError:
             self.metrics.database_errors.labels("write").inc()
             raise
+
+    async def _restore(self) -> None:
+        # The baselines written with the last round before a stop or a kill: the first
+        # round counts on from them, so what the targets counted meanwhile is stored.
+        now = self._wall()
+        since = now - self.store.retention[self.store.resolutions[0]]
+        try:
+            stored = await self.store.load_baselines(since)
+        except StorageError as exc:
+            self.metrics.database_errors.labels("restore").inc()
+            log.warning("no baselines restored (targets prime in the first round): %s", exc)
+            return
+        restored = self.merger.restore(stored)
+        if restored:
+            covered = max(b.covered_until for b in stored)
+            log.info(
+                "restored the baselines of %d target(s); the first round counts from %.0f s ago",
+                restored,
+                now - covered,
+            )
 
     async def _maintain(self, now: float) -> None:
         operation = "downsample"

@@ -12,7 +12,10 @@ Three resolutions (5 s, 1 min, 1 h by default) live in one table (see ``models``
   in the chunk's transaction, so restarts continue where they stopped. A chunk holds a
   lock that writes wait for (see ``_lock``), so no row lands unseen behind a watermark.
 - ``expire(now)``: deletes rows past each resolution's retention, ``expire_batch`` rows
-  per statement, each in its own short transaction.
+  per statement, each in its own short transaction, and the baselines of targets not
+  scraped within the finest resolution's retention.
+- ``write(batch, baselines)`` also replaces the targets' baselines (``target_baselines``)
+  in the transaction of the rows; ``load_baselines`` reads them back at start-up.
 - ``query``/``latest``: see ``queries`` for the choice of resolution.
 
 Every time comes in as an argument: the store has no clock. Driver and network errors
@@ -37,13 +40,23 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from zai_proxy.collector.baselines import Baseline
 from zai_proxy.collector.database import (
     StorageError,
     StorageUnavailable,
     create_engine,
     storage_error,
 )
-from zai_proxy.collector.models import SNAPSHOT_COLUMNS, from_row, snapshots, to_row, watermarks
+from zai_proxy.collector.models import (
+    SNAPSHOT_COLUMNS,
+    baseline_row,
+    baselines,
+    from_baseline_row,
+    from_row,
+    snapshots,
+    to_row,
+    watermarks,
+)
 from zai_proxy.collector.queries import ALL_VARIANTS, DEFAULT_MAX_POINTS, plan_query, regroup
 from zai_proxy.collector.rollup import bucket_start
 from zai_proxy.collector.snapshot import Snapshot
@@ -95,6 +108,7 @@ class SnapshotStore:
         self._owns_engine = owns_engine
         self._upsert = _upsert_statement(snapshots, engine.dialect.name)
         self._set_watermark = _upsert_statement(watermarks, engine.dialect.name)
+        self._set_baseline = _upsert_statement(baselines, engine.dialect.name)
 
     @classmethod
     def open(cls, url: str | None = None, **options: Any) -> SnapshotStore:
@@ -110,15 +124,53 @@ class SnapshotStore:
         """The stored resolution of a snapshot ``seconds`` long (the finest for shorter)."""
         return max((r for r in self.resolutions if r <= seconds), default=self.resolutions[0])
 
-    async def write(self, batch: Iterable[Snapshot]) -> int:
-        """Upsert snapshots (each at the resolution of its length) in one transaction."""
-        rows = [to_row(s, self.resolution_of(s.seconds)) for s in batch]
-        if rows:
+    async def write(
+        self,
+        batch: Iterable[Snapshot],
+        baselines: Sequence[Baseline] = (),
+        *,
+        resolution: int | None = None,
+    ) -> int:
+        """Upsert snapshots, and replace the targets' ``baselines``, in one transaction.
+
+        Each snapshot is stored at the resolution of its length, or at ``resolution``
+        (the collector's rounds: a round that covers a downtime is longer than the others,
+        but it is still one of the finest rows). The number of snapshots written.
+        """
+        rows = [
+            to_row(s, resolution if resolution is not None else self.resolution_of(s.seconds))
+            for s in batch
+        ]
+        if rows or baselines:
             with self._errors():
                 async with self.engine.begin() as connection:
-                    await self._lock(connection, exclusive=False)
-                    await self._write_rows(connection, rows)
+                    if rows:
+                        await self._lock(connection, exclusive=False)
+                        await self._write_rows(connection, rows)
+                    if baselines:
+                        await connection.execute(
+                            self._set_baseline, [baseline_row(b) for b in baselines]
+                        )
         return len(rows)
+
+    async def load_baselines(self, since: float | None = None) -> list[Baseline]:
+        """The stored baselines (scraped at ``since`` or later), by target.
+
+        A row that does not decode is skipped with a warning: that target only primes.
+        """
+        statement = select(baselines).order_by(baselines.c.target)
+        if since is not None:
+            statement = statement.where(baselines.c.scraped_at >= since)
+        with self._errors():
+            async with self.engine.connect() as connection:
+                rows = (await connection.execute(statement)).mappings().all()
+        loaded = []
+        for row in rows:
+            try:
+                loaded.append(from_baseline_row(row))
+            except ValueError as exc:
+                log.warning("ignoring the stored baseline of %s: %s", row["target"], exc)
+        return loaded
 
     async def latest(self, variant: str) -> Snapshot | None:
         """The newest snapshot of ``variant`` at the finest resolution that has one."""
@@ -195,8 +247,16 @@ class SnapshotStore:
         return written
 
     async def expire(self, now: float) -> int:
-        """Delete rows older than their resolution's retention; the number deleted."""
+        """Delete rows older than their resolution's retention; the number deleted.
+
+        Baselines of targets not scraped within the finest resolution's retention go too
+        (not counted: they are one row per target).
+        """
         deleted = 0
+        cutoff = now - self.retention[self.resolutions[0]]
+        with self._errors():
+            async with self.engine.begin() as connection:
+                await connection.execute(delete(baselines).where(baselines.c.scraped_at < cutoff))
         for resolution in self.resolutions:
             cutoff = now - self.retention[resolution]
             oldest = (
@@ -344,11 +404,18 @@ class BufferedWriter:
     database rejects (``StorageError``: bad data, a missing table) is dropped and counted
     in ``rejected``, so it cannot block the queue forever. When the queue is full the
     oldest snapshots are dropped and counted in ``dropped``.
+
+    ``add`` may also take the round's ``state`` (the collector's target baselines): it is
+    handed to the writer, as ``write(batch, state)``, with the batch that holds the last
+    snapshot of that round (or alone, ``write([], state)``, once every snapshot before it
+    is written), so it is stored in the transaction of the round's rows and never ahead
+    of them. Only the newest state due with a batch is handed over: each replaces the
+    ones before it.
     """
 
     def __init__(
         self,
-        write: Callable[[Sequence[Snapshot]], Awaitable[object]],
+        write: Callable[..., Awaitable[object]],
         *,
         max_snapshots: int = DEFAULT_BUFFER_SNAPSHOTS,
         batch_size: int = 500,
@@ -361,8 +428,12 @@ class BufferedWriter:
         self.rejected = 0
         self.failing = False  # the last flush met an unavailable database
         self._write = write
-        self._queue: deque[Snapshot] = deque()
-        self._writing: list[Snapshot] = []
+        # Each snapshot with its position (snapshots ever added before it); each state
+        # with the position its round ends at: due once no snapshot before that is pending.
+        self._queue: deque[tuple[int, Snapshot]] = deque()
+        self._writing: list[tuple[int, Snapshot]] = []
+        self._added = 0
+        self._states: deque[tuple[int, object]] = deque()
         self._lock = asyncio.Lock()
 
     @property
@@ -370,20 +441,37 @@ class BufferedWriter:
         """Snapshots not written yet (the batch being written included)."""
         return len(self._queue) + len(self._writing)
 
-    def add(self, batch: Iterable[Snapshot]) -> None:
-        """Queue snapshots for the next flush, dropping the oldest beyond the bound."""
-        self._queue.extend(batch)
+    @property
+    def states_pending(self) -> int:
+        """Round states not handed to the writer yet."""
+        return len(self._states)
+
+    def add(self, batch: Iterable[Snapshot], state: object = None) -> None:
+        """Queue snapshots (and their round's ``state``) for the next flush, dropping the
+        oldest snapshots beyond the bound."""
+        for snapshot in batch:
+            self._queue.append((self._added, snapshot))
+            self._added += 1
+        if state is not None:
+            if self._states and self._states[-1][0] == self._added:
+                self._states.pop()  # a round with no snapshot: the newer state replaces it
+            self._states.append((self._added, state))
         self._trim()
 
     async def flush(self) -> int:
         """Write what is queued, oldest first; the number written."""
         written = 0
         async with self._lock:
-            while self._queue:
+            while self._queue or self._due() is not None:
                 count = min(self.batch_size, len(self._queue))
                 self._writing = [self._queue.popleft() for _ in range(count)]
+                batch = [snapshot for _, snapshot in self._writing]
+                state = self._due()
                 try:
-                    await self._write(self._writing)
+                    if state is None:
+                        await self._write(batch)
+                    else:
+                        await self._write(batch, state)
                 except StorageUnavailable as exc:
                     self._requeue()
                     if not self.failing:
@@ -391,13 +479,15 @@ class BufferedWriter:
                     self.failing = True
                     break
                 except StorageError as exc:
-                    self.rejected += len(self._writing)
+                    self.rejected += count
+                    self._handed(state)
                     log.error("rollup database rejected %d snapshots: %s", count, exc)
                 except BaseException:
                     self._requeue()
                     raise
                 else:
                     written += count
+                    self._handed(state)
                 finally:
                     self._writing = []
             else:
@@ -405,6 +495,26 @@ class BufferedWriter:
                     log.info("rollup database back; %d buffered snapshots written", written)
                 self.failing = False
         return written
+
+    def _due(self) -> object:
+        # The newest state none of whose round's snapshots is still queued (the batch
+        # being written aside: it goes with that batch).
+        limit = self._queue[0][0] if self._queue else self._added
+        due = None
+        for end, state in self._states:
+            if end > limit:
+                break
+            due = state
+        return due
+
+    def _handed(self, state: object) -> None:
+        # Written (or rejected) with a batch: it and the older states are done.
+        if state is None:
+            return
+        while self._states:
+            _, first = self._states.popleft()
+            if first is state:
+                return
 
     def _requeue(self) -> None:
         self._queue.extendleft(reversed(self._writing))
@@ -416,3 +526,8 @@ class BufferedWriter:
         while self._queue and self.pending > self.max_snapshots:
             self._queue.popleft()
             self.dropped += 1
+        # States due at once (their snapshots written or dropped): only the newest matters.
+        heads = [queued[0][0] for queued in (self._writing, self._queue) if queued]
+        limit = min(heads, default=self._added)
+        while len(self._states) > 1 and self._states[1][0] <= limit:
+            self._states.popleft()

@@ -73,7 +73,9 @@ async def _truncate(url: str) -> None:
     engine = create_engine(url)
     try:
         async with engine.begin() as connection:
-            await connection.execute(text("TRUNCATE snapshots, rollup_watermarks"))
+            await connection.execute(
+                text("TRUNCATE snapshots, rollup_watermarks, target_baselines")
+            )
     finally:
         await engine.dispose()
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from zai_proxy.collector.baselines import Baseline, decode_series, encode_series
 from zai_proxy.collector.merge import RoundMerger, Scrape
 from zai_proxy.collector.percentiles import quantile
 from zai_proxy.collector.pricing import ModelPrice, PriceTable
@@ -384,3 +385,110 @@ def test_a_forgotten_target_primes_again() -> None:
     replica.serve(2)
     merger.forget("r")
     assert merger.merge(5.0, [replica.scrape("r", 5.0)]) == []
+
+
+# Baselines restored after a restart (ADR 0014)
+
+
+def restarted(merger: RoundMerger, interval: float = 5.0) -> RoundMerger:
+    """A new merger restored from ``merger``'s baselines, through their stored JSON form."""
+    stored = [
+        Baseline(b.target, b.time, b.start_time, b.covered_until, *decode_series(encode_series(b)))
+        for b in merger.baselines()
+    ]
+    fresh = RoundMerger(interval)
+    fresh.restore(stored)
+    return fresh
+
+
+def test_a_restored_baseline_gives_the_exact_increase_over_the_downtime() -> None:
+    replica = Replica("v")
+    merger = RoundMerger(5.0)
+    merger.merge(2.5, [replica.scrape("r", 5.1)])
+    replica.serve(3, seconds=0.3)
+    [before] = merger.merge(7.5, [replica.scrape("r", 10.1)])
+    assert (before.ts, before.seconds, before.requests_total) == (5.0, 5.0, 3.0)
+
+    # Killed after that round was written; 7 requests while down, 2 more in the
+    # restarted collector's first round (the one at 60).
+    replica.serve(7, seconds=0.3)
+    replica.serve(2, status=500, seconds=2.0)
+    again = restarted(merger)
+    [first] = again.merge(57.5, [replica.scrape("r", 60.1)])
+
+    # Every request since the last written round, in one row that covers the whole gap.
+    assert (first.ts, first.seconds) == (10.0, 50.0)
+    assert (first.requests_total, first.requests_2xx_total, first.requests_5xx_total) == (
+        9.0,
+        7.0,
+        2.0,
+    )
+    assert first.tokens_in_total == 700 and first.tokens_out_total == 140  # 200s only
+    assert first.requests_per_s == pytest.approx(9 / 50)
+    assert first.latency_buckets[INF] == 9 and first.latency_buckets[1.0] == 7
+    # Then rounds as usual.
+    replica.serve(1)
+    [next_round] = again.merge(62.5, [replica.scrape("r", 65.1)])
+    assert (next_round.ts, next_round.seconds, next_round.requests_total) == (60.0, 5.0, 1.0)
+
+
+def start_exposition(start: float, requests: float) -> str:
+    return f"""# TYPE process_start_time_seconds gauge
+process_start_time_seconds {start}
+# TYPE proxy_requests_total counter
+proxy_requests_total{{status="200",variant="v"}} {requests}
+"""
+
+
+def test_a_process_restarted_during_the_downtime_counts_from_its_start() -> None:
+    merger = RoundMerger(5.0)
+    merger.merge(2.5, [Scrape.parse("r", 5.1, start_exposition(1.0, 10))])
+    merger.merge(7.5, [Scrape.parse("r", 10.1, start_exposition(1.0, 14))])
+    # The same process: the increase since the baseline.
+    [same] = restarted(merger).merge(37.5, [Scrape.parse("r", 40.1, start_exposition(1.0, 30))])
+    assert (same.ts, same.seconds, same.requests_total) == (10.0, 30.0, 16.0)
+    # A process started after the baseline: all it counted (the old one's last counts
+    # after the baseline are unknowable).
+    [new] = restarted(merger).merge(37.5, [Scrape.parse("r", 40.1, start_exposition(20.0, 5))])
+    assert (new.ts, new.seconds, new.requests_total) == (10.0, 30.0, 5.0)
+    # Another process started before the baseline: nothing to count from, it primes.
+    assert restarted(merger).merge(37.5, [Scrape.parse("r", 40.1, start_exposition(2.0, 5))]) == []
+
+
+def test_without_a_start_time_a_counter_below_its_baseline_is_a_reset() -> None:
+    replica = Replica("v")
+    merger = RoundMerger(5.0)
+    replica.serve(5)
+    merger.merge(2.5, [replica.scrape("r", 5.1)])
+    replica.restart()
+    replica.serve(2)
+    [s] = restarted(merger).merge(17.5, [replica.scrape("r", 20.1)])
+    assert (s.ts, s.requests_total) == (5.0, 2.0)
+
+
+def test_only_the_targets_of_the_last_written_round_are_restored() -> None:
+    a, b = Replica("v"), Replica("v")
+    merger = RoundMerger(5.0)
+    merger.merge(2.5, [a.scrape("a", 5.1), b.scrape("b", 5.1)])
+    old = merger.baselines()
+    merger.merge(7.5, [a.scrape("a", 10.1)])  # b missing: forgotten
+    stored = {x.target: x for x in old} | {x.target: x for x in merger.baselines()}
+    a.serve(2)
+    b.serve(4)
+    again = RoundMerger(5.0)
+    assert again.restore(stored.values()) == 1
+    [s] = again.merge(17.5, [a.scrape("a", 20.1), b.scrape("b", 20.1)])
+    assert (s.ts, s.seconds, s.requests_total, s.replicas) == (10.0, 10.0, 2.0, 2)
+
+
+def test_a_first_round_inside_the_stored_rows_waits_for_the_next() -> None:
+    replica = Replica("v")
+    merger = RoundMerger(5.0)
+    merger.merge(7.5, [replica.scrape("r", 10.1)])  # rows stored up to 10
+    replica.serve(3)
+    again = restarted(merger)
+    # A round labelled 5 (a wall clock set back): its row is stored already.
+    assert again.merge(2.5, [replica.scrape("r", 10.5)]) == []
+    replica.serve(1)
+    [s] = again.merge(12.5, [replica.scrape("r", 15.1)])
+    assert (s.ts, s.seconds, s.requests_total) == (10.0, 5.0, 4.0)

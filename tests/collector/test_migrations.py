@@ -14,7 +14,7 @@ from zai_proxy.collector import migrate
 from zai_proxy.collector.database import StorageUnavailable, create_engine
 from zai_proxy.collector.models import Base
 
-TABLES = {"snapshots", "rollup_watermarks"}
+TABLES = {"snapshots", "rollup_watermarks", "target_baselines"}
 
 
 async def _tables(url: str) -> set[str]:
@@ -84,3 +84,15 @@ async def test_an_unreachable_database_is_reported_unavailable() -> None:
     # A port nothing listens on: connecting is refused at once.
     with pytest.raises(StorageUnavailable, match=r"postgresql\+asyncpg://u:\*\*\*@127.0.0.1:9"):
         await migrate.upgrade("postgresql://u:secret@127.0.0.1:9/rollups")
+
+
+async def test_the_baselines_revision_downgrades_alone(empty_database_url: str) -> None:
+    await migrate.upgrade(empty_database_url)
+
+    await migrate.downgrade(empty_database_url, "0001_snapshot_rollups")
+    assert await migrate.current(empty_database_url) == "0001_snapshot_rollups"
+    assert await _tables(empty_database_url) == TABLES - {"target_baselines"}
+
+    await migrate.upgrade(empty_database_url)
+    assert await migrate.current(empty_database_url) == "0002_target_baselines"
+    assert await _differences(empty_database_url) == []

@@ -356,7 +356,7 @@ def test_migrate_runs_the_migrations_up_and_down(tmp_path: Path) -> None:
     down = run_cli("migrate", "--downgrade", "base", env=env)
 
     assert up.returncode == 0, up.stderr
-    assert "at revision 0001_snapshot_rollups" in up.stdout
+    assert "at revision 0002_target_baselines" in up.stdout
     assert down.returncode == 0, down.stderr
     assert "at revision base" in down.stdout
 

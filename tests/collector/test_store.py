@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event, func, select
 
+from zai_proxy.collector.baselines import Baseline
 from zai_proxy.collector.database import (
     DEFAULT_DATABASE_URL,
     StorageError,
@@ -437,10 +438,86 @@ async def test_expiry_deletes_old_rows_in_bounded_batches(database_url: str) -> 
 
         assert deleted == 250 + 30 + 5
         assert [await count_rows(store, r) for r in (5, 60, 3600)] == [10, 10, 1]
-        assert len(deletes) == 3 + 1 + 1  # 100 + 100 + 50, then 30, then 5
+        # Old baselines, then 100 + 100 + 50, then 30, then 5.
+        assert len(deletes) == 1 + 3 + 1 + 1
         assert await store.expire(now) == 0
     finally:
         await store.close()
+
+
+# Target baselines (ADR 0014)
+
+
+def baseline(target: str, time: float, covered_until: float, requests: float) -> Baseline:
+    """A baseline with counters, a histogram (+Inf bound included) and a start time."""
+    labels = (("status", "200"), ("variant", "production"))
+    return Baseline(
+        target=target,
+        time=time,
+        start_time=T0 - DAY + 0.123456789,
+        covered_until=covered_until,
+        counters={
+            ("proxy_requests_total", labels): requests,
+            ("proxy_tokens_total", (("kind", "input"), ("variant", "production"))): 1e15 + 1,
+        },
+        histograms={
+            ("proxy_request_duration_seconds", labels): {0.1: 1.0, 2.5: 3.0, math.inf: requests}
+        },
+    )
+
+
+async def test_baselines_round_trip_with_the_round_they_were_written_with(
+    store: SnapshotStore,
+) -> None:
+    first = [baseline("http://a:8080/metrics", T0 + 0.25, T0 + 5, 3.0)]
+    assert await store.write([full_snapshot(T0)], first) == 1
+    assert await store.load_baselines() == first
+
+    # The next round replaces a target's row; a target without a start time keeps None.
+    later = [
+        baseline("http://a:8080/metrics", T0 + 5.25, T0 + 10, 7.0),
+        replace(baseline("http://b:8080/metrics", T0 + 5.5, T0 + 10, 0.0), start_time=None),
+    ]
+    await store.write([full_snapshot(T0 + 5)], later)
+    assert await store.load_baselines() == later
+    assert await store.load_baselines(since=T0 + 5.4) == later[1:]
+
+
+async def test_baselines_are_written_with_the_rows_or_not_at_all(store: SnapshotStore) -> None:
+    broken = replace(full_snapshot(T0 + 5), requests_total=None)
+
+    with pytest.raises(StorageError):
+        await store.write([full_snapshot(T0), broken], [baseline("a", T0, T0 + 10, 1.0)])
+
+    assert await store.load_baselines() == []
+    assert await count_rows(store, 5) == 0
+    # A round with no snapshot stores its baselines alone.
+    assert await store.write([], [baseline("a", T0, T0 + 10, 1.0)]) == 0
+    assert len(await store.load_baselines()) == 1
+
+
+async def test_a_round_longer_than_a_resolution_is_stored_at_the_one_given(
+    store: SnapshotStore,
+) -> None:
+    gap = full_snapshot(T0 + 5, seconds=3595.0)
+
+    await store.write([gap], resolution=5)
+
+    assert await rows_at(store, 5, "production") == [gap]
+    assert await count_rows(store, 60) == 0
+
+
+async def test_expiry_deletes_the_baselines_of_targets_not_scraped_for_a_day(
+    store: SnapshotStore,
+) -> None:
+    now = T0 + DAY
+    old = baseline("gone", T0 - 1, T0, 1.0)
+    kept = baseline("here", T0 + 1, T0 + 5, 1.0)
+    await store.write([], [old, kept])
+
+    await store.expire(now)
+
+    assert await store.load_baselines() == [kept]
 
 
 # Errors and the buffer
@@ -595,3 +672,53 @@ async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Any) -> Non
     finally:
         await engine.dispose()
     assert pragmas == ["wal", 5000, 1]  # synchronous=NORMAL is 1
+
+
+async def test_a_rounds_state_goes_with_the_batch_of_its_last_snapshot() -> None:
+    calls: list[tuple[list[float], object]] = []
+    down = False
+
+    async def writer(batch: Sequence[Snapshot], state: object = None) -> None:
+        if down:
+            raise StorageUnavailable("database down")
+        calls.append(([s.ts for s in batch], state))
+
+    buffer = BufferedWriter(writer, max_snapshots=100, batch_size=4)
+    buffer.add(series(T0, T0 + 15, 5), "round 1")  # 3 snapshots
+    buffer.add(series(T0 + 15, T0 + 30, 5), "round 2")  # 3 more: rows 4-6
+    assert await buffer.flush() == 6
+    assert calls == [
+        ([T0, T0 + 5, T0 + 10, T0 + 15], "round 1"),
+        ([T0 + 20, T0 + 25], "round 2"),
+    ]
+
+    # While the database is down, states wait with their rows; rounds without a
+    # snapshot replace the state before them, and the newest is written alone at the end.
+    calls.clear()
+    down = True
+    buffer.add(series(T0 + 30, T0 + 35, 5), "round 3")
+    buffer.add([], "round 4")
+    buffer.add([], "round 5")
+    assert await buffer.flush() == 0
+    assert (buffer.pending, buffer.states_pending) == (1, 1)
+    down = False
+    assert await buffer.flush() == 1
+    assert calls == [([T0 + 30], "round 5")]
+    buffer.add([], "round 6")
+    assert await buffer.flush() == 0
+    assert calls[-1] == ([], "round 6")
+    assert buffer.states_pending == 0
+
+
+async def test_states_of_dropped_rounds_stay_bounded() -> None:
+    calls: list[tuple[int, object]] = []
+
+    async def writer(batch: Sequence[Snapshot], state: object = None) -> None:
+        calls.append((len(batch), state))
+
+    buffer = BufferedWriter(writer, max_snapshots=4, batch_size=10)
+    for round_ in range(10):
+        buffer.add(series(T0 + 10 * round_, T0 + 10 * (round_ + 1), 5), round_)
+    assert (buffer.pending, buffer.dropped, buffer.states_pending) == (4, 16, 3)
+    assert await buffer.flush() == 4
+    assert calls == [(4, 9)]
