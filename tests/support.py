@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import math
 import os
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,3 +235,92 @@ class RedisServer:
                 self.process.kill()
                 self.process.wait()
         self.process = None
+
+
+@contextlib.contextmanager
+def own_prefix(redis_url: str, tag: str = "test") -> Iterator[str]:
+    """A Redis key prefix nobody else uses; its keys are deleted afterwards."""
+    import redis
+
+    name = f"{tag}{uuid.uuid4().hex[:12]}"
+    try:
+        yield name
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        try:
+            found = list(client.scan_iter(match=f"{name}:*", count=1000))
+            if found:
+                client.delete(*found)
+        finally:
+            client.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One request of a steady load: to which target, when it was sent and answered, how."""
+
+    target: int
+    sent: float
+    answered: float
+    status: int  # 0: no answer within the timeout, or a broken connection
+
+
+class SteadyLoad:
+    """Closed-loop clients posting a chat completion to every target, from a background
+    thread, until stopped. A client whose request fails waits 50 ms before the next one
+    (a dead target refuses at once: no spinning)."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        clients: int,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.urls = [f"{url}/v1/chat/completions" for url in urls]
+        self.clients = clients
+        self.headers = dict(headers or {})
+        self.timeout = timeout
+        self.answers: list[Answer] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> SteadyLoad:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self.timeout + 20)
+        assert not self._thread.is_alive(), "the load did not stop"
+
+    def answered(self, target: int, start: float = 0.0, end: float = math.inf) -> list[Answer]:
+        """The answers from one target that arrived between two times."""
+        return [a for a in self.answers if a.target == target and start <= a.answered < end]
+
+    async def _run(self) -> None:
+        limits = httpx.Limits(max_connections=len(self.urls) * self.clients + 4)
+        async with httpx.AsyncClient(timeout=self.timeout, limits=limits) as http:
+            await asyncio.gather(
+                *(
+                    self._client(http, target)
+                    for target in range(len(self.urls))
+                    for _ in range(self.clients)
+                )
+            )
+
+    async def _client(self, http: httpx.AsyncClient, target: int) -> None:
+        chat = {"model": "glm-4.6", "messages": [{"role": "user", "content": "hi"}]}
+        while not self._stop.is_set():
+            sent = time.monotonic()
+            try:
+                answer = await http.post(self.urls[target], json=chat, headers=self.headers)
+                status = answer.status_code
+            except httpx.HTTPError:
+                status = 0
+            self.answers.append(Answer(target, sent, time.monotonic(), status))
+            if status != 200:
+                await asyncio.sleep(0.05)

@@ -8,7 +8,6 @@ Windows are short (0.5-1 s) so that several steps fit in a few seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import signal
 import time
@@ -25,6 +24,7 @@ import redis
 from tests.support import (
     Scrape,
     ServiceProcess,
+    own_prefix,
     scrape,
     start_limiter,
     start_proxy,
@@ -48,22 +48,6 @@ INITIAL_RATE = 5.0
 LEASE_TTL = 30.0
 T = TypeVar("T")
 CHAT = {"model": "glm-4.6", "messages": [{"role": "user", "content": "hi"}]}
-
-
-@contextlib.contextmanager
-def own_prefix(redis_url: str) -> Iterator[str]:
-    """A Redis key prefix nobody else uses; its keys are deleted afterwards."""
-    name = f"test{uuid.uuid4().hex[:12]}"
-    try:
-        yield name
-    finally:
-        client = redis.Redis.from_url(redis_url)
-        try:
-            found = list(client.scan_iter(match=f"{name}:*", count=1000))
-            if found:
-                client.delete(*found)
-        finally:
-            client.close()
 
 
 @pytest.fixture

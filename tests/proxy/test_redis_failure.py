@@ -11,16 +11,21 @@ import asyncio
 import os
 import shutil
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import httpx
 import pytest
 
-from tests.support import RedisServer, ServiceProcess, scrape, start_proxy, wait_until
+from tests.support import (
+    RedisServer,
+    ServiceProcess,
+    SteadyLoad,
+    scrape,
+    start_proxy,
+    wait_until,
+)
 from zai_proxy.limiter.redis_store import RedisStore
 from zai_proxy.limiter.store import StoreConfig
 from zai_proxy.simulator.process import SimulatorProcess
@@ -107,65 +112,12 @@ def health(proxy: ServiceProcess) -> str:
     return str(httpx.get(f"{proxy.url}/health", timeout=2).json()["status"])
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """One request of the load: which proxy, when it was sent and answered, how."""
-
-    proxy: int
-    sent: float
-    answered: float
-    status: int  # 0: no answer within CLIENT_TIMEOUT, or a broken connection
-
-
-class SteadyLoad:
-    """Closed-loop clients on every proxy, from a background thread, until stopped."""
-
-    def __init__(self, proxies: tuple[ServiceProcess, ...], clients_per_proxy: int) -> None:
-        self.urls = [f"{proxy.url}/v1/chat/completions" for proxy in proxies]
-        self.clients = clients_per_proxy
-        self.answers: list[Answer] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    def __enter__(self) -> SteadyLoad:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(CLIENT_TIMEOUT + 5)
-
-    async def _run(self) -> None:
-        limits = httpx.Limits(max_connections=len(self.urls) * self.clients + 4)
-        async with httpx.AsyncClient(timeout=CLIENT_TIMEOUT, limits=limits) as http:
-            await asyncio.gather(
-                *(
-                    self._client(http, index)
-                    for index in range(len(self.urls))
-                    for _ in range(self.clients)
-                )
-            )
-
-    async def _client(self, http: httpx.AsyncClient, index: int) -> None:
-        while not self._stop.is_set():
-            sent = time.monotonic()
-            try:
-                status = (await http.post(self.urls[index], json=CHAT)).status_code
-            except httpx.HTTPError:
-                status = 0
-            self.answers.append(Answer(index, sent, time.monotonic(), status))
-
-    def answered(self, proxy: int, start: float, end: float) -> list[Answer]:
-        """The answers of one proxy that arrived between two times."""
-        return [a for a in self.answers if a.proxy == proxy and start <= a.answered < end]
-
-
 def test_proxies_serve_at_their_share_while_redis_is_down_and_rejoin_when_it_is_back(
     redis_server: RedisServer, proxies: tuple[ServiceProcess, ServiceProcess]
 ) -> None:
     share = LAST_KNOWN_RATE / len(proxies)
     # Six clients per proxy ask for far more than its share: the limiter sets the pace.
-    with SteadyLoad(proxies, clients_per_proxy=6) as load:
+    with SteadyLoad([p.url for p in proxies], 6, timeout=CLIENT_TIMEOUT) as load:
         time.sleep(2.0)
         redis_server.stop()  # SIGKILL: a crash, not a shutdown
         killed = time.monotonic()
@@ -221,7 +173,7 @@ def test_a_stalled_redis_makes_proxies_degrade_instead_of_holding_requests(
     # Two clients per proxy ask for less than its share, so no request waits for the
     # limiter and a request's time is the proxy's own.
     save_rate(redis_server, proxies[0].env["REDIS_PREFIX"], 1000.0)
-    with SteadyLoad(proxies, clients_per_proxy=2) as load:
+    with SteadyLoad([p.url for p in proxies], 2, timeout=CLIENT_TIMEOUT) as load:
         time.sleep(1.5)
         before = time.monotonic()
         sleeper = subprocess.Popen(

@@ -32,7 +32,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +46,9 @@ from tests.reliability.probes import port_of
 from tests.support import (
     TEST_KEY,
     ServiceProcess,
+    SteadyLoad,
     free_port,
+    own_prefix,
     scrape,
     start_limiter,
     start_proxy,
@@ -142,22 +143,6 @@ def refuses_connections(url: str) -> bool:
         return True
 
 
-@contextlib.contextmanager
-def own_prefix(redis_url: str) -> Iterator[str]:
-    """A Redis key prefix nobody else uses; its keys are deleted afterwards."""
-    name = f"kill{uuid.uuid4().hex[:12]}"
-    try:
-        yield name
-    finally:
-        client = redis.Redis.from_url(redis_url)
-        try:
-            found = list(client.scan_iter(match=f"{name}:*", count=1000))
-            if found:
-                client.delete(*found)
-        finally:
-            client.close()
-
-
 @dataclass
 class Replica:
     """A proxy process on a fixed port, so that it can be killed and started again there."""
@@ -215,64 +200,6 @@ def replicas(upstream: str, env: dict[str, str], count: int) -> Iterator[list[Re
     finally:
         for replica in started:
             replica.stop()
-
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """One request of a steady load: to which target, when it was answered, how."""
-
-    target: int
-    answered: float
-    status: int  # 0: no answer (refused, reset, timed out)
-
-
-class SteadyLoad:
-    """Closed-loop clients on every target, from a background thread, until stopped."""
-
-    def __init__(self, urls: list[str], clients: int, headers: dict[str, str]) -> None:
-        self.urls = [f"{url}/v1/chat/completions" for url in urls]
-        self.clients = clients
-        self.headers = headers
-        self.answers: list[Answer] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    def __enter__(self) -> SteadyLoad:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
-        assert not self._thread.is_alive(), "the load did not stop"
-
-    def of(self, target: int, since: float = 0.0) -> list[Answer]:
-        return [a for a in self.answers if a.target == target and a.answered >= since]
-
-    async def _run(self) -> None:
-        limits = httpx.Limits(max_connections=len(self.urls) * self.clients + 4)
-        async with httpx.AsyncClient(timeout=10, limits=limits) as http:
-            await asyncio.gather(
-                *(
-                    self._client(http, target)
-                    for target in range(len(self.urls))
-                    for _ in range(self.clients)
-                )
-            )
-
-    async def _client(self, http: httpx.AsyncClient, target: int) -> None:
-        while not self._stop.is_set():
-            try:
-                answer = await http.post(self.urls[target], json=CHAT, headers=self.headers)
-                status = answer.status_code
-            except httpx.HTTPError:
-                status = 0
-            self.answers.append(Answer(target, time.monotonic(), status))
-            if status != 200:
-                await asyncio.sleep(0.05)  # a dead target refuses at once: do not spin
 
 
 class Leases:
@@ -409,7 +336,7 @@ def test_kill_9_of_a_replica_leaves_the_other_serving_and_its_leases_come_back(
     pool = "kill-replica"
     # 64 events 250 ms apart: 16 s, longer than the dead replica's leases can outlive it.
     stream_headers = {"x-sim-chunks": "64", "x-sim-chunk-gap-ms": "250"}
-    with own_prefix(real_redis_url) as prefix:
+    with own_prefix(real_redis_url, "kill") as prefix:
         env = {
             "REDIS_URL": real_redis_url,
             "REDIS_PREFIX": prefix,
@@ -476,9 +403,9 @@ def test_kill_9_of_a_replica_leaves_the_other_serving_and_its_leases_come_back(
         finally:
             leases.close()
 
-    survivor_answers = load.of(1)
+    survivor_answers = load.answered(1)
     failed = [a for a in survivor_answers if a.status != 200]
-    rejoined = load.of(0, since=restarted)
+    rejoined = load.answered(0, restarted)
     print(
         f"kill -9 of a replica: leases before {before}, dead replica's still counted after "
         f"the kill {held_after_kill[dead_id]}, gone {returned_after:.2f} s after it (lease "
@@ -542,7 +469,7 @@ def test_kill_9_of_the_limiter_leader_under_traffic_fails_no_request_and_loses_n
     simulator: SimulatorProcess, real_redis_url: str
 ) -> None:
     pool = "kill-limiter"
-    with own_prefix(real_redis_url) as prefix, contextlib.ExitStack() as stack:
+    with own_prefix(real_redis_url, "kill") as prefix, contextlib.ExitStack() as stack:
         shared = {
             "REDIS_URL": real_redis_url,
             "REDIS_PREFIX": prefix,
