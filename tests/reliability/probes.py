@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Self
 
 import httpx
 
@@ -146,30 +147,22 @@ def assert_settled(
         ) from None
 
 
-class ScriptedServer:
-    """A TCP server on loopback that answers every connection with ``reply`` bytes.
-
-    ``reply`` None: accept and say nothing (a stalled upstream). After the reply the
-    connection is closed, unless ``hold`` is set. ``connections`` counts what was
-    accepted, so a test can count upstream attempts.
-    """
+class LoopbackServer:
+    """A TCP server on 127.0.0.1 that hands each accepted connection to ``_answer`` in a
+    thread of its own, until the block that entered it ends."""
 
     def __init__(self) -> None:
-        self.reply: bytes | None = b""
-        self.hold = False
-        self.connections = 0
+        self._lock = threading.Lock()
         self._sock = socket.socket()
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(512)
         self.port = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self._open: list[socket.socket] = []
-        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    def __enter__(self) -> ScriptedServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -177,15 +170,6 @@ class ScriptedServer:
         self._stop.set()
         self._thread.join(5)
         self._sock.close()
-        self.drop_held()
-
-    def drop_held(self) -> None:
-        """Close every connection kept open (``hold`` or ``reply`` None)."""
-        with self._lock:
-            held, self._open = self._open, []
-        for conn in held:
-            with contextlib.suppress(OSError):
-                conn.close()
 
     def _serve(self) -> None:
         # A timeout, so that the loop sees the stop: closing a socket does not wake accept().
@@ -199,6 +183,37 @@ class ScriptedServer:
                 return
             conn.settimeout(None)
             threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class ScriptedServer(LoopbackServer):
+    """A TCP server on loopback that answers every connection with ``reply`` bytes.
+
+    ``reply`` None: accept and say nothing (a stalled upstream). After the reply the
+    connection is closed, unless ``hold`` is set. ``connections`` counts what was
+    accepted, so a test can count upstream attempts.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reply: bytes | None = b""
+        self.hold = False
+        self.connections = 0
+        self._open: list[socket.socket] = []
+
+    def __exit__(self, *exc: object) -> None:
+        super().__exit__(*exc)
+        self.drop_held()
+
+    def drop_held(self) -> None:
+        """Close every connection kept open (``hold`` or ``reply`` None)."""
+        with self._lock:
+            held, self._open = self._open, []
+        for conn in held:
+            with contextlib.suppress(OSError):
+                conn.close()
 
     def _answer(self, conn: socket.socket) -> None:
         with self._lock:

@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 
 from tests.reliability.probes import (
     Baseline,
+    LoopbackServer,
     ScriptedServer,
     assert_settled,
     attempts_seen,
@@ -92,7 +93,7 @@ class Received:
         return [value for key, value in self.headers if key == name]
 
 
-class RecordingUpstream:
+class RecordingUpstream(LoopbackServer):
     """An HTTP/1.1 upstream on loopback that keeps every request it receives, byte for
     byte, and answers each with a chat completion that reports no usage (so the proxy
     estimates tokens); one request per connection."""
@@ -113,42 +114,14 @@ class RecordingUpstream:
     )
 
     def __init__(self) -> None:
+        super().__init__()
         self._received: list[Received] = []
-        self._lock = threading.Lock()
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self._sock.listen(512)
-        self.port = self._sock.getsockname()[1]
         self.host = f"127.0.0.1:{self.port}".encode()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    def __enter__(self) -> RecordingUpstream:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
-        self._sock.close()
 
     @property
     def received(self) -> list[Received]:
         with self._lock:
             return list(self._received)
-
-    def _serve(self) -> None:
-        self._sock.settimeout(0.1)  # so that the loop sees the stop
-        while not self._stop.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: socket.socket) -> None:
         with conn, contextlib.suppress(OSError):
