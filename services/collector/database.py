@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -159,8 +160,27 @@ def _set_sqlite_pragmas(engine: AsyncEngine, busy_timeout: float) -> None:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            _enter_wal_mode(cursor, busy_timeout)
             cursor.execute("PRAGMA synchronous=NORMAL")
         finally:
             cursor.close()
+
+
+def _enter_wal_mode(cursor: Any, busy_timeout: float) -> None:
+    """Switch a new database file to WAL mode, waiting up to ``busy_timeout`` for the lock.
+
+    The switch needs the database to itself, and SQLite refuses it at once (its busy
+    timeout does not apply) while another connection writes: services that start
+    together on a new file (the collector and the dashboard API migrating at once) would
+    fail. A file already in WAL mode needs no switch.
+    """
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # the driver's OperationalError, wrapped or not
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.05)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -78,6 +81,25 @@ async def test_services_that_start_together_migrate_one_after_the_other(
 
     assert await migrate.current(empty_database_url) == migrate.head()
     assert await _tables(empty_database_url) == TABLES
+
+
+async def test_a_new_sqlite_file_written_by_another_connection_waits_for_wal_mode(
+    tmp_path: Path,
+) -> None:
+    # SQLite refuses the switch to WAL mode at once while another connection writes in
+    # the rollback-journal mode a new file starts in: the service waits for it instead.
+    path = tmp_path / "new.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE other_service (id INTEGER)")
+    done = threading.Timer(0.5, other.commit)
+    done.start()
+    try:
+        await migrate.upgrade(f"sqlite:///{path}")
+    finally:
+        done.join()
+        other.close()
+    assert await migrate.current(f"sqlite:///{path}") == migrate.head()
 
 
 async def test_an_unreachable_database_is_reported_unavailable() -> None:
