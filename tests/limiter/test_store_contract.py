@@ -85,10 +85,14 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         store_backend = _fakeredis_backend(prefix)
     else:
         url = request.getfixturevalue("real_redis_url")
-        # The contract is about semantics, not latency: a generous timeout keeps a loaded
-        # CI machine from turning a slow answer into StoreUnavailable.
+        # The contract is about semantics, not latency: generous timeouts keep a loaded
+        # CI machine from turning a slow answer (or a slow connect, when 200 calls open
+        # connections at once) into StoreUnavailable.
         store_backend = Backend(
-            prefix, lambda config: RedisStore.from_url(url, config, socket_timeout=5.0)
+            prefix,
+            lambda config: RedisStore.from_url(
+                url, config, socket_timeout=5.0, socket_connect_timeout=5.0
+            ),
         )
     try:
         yield store_backend
