@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 
@@ -63,8 +63,6 @@ T = TypeVar("T")
 # The first test also builds the UI when needed (npm ci and vite: up to a minute or two).
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-
 
 def off_loop(call: Callable[[], T]) -> T:
     """Run ``call`` in another thread: Playwright's sync API keeps an event loop running
@@ -86,7 +84,7 @@ class Rounds:
         return off_loop(self.writer.catch_up)
 
 
-def _unavailable(reason: str) -> None:
+def _unavailable(reason: str) -> NoReturn:
     # CI must run this test: a missing browser or toolchain is a failure there.
     if os.environ.get("CI"):
         pytest.fail(f"CI must run the browser test: {reason}", pytrace=False)
@@ -194,7 +192,11 @@ def rounds(database: tuple[str, RoundWriter]) -> Rounds:
 @pytest.fixture(scope="module")
 def browser(chromium_path: Path) -> Iterator[Any]:
     """Headless Chromium."""
-    with sync_api.sync_playwright() as playwright:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("playwright is not installed")
+    with sync_playwright() as playwright:
         launched = playwright.chromium.launch(
             executable_path=str(chromium_path), args=CHROMIUM_ARGS
         )
