@@ -18,7 +18,7 @@ import httpx
 import orjson
 import pytest
 
-from tests.collector.processes import wait_for
+from tests.collector.processes import running, wait_for
 from tests.dashboard_api.conftest import HEARTBEAT, POLL
 from tests.dashboard_api.processes import (
     TOKEN,
@@ -151,11 +151,8 @@ def two_client_dashboard(migrated_url: str) -> Iterator[Dashboard]:
             "DASHBOARD_SSE_HEARTBEAT": str(HEARTBEAT),
         }
     )
-    process.start()
-    try:
+    with running(process):
         yield process
-    finally:
-        process.stop()
 
 
 def test_clients_beyond_the_bound_get_503_until_a_slot_frees(
@@ -190,11 +187,8 @@ def small_backlog_dashboard(migrated_url: str) -> Iterator[Dashboard]:
             "DASHBOARD_POLL_INTERVAL": str(POLL),
         }
     )
-    process.start()
-    try:
+    with running(process):
         yield process
-    finally:
-        process.stop()
 
 
 class Collecting(threading.Thread):

@@ -12,6 +12,7 @@ from itertools import pairwise
 
 import pytest
 
+from tests.collector.processes import running
 from tests.dashboard_api.processes import (
     TOKEN,
     Dashboard,
@@ -43,11 +44,8 @@ def on_postgres(postgres_databases: PostgresDatabases) -> Iterator[OnPostgres]:
             "DASHBOARD_POLL_INTERVAL": "0.1",
         }
     )
-    process.start()
-    try:
+    with running(process):
         yield OnPostgres(process, RoundWriter(url, last=summary.end - INTERVAL))
-    finally:
-        process.stop()
 
 
 @pytest.mark.parametrize(("span", "step"), [("15m", 5), ("6h", 120), ("24h", 300)])

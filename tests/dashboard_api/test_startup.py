@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.collector.processes import Process, url_of
+from tests.collector.processes import Process, running, url_of
 from tests.dashboard_api.processes import ADMIN_TOKEN, Dashboard, EventReader, dashboard, ms
 from tests.dashboard_api.seed import INTERVAL, write_round
 from tests.support import TEST_KEY, free_port
@@ -41,11 +41,8 @@ def fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fresh]:
             "LIMITER_ADMIN_TOKEN": ADMIN_TOKEN,
         }
     )
-    process.start()
-    try:
+    with running(process):
         yield Fresh(process, database_url, limiter_port)
-    finally:
-        process.stop()
 
 
 def test_it_migrates_an_empty_database_and_answers_empty_figures(fresh: Fresh) -> None:
