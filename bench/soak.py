@@ -432,29 +432,33 @@ async def metric_series(client: httpx.AsyncClient, url: str) -> int:
     return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
 
 
-async def sample(
-    watched: list[Watched],
-    redis: Redis,
-    prefix: str,
-    client: httpx.AsyncClient,
-    proxy_urls: list[str],
-    began: float,
-    tally: Tally,
-) -> dict[str, Any]:
-    """One row of figures."""
-    row: dict[str, Any] = {"t": round(time.monotonic() - began, 2)}
-    for process in watched:
-        row[f"{process.name}.rss_mb"] = round(memory(process.pid)["VmRSS"], 2)
-        row[f"{process.name}.fds"] = open_fds(process.pid)
-    row["redis.keys"], row["redis.members"], without_ttl, kinds = await redis_figures(redis, prefix)
-    row["redis.families"] = kinds
-    row["redis.without_ttl"] = [k for k in without_ttl if not k.endswith(KEYS_WITHOUT_TTL)]
-    for index, url in enumerate(proxy_urls):
-        row[f"proxy-{index}.series"] = await metric_series(client, url)
-        row[f"proxy-{index}.requests"] = tally.served[url]
-    row["requests"] = sum(tally.sent.values())
-    row["unexpected"] = sum(tally.unexpected.values())
-    return row
+@dataclass
+class Sampler:
+    """Takes one row of figures of the running cluster."""
+
+    watched: list[Watched]
+    redis: Redis
+    prefix: str
+    client: httpx.AsyncClient
+    proxy_urls: list[str]
+    began: float
+    tally: Tally
+
+    async def take(self) -> dict[str, Any]:
+        """One row of figures."""
+        row: dict[str, Any] = {"t": round(time.monotonic() - self.began, 2)}
+        for process in self.watched:
+            row[f"{process.name}.rss_mb"] = round(memory(process.pid)["VmRSS"], 2)
+            row[f"{process.name}.fds"] = open_fds(process.pid)
+        keys, members, without_ttl, kinds = await redis_figures(self.redis, self.prefix)
+        row["redis.keys"], row["redis.members"], row["redis.families"] = keys, members, kinds
+        row["redis.without_ttl"] = [k for k in without_ttl if not k.endswith(KEYS_WITHOUT_TTL)]
+        for index, url in enumerate(self.proxy_urls):
+            row[f"proxy-{index}.series"] = await metric_series(self.client, url)
+            row[f"proxy-{index}.requests"] = self.tally.served[url]
+        row["requests"] = sum(self.tally.sent.values())
+        row["unexpected"] = sum(self.tally.unexpected.values())
+        return row
 
 
 async def run_load(
@@ -471,7 +475,8 @@ async def run_load(
     began = time.monotonic()
     try:
         async with httpx.AsyncClient() as client:
-            rows.append(await sample(watched, redis, prefix, client, proxy_urls, began, tally))
+            sampler = Sampler(watched, redis, prefix, client, proxy_urls, began, tally)
+            rows.append(await sampler.take())
             rows[0]["idle"] = True
             load = asyncio.create_task(
                 drive(proxy_urls, args.rate, args.concurrency, args.duration, args.seed, tally)
@@ -486,36 +491,25 @@ async def run_load(
                     if child.process.poll() is not None:
                         load.cancel()
                         raise ServiceDied(f"{child.name} exited with {child.process.returncode}")
-                row = await sample(watched, redis, prefix, client, proxy_urls, began, tally)
+                row = await sampler.take()
                 rows.append(row)
                 progress(row, watched)
             await load
-            settled = await settle(
-                watched, rows, redis, prefix, client, proxy_urls, began, tally, args.warmup
-            )
+            settled = await settle(sampler, rows, args.warmup)
     finally:
         await redis.aclose()
     return rows, settled, tally
 
 
-async def settle(
-    watched: list[Watched],
-    rows: list[dict[str, Any]],
-    redis: Redis,
-    prefix: str,
-    client: httpx.AsyncClient,
-    proxy_urls: list[str],
-    began: float,
-    tally: Tally,
-    warmup: float,
-) -> dict[str, Any]:
+async def settle(sampler: Sampler, rows: list[dict[str, Any]], warmup: float) -> dict[str, Any]:
     """Once the load has ended: a sample as soon as every descriptor count is back within
     FD_GROWTH of its post-warm-up start (idle keep-alive connections close), or after
     SETTLE_S."""
     ended = time.monotonic()
+    watched = sampler.watched
     starts = {p.name: post_warmup(rows, warmup)[0][f"{p.name}.fds"] for p in watched}
     while True:
-        row = await sample(watched, redis, prefix, client, proxy_urls, began, tally)
+        row = await sampler.take()
         back = all(row[f"{p.name}.fds"] <= starts[p.name] + FD_GROWTH for p in watched)
         if back or time.monotonic() - ended > SETTLE_S:
             row["settle_s"] = round(time.monotonic() - ended, 1)
