@@ -70,14 +70,15 @@ class ServiceProcess:
         return self.process.returncode
 
 
-@contextlib.contextmanager
-def start_proxy(
+def launch_proxy(
     upstream: str,
     env: Mapping[str, str] | None = None,
     args: tuple[str, ...] = (),
-) -> Iterator[ServiceProcess]:
-    """Run `zai-proxy proxy` against an upstream base URL until the block ends."""
-    port = free_port()
+    port: int | None = None,
+) -> ServiceProcess:
+    """Start `zai-proxy proxy` against an upstream base URL (on ``port``, else a free one)
+    and wait until it serves; the caller stops it."""
+    port = port or free_port()
     full_env = {
         **os.environ,
         "ZAI_API_KEY": TEST_KEY,
@@ -92,22 +93,36 @@ def start_proxy(
         **(env or {}),
     }
     full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 - outlives this frame
-        prefix="zai-proxy-", suffix=".log", delete=False
-    )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "zai_proxy", "proxy", *args],
-        env=full_env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-    )
-    service = ServiceProcess(process, f"http://127.0.0.1:{port}", Path(log_file.name), full_env)
+    handle, name = tempfile.mkstemp(prefix="zai-proxy-", suffix=".log")
+    log_path = Path(name)
+    with os.fdopen(handle, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "zai_proxy", "proxy", *args],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    service = ServiceProcess(process, f"http://127.0.0.1:{port}", log_path, full_env)
     try:
         wait_http(f"{service.url}/health", process=process)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+@contextlib.contextmanager
+def start_proxy(
+    upstream: str,
+    env: Mapping[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> Iterator[ServiceProcess]:
+    """Run `zai-proxy proxy` against an upstream base URL until the block ends."""
+    service = launch_proxy(upstream, env, args)
+    try:
         yield service
     finally:
         service.stop()
-        log_file.close()
 
 
 class Scrape:

@@ -24,12 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -44,15 +40,14 @@ from sqlalchemy import select
 from tests.collector.processes import CollectorClient, collector, metrics_url, proxy, wait_for
 from tests.reliability.probes import port_of
 from tests.support import (
-    TEST_KEY,
     ServiceProcess,
     SteadyLoad,
     free_port,
+    launch_proxy,
     own_prefix,
     scrape,
     start_limiter,
     start_proxy,
-    wait_http,
     wait_until,
 )
 from zai_proxy.collector import metrics as collector_metrics
@@ -157,27 +152,7 @@ class Replica:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        env = {
-            **os.environ,
-            "ZAI_API_KEY": TEST_KEY,
-            "ZAI_TARGET_URL": f"{self.upstream}/api/paas/v4",
-            "ZAI_ANTHROPIC_URL": f"{self.upstream}/api/anthropic",
-            "PROXY_HOST": "127.0.0.1",
-            "PROXY_PORT": str(self.port),
-            "LOG_LEVEL": "INFO",
-            **self.env,
-        }
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        log_path = Path(tempfile.mkstemp(prefix="zai-proxy-kill-", suffix=".log")[1])
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "zai_proxy", "proxy"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.service = ServiceProcess(process, self.url, log_path, env)
-        wait_http(f"{self.url}/health", timeout=30, process=process)
+        self.service = launch_proxy(self.upstream, self.env, port=self.port)
 
     def kill(self) -> None:
         assert self.service is not None
