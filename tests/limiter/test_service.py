@@ -13,14 +13,15 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
 import redis
 
+from tests.limiter.shared_state import SharedState
 from tests.support import (
     Scrape,
     ServiceProcess,
@@ -32,12 +33,9 @@ from tests.support import (
 )
 from zai_proxy.limiter import keys
 from zai_proxy.limiter.app import LimiterService
-from zai_proxy.limiter.control import encode_state
-from zai_proxy.limiter.controller import ControllerState, Decision
+from zai_proxy.limiter.controller import Decision
 from zai_proxy.limiter.memory_store import MemoryStore
-from zai_proxy.limiter.redis_store import RedisStore
 from zai_proxy.limiter.settings import LimiterSettings
-from zai_proxy.limiter.store import StoreConfig
 from zai_proxy.simulator.process import start_simulator
 
 TOKEN = "limiter-admin-token-for-tests"
@@ -45,8 +43,6 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 POOL = "glm-test"
 WINDOW = 0.5
 INITIAL_RATE = 5.0
-LEASE_TTL = 30.0
-T = TypeVar("T")
 CHAT = {"model": "glm-4.6", "messages": [{"role": "user", "content": "hi"}]}
 
 
@@ -74,7 +70,7 @@ def guarded(real_redis_url: str, guarded_prefix: str) -> Iterator[ServiceProcess
 @pytest.fixture
 def store(real_redis_url: str, prefix: str) -> SharedState:
     """The test's hand on the limiter's Redis state under this test's prefix."""
-    return SharedState(real_redis_url, prefix)
+    return SharedState(real_redis_url, prefix, WINDOW, INITIAL_RATE)
 
 
 def limiter_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
@@ -88,81 +84,6 @@ def limiter_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
         "LIMITER_ADMIN_TOKEN": TOKEN,
         **extra,
     }
-
-
-class SharedState:
-    """Reads and writes the limiter's Redis state through the store the proxies use.
-
-    Synchronous for the tests: each call opens a store on its own event loop.
-    """
-
-    def __init__(self, redis_url: str, prefix: str, window: float = WINDOW) -> None:
-        self.redis_url = redis_url
-        self.config = StoreConfig(prefix=prefix, initial_rate=INITIAL_RATE, window_seconds=window)
-
-    def run(self, action: Callable[[RedisStore], Awaitable[T]]) -> T:
-        """Run one action against a freshly opened store."""
-
-        async def run() -> T:
-            store = RedisStore.from_url(self.redis_url, self.config, socket_timeout=2.0)
-            try:
-                return await action(store)
-            finally:
-                await store.close()
-
-        return asyncio.run(run())
-
-    def save_learned(
-        self,
-        pool: str,
-        *,
-        rate: float,
-        ceiling: float | None,
-        clean_windows: int = 0,
-        decision: Decision = Decision.HOLD,
-        age: float = 0.0,
-    ) -> None:
-        """Save a pool's state as the limiter's leader would have ``age`` seconds ago."""
-        state = ControllerState(
-            rate=rate,
-            concurrency=256.0,
-            ceiling=ceiling,
-            clean_windows=clean_windows,
-            last_decision=decision,
-        )
-
-        async def save(store: RedisStore) -> None:
-            at = await store.now() - age
-            window = self.config.window_of(at) - 1
-            fields = encode_state(state, window, self.config.window_seconds, at, rate)
-            await store.save_state(pool, fields)
-
-        self.run(save)
-
-    def touch(self, pool: str) -> float:
-        """One acquire, as a proxy's request makes it (it registers the pool); the rate."""
-
-        async def acquire(store: RedisStore) -> float:
-            admission = await store.acquire(pool, uuid.uuid4().hex, 60.0, LEASE_TTL)
-            return admission.rate
-
-        return self.run(acquire)
-
-    def load(self, pool: str) -> dict[str, str] | None:
-        """A pool's saved state."""
-        return self.run(lambda store: store.load_state(pool))
-
-    def bounds(self, pool: str) -> dict[str, str]:
-        """A pool's saved bounds."""
-        return self.run(lambda store: store.load_bounds(pool))
-
-    def heartbeat(self, pool: str, replica: str) -> int:
-        """A proxy replica's heartbeat, good for a minute."""
-        return self.run(lambda store: store.heartbeat(pool, replica, ttl=60))
-
-    def hold_lease(self, node: str) -> bool:
-        """Take the limiters' leader lease for two minutes."""
-        return self.run(lambda store: store.lead(node, ttl=120))
 
 
 def pool_state(limiter: ServiceProcess, pool: str = POOL) -> dict[str, Any]:
@@ -324,7 +245,7 @@ def test_inconsistent_bounds_are_refused_with_400_and_change_nothing(
     assert answer.status_code == 400
     detail = answer.json()["detail"]
     assert all(word in detail for word in words), detail
-    assert SharedState(real_redis_url, guarded_prefix).bounds(pool) == {}
+    assert SharedState(real_redis_url, guarded_prefix, WINDOW, INITIAL_RATE).bounds(pool) == {}
 
 
 def test_a_bound_that_contradicts_a_saved_one_is_refused(
@@ -336,7 +257,7 @@ def test_a_bound_that_contradicts_a_saved_one_is_refused(
     refused = httpx.put(f"{guarded.url}/bounds", headers=AUTH, json={"pool": pool, "min_rate": 8})
     assert refused.status_code == 400
     assert "min_rate" in refused.json()["detail"]
-    saved = SharedState(real_redis_url, guarded_prefix).bounds(pool)
+    saved = SharedState(real_redis_url, guarded_prefix, WINDOW, INITIAL_RATE).bounds(pool)
     assert saved == {"max_rate": "5.0"}
 
 
@@ -379,7 +300,7 @@ def test_two_limiters_elect_one_leader_and_the_other_takes_over_when_it_dies(
 ) -> None:
     window = 1.0
     env = limiter_env(real_redis_url, prefix, RATE_LIMIT_WINDOW=str(window))
-    SharedState(real_redis_url, prefix, window).touch(POOL)  # a pool to step
+    SharedState(real_redis_url, prefix, window, INITIAL_RATE).touch(POOL)  # a pool to step
     lease = keys.leader_key(prefix)
     client = redis.Redis.from_url(real_redis_url, decode_responses=True)
     try:

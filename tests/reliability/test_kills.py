@@ -38,6 +38,7 @@ import redis
 from sqlalchemy import select
 
 from tests.collector.processes import CollectorClient, collector, metrics_url, proxy, wait_for
+from tests.limiter.shared_state import SharedState
 from tests.reliability.probes import port_of
 from tests.support import (
     ServiceProcess,
@@ -56,10 +57,6 @@ from zai_proxy.collector.models import SNAPSHOT_COLUMNS, from_row, snapshots
 from zai_proxy.collector.snapshot import Snapshot
 from zai_proxy.collector.store import SnapshotStore
 from zai_proxy.limiter import keys
-from zai_proxy.limiter.control import encode_state
-from zai_proxy.limiter.controller import ControllerState
-from zai_proxy.limiter.redis_store import RedisStore
-from zai_proxy.limiter.store import StoreConfig
 from zai_proxy.proxy.limiting import LEASE_TTL_SECONDS
 from zai_proxy.simulator.process import SimulatorProcess
 
@@ -415,24 +412,6 @@ INITIAL_RATE = 7.0  # what a limiter (or a proxy) starts from without a saved st
 LIMITER_WINDOW = 0.5
 
 
-def save_learned(redis_url: str, prefix: str, pool: str) -> None:
-    """Save a pool's state as a leader that learned LEARNED_CEILING would have."""
-    config = StoreConfig(prefix=prefix, window_seconds=LIMITER_WINDOW)
-    state = ControllerState(rate=LEARNED_RATE, concurrency=256.0, ceiling=LEARNED_CEILING)
-
-    async def save() -> None:
-        store = RedisStore.from_url(redis_url, config, socket_timeout=2.0)
-        try:
-            now = await store.now()
-            window = config.window_of(now) - 1
-            fields_ = encode_state(state, window, LIMITER_WINDOW, now, LEARNED_RATE)
-            await store.save_state(pool, fields_)
-        finally:
-            await store.close()
-
-    asyncio.run(save())
-
-
 def limiter_view(limiter: ServiceProcess, pool: str) -> dict:
     """One pool as the limiter's GET /state shows it, and whether this limiter leads."""
     answer = httpx.get(f"{limiter.url}/state", headers={"Authorization": f"Bearer {ADMIN}"})
@@ -454,7 +433,9 @@ def test_kill_9_of_the_limiter_leader_under_traffic_fails_no_request_and_loses_n
             "RATE_LIMIT_MAX": "1000",
         }
         limiter_env = {**shared, "LIMITER_ADMIN_TOKEN": ADMIN}
-        save_learned(real_redis_url, prefix, pool)
+        SharedState(real_redis_url, prefix, LIMITER_WINDOW, INITIAL_RATE).save_learned(
+            pool, rate=LEARNED_RATE, ceiling=LEARNED_CEILING
+        )
         first = stack.enter_context(start_limiter(limiter_env))
         second = stack.enter_context(start_limiter(limiter_env))
         proxies = stack.enter_context(replicas(simulator.url, {**shared, "ACCESS_LOG": "false"}, 2))
