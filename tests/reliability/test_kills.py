@@ -332,15 +332,19 @@ def test_kill_9_of_a_replica_leaves_the_other_serving_and_its_leases_come_back(
                         timeout=20,
                     )
                     streams_started = time.monotonic()
-                    before_members = set(leases.live())
                     before = leases.by_replica()
-                    doomed.kill()
+                    doomed.kill()  # returns once the process is reaped
                     killed_at = time.monotonic()
+                    # Taken after the kill, and after what the dead process had already
+                    # written to Redis has surely run: a lease the doomed replica was
+                    # granted in its last moment must not pass for a fresh one.
+                    time.sleep(0.2)
+                    after_kill = set(leases.live())
                     held_after_kill = leases.by_replica()
 
-                    # A lease granted after the kill names the survivor.
+                    # A lease granted after the kill can only be the survivor's.
                     def survivor_lease() -> str | None:
-                        fresh = set(leases.live()) - before_members
+                        fresh = set(leases.live()) - after_kill
                         return next((m for m in fresh if m.rsplit("-", 1)[0] in before), None)
 
                     wait_until(survivor_lease, timeout=10)
