@@ -1,6 +1,7 @@
 """Errors the proxy itself answers with, and their HTTP form.
 
     ProxyError                  any answer the proxy makes instead of the upstream
+    ├── MalformedRequest        400  not well-formed HTTP/1.1 (the parser refused it)
     ├── BadRequestTarget        400  the target could steer the request elsewhere
     ├── MethodNotAllowed        405  TRACE or CONNECT: never forwarded
     ├── RequestTimeout          408  the client stopped sending its request (CLIENT_*_TIMEOUT)
@@ -58,6 +59,14 @@ class ProxyError(Exception):
         if self.retry_after is not None:
             headers.append((b"retry-after", str(max(1, math.ceil(self.retry_after))).encode()))
         return headers
+
+
+class MalformedRequest(ProxyError):
+    """The HTTP parser refused the request's framing; the connection is closed."""
+
+    status = 400
+    code = "invalid_http_request"
+    anthropic_type = "invalid_request_error"
 
 
 class BadRequestTarget(ProxyError):

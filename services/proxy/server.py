@@ -30,7 +30,12 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from zai_proxy.limiter.settings import LimiterSettings
 from zai_proxy.logs import configure_logging
 from zai_proxy.proxy.app import Lifecycle, ProxyApp
-from zai_proxy.proxy.errors import ProxyError, RequestHeadTooLarge, RequestTimeout
+from zai_proxy.proxy.errors import (
+    MalformedRequest,
+    ProxyError,
+    RequestHeadTooLarge,
+    RequestTimeout,
+)
 from zai_proxy.proxy.settings import ProxySettings
 
 # The defaults of MAX_REQUEST_HEADER_BYTES and CLIENT_HEADER_TIMEOUT.
@@ -66,6 +71,9 @@ class TargetPreservingProtocol(HttpToolsProtocol):
     request's headers (forwarded upstream as if the client had sent them first) with no
     bound on how many.
 
+    What the parser refuses is answered 400 in the proxy's JSON error format (uvicorn's
+    answer is plain text), and the connection is closed.
+
     An answer that is complete before its request's body is (413, a refused target) also
     closes the connection: uvicorn would read and drop the rest of the body to reuse the
     connection, for as long as the client cares to send it (a chunked body has no end).
@@ -87,6 +95,7 @@ class TargetPreservingProtocol(HttpToolsProtocol):
         self._field_bytes = 0  # of the head's fields, names and values
         self._head_timer: asyncio.TimerHandle | None = None
         self._discarding = False  # refused: what still arrives is dropped until the close
+        self._deferred: ProxyError | None = None  # a refusal that waits for an answer ahead
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -106,9 +115,10 @@ class TargetPreservingProtocol(HttpToolsProtocol):
                 self._refuse(self._head_too_large())
 
     def send_400_response(self, msg: str) -> None:
-        # After a refusal (which stopped the parser) the answer is out, or cannot be sent.
+        # The parser refused the input. After a refusal of ours (which stopped the parser)
+        # the answer is out, or cannot be sent.
         if not self._discarding and not self.transport.is_closing():
-            super().send_400_response(msg)
+            self._refuse(MalformedRequest("the request is not well-formed HTTP/1.1"))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -133,6 +143,10 @@ class TargetPreservingProtocol(HttpToolsProtocol):
             self.scope["raw_path"] = self.url.partition(b"?")[0]
 
     def on_response_complete(self) -> None:
+        if self._deferred is not None and not self.pipeline and not self.transport.is_closing():
+            self.server_state.total_requests += 1
+            self._answer_and_close(self._deferred)
+            return
         cycle = self.cycle
         if (
             cycle is not None
@@ -167,23 +181,39 @@ class TargetPreservingProtocol(HttpToolsProtocol):
         )
 
     def _refuse(self, err: ProxyError) -> None:
-        """Answer a request the application never saw, and close the connection."""
+        """Answer a request the application never saw (or saw only the start of), then
+        close the connection; what still arrives is dropped."""
         self._stop_head_timer()
         self._head_open = False
-        if self.cycle is None or self.cycle.response_complete:
-            body = err.body("openai")
-            headers = [
-                *(pair for pair in err.headers() if pair[0] != b"connection"),
-                (b"content-length", b"%d" % len(body)),
-                (b"connection", b"close"),
-            ]
-            head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
-            self.transport.write(STATUS_LINE[err.status] + head + b"\r\n" + body)
-        else:
-            # An earlier pipelined request is still being answered: closing is all that
-            # can be done without corrupting its response.
-            self.transport.close()
-            return
+        self._discarding = True
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if not cycle.more_body:
+                # Behind requests read whole and still being answered: their answers go
+                # out first, then this one (on_response_complete).
+                self._deferred = err
+                return
+            if self.pipeline or cycle.response_started:
+                # Answers are owed ahead of this one, or the answer to the request whose
+                # body broke is under way: closing is all that can be done without
+                # corrupting them.
+                self.transport.close()
+                return
+            # The body the application is reading broke: it hears that the client left,
+            # and this answer goes out instead of its own.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self._answer_and_close(err)
+
+    def _answer_and_close(self, err: ProxyError) -> None:
+        body = err.body("openai")
+        headers = [
+            *(pair for pair in err.headers() if pair[0] != b"connection"),
+            (b"content-length", b"%d" % len(body)),
+            (b"connection", b"close"),
+        ]
+        head = b"".join(b"%s: %s\r\n" % pair for pair in headers)
+        self.transport.write(STATUS_LINE[err.status] + head + b"\r\n" + body)
         self._linger_and_close()
 
     def _linger_and_close(self) -> None:

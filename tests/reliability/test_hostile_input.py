@@ -68,7 +68,6 @@ ENV = {
 HANG = 15.0
 CHAT = {"model": "glm-4.6", "messages": [{"role": "user", "content": "hi"}]}
 CHAT_BODY = orjson.dumps(CHAT)
-UVICORN_400 = b"Invalid HTTP request received."
 STATUS_LINE = re.compile(rb"HTTP/1\.1 [1-5]\d\d [^\r\n]*\r\n")
 
 
@@ -282,6 +281,21 @@ def proxy_error_of(answer: bytes) -> str:
     return headers_of(answer).get("x-proxy-error", "")
 
 
+def ends_with_parser_refusal(answer: bytes) -> bool:
+    """Whether the last answer in raw bytes is the parser's 400, a JSON error in the
+    client's format, and nothing follows it (the connection closed)."""
+    head, _, body = answer.rpartition(b"\r\n\r\n")
+    last = b"HTTP/1.1 " + head.rpartition(b"HTTP/1.1 ")[2] + b"\r\n\r\n"
+    headers = headers_of(last)
+    return (
+        status_of(last) == 400
+        and headers.get("x-proxy-error") == "invalid_http_request"
+        and headers.get("connection") == "close"
+        and headers.get("content-length") == str(len(body))
+        and orjson.loads(body)["error"]["code"] == "invalid_http_request"
+    )
+
+
 def assert_healthy(
     proxy: ServiceProcess, baseline: Baseline, simulator: SimulatorProcess | None = None
 ) -> None:
@@ -358,8 +372,8 @@ def test_a_content_length_smaller_than_the_body_forwards_only_the_declared_bytes
 ) -> None:
     """The proxy cannot know a client "lied": the declared length frames the body, and
     what follows it (3 MiB here, over the body limit) is parsed as a next request, which
-    is garbage and refused 400 with a close. At most the declared bytes go upstream, once
-    (the refusal can cut the first request off before it gets there)."""
+    is garbage. The first request is answered, then the garbage is refused 400 with a
+    close; the declared bytes go upstream, once."""
     request_id, before = new_id(), sim_requests(simulator)
     excess = b"x" * (MAX_BODY + 1024 * 1024)
     answer = send(
@@ -367,14 +381,30 @@ def test_a_content_length_smaller_than_the_body_forwards_only_the_declared_bytes
         chat_head(request_id, b"Content-Length: %d\r\n\r\n" % len(CHAT_BODY)) + CHAT_BODY + excess,
     )
     statuses = [int(s) for s in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
-    assert statuses in ([400], [200, 400]), answer[:500]
-    assert answer.endswith(UVICORN_400)
-    seen = attempts_seen(simulator.url, request_id)
-    assert seen <= 1
-    assert sim_requests(simulator) - before == seen
-    if seen:
-        record = httpx.get(f"{simulator.url}/_sim/requests/{request_id}").json()
-        assert base64.b64decode(record["body_b64"]) == CHAT_BODY
+    assert statuses == [200, 400], answer[:500]
+    assert ends_with_parser_refusal(answer), answer[-500:]
+    assert attempts_seen(simulator.url, request_id) == 1
+    assert sim_requests(simulator) - before == 1
+    record = httpx.get(f"{simulator.url}/_sim/requests/{request_id}").json()
+    assert base64.b64decode(record["body_b64"]) == CHAT_BODY
+    assert_healthy(proxy, baseline, simulator)
+
+
+def test_garbage_pipelined_behind_requests_is_refused_after_their_answers(
+    proxy: ServiceProcess, baseline: Baseline, simulator: SimulatorProcess
+) -> None:
+    """Two requests and then garbage in one write: the upstream answers slowly, so the
+    garbage is parsed while both are still being answered; their answers go out first,
+    in order, then the parser's refusal and the close."""
+    ids, before = [new_id(), new_id()], sim_requests(simulator)
+    slow = b"X-Sim-Latency-Ms: 300\r\nContent-Length: %d\r\n\r\n" % len(CHAT_BODY)
+    requests = b"".join(chat_head(request_id, slow) + CHAT_BODY for request_id in ids)
+    answer = send(proxy, requests + b"\x00garbage\r\n\r\n")
+    statuses = [int(s) for s in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
+    assert statuses == [200, 200, 400], answer[:500]
+    assert ends_with_parser_refusal(answer), answer[-500:]
+    assert [attempts_seen(simulator.url, request_id) for request_id in ids] == [1, 1]
+    assert sim_requests(simulator) - before == 2
     assert_healthy(proxy, baseline, simulator)
 
 
@@ -681,7 +711,7 @@ def test_ambiguous_framing_is_refused_and_no_request_reaches_the_upstream(
     before = len(recorder.received)
     answer = send(guarded, POST + framing + SMUGGLED)
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:300]
-    assert answer.endswith(UVICORN_400)  # one answer, then the close
+    assert ends_with_parser_refusal(answer), answer[:500]  # one answer, then the close
     assert len(recorder.received) == before
     assert_healthy(guarded, guarded_baseline)
     assert not any(b"smuggled" in request.target for request in recorder.received)
@@ -745,7 +775,7 @@ def test_raw_line_breaks_and_control_bytes_in_a_head_are_refused_by_the_parser(
     answer = send(
         guarded, b"GET /v1/models HTTP/1.1\r\nHost: proxy\r\n" + line + b"Connection: close\r\n\r\n"
     )
-    assert answer.startswith(b"HTTP/1.1 400 ") and answer.endswith(UVICORN_400), answer[:300]
+    assert answer.startswith(b"HTTP/1.1 400 ") and ends_with_parser_refusal(answer), answer[:300]
     assert len(recorder.received) == before
     assert_healthy(guarded, guarded_baseline)
 
@@ -825,7 +855,8 @@ def test_no_target_reaches_anything_but_the_configured_upstream(
             assert proxy_error_of(answer) == "invalid_request_target", target
             assert forwarded == [], target
         elif expected == "parser":
-            assert answer.startswith(b"HTTP/1.1 400 ") and answer.endswith(UVICORN_400), target
+            assert answer.startswith(b"HTTP/1.1 400 "), (target, answer[:300])
+            assert ends_with_parser_refusal(answer), (target, answer[:300])
             assert forwarded == [], target
         else:
             assert isinstance(expected, bytes)
