@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import multiprocessing
 import os
 import shutil
@@ -36,7 +37,10 @@ from zai_proxy.proxy.errors import (
     RequestHeadTooLarge,
     RequestTimeout,
 )
+from zai_proxy.proxy.headers import request_id_of
 from zai_proxy.proxy.settings import ProxySettings
+
+log = logging.getLogger("zai_proxy.proxy")
 
 # The defaults of MAX_REQUEST_HEADER_BYTES and CLIENT_HEADER_TIMEOUT.
 DEFAULT_MAX_HEAD_BYTES = 64 * 1024
@@ -206,9 +210,23 @@ class TargetPreservingProtocol(HttpToolsProtocol):
         self._answer_and_close(err)
 
     def _answer_and_close(self, err: ProxyError) -> None:
+        # The client's id when the refused request's head got as far as a sane one, as on
+        # every answer (the parser begins a message, and new headers, at its first byte,
+        # and parses nothing after a refusal).
+        request_id = request_id_of(self.headers or [])
+        host, port = self.client or ("?", 0)
+        log.warning(
+            "refused a request from %s:%d before it was read whole: %d %s (request id %s)",
+            host,
+            port,
+            err.status,
+            err.code,
+            request_id,
+        )
         body = err.body("openai")
         headers = [
             *(pair for pair in err.headers() if pair[0] != b"connection"),
+            (b"x-request-id", request_id.encode()),
             (b"content-length", b"%d" % len(body)),
             (b"connection", b"close"),
         ]

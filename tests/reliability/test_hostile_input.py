@@ -403,8 +403,30 @@ def test_garbage_pipelined_behind_requests_is_refused_after_their_answers(
     statuses = [int(s) for s in re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)]
     assert statuses == [200, 200, 400], answer[:500]
     assert ends_with_parser_refusal(answer), answer[-500:]
+    ids_answered = re.findall(rb"x-request-id: ([^\r]+)\r\n", answer)
+    assert ids_answered[:2] == [request_id.encode() for request_id in ids]
+    # The garbage is a request of its own, with an id of its own.
+    assert len(ids_answered) == 3 and ids_answered[2] not in ids_answered[:2]
     assert [attempts_seen(simulator.url, request_id) for request_id in ids] == [1, 1]
     assert sim_requests(simulator) - before == 2
+    assert_healthy(proxy, baseline, simulator)
+
+
+def test_a_broken_chunked_body_is_refused_with_the_clients_request_id_and_logged(
+    proxy: ServiceProcess, baseline: Baseline, simulator: SimulatorProcess
+) -> None:
+    request_id, before = new_id(), sim_requests(simulator)
+    answer = send(
+        proxy,
+        chat_head(request_id, b"Transfer-Encoding: chunked\r\n\r\n")
+        + b"%x\r\n%s\r\nnot-hex\r\n" % (len(CHAT_BODY), CHAT_BODY),
+    )
+    assert ends_with_parser_refusal(answer), answer[:500]
+    assert headers_of(answer)["x-request-id"] == request_id
+    assert sim_requests(simulator) - before == 0
+    wait_until(lambda: request_id in proxy.log(), timeout=HANG)
+    (line,) = [line for line in proxy.log().splitlines() if request_id in line]
+    assert "400 invalid_http_request" in line
     assert_healthy(proxy, baseline, simulator)
 
 
