@@ -23,6 +23,11 @@ from typing import Literal
 
 import orjson
 
+# Set in a request's ASGI scope by the connection layer (server.py) when it refuses the
+# request's broken body itself: the application then hears that the client left, and
+# counts this status instead of 499.
+REFUSED_STATUS = "zai_proxy.refused_status"
+
 
 class ProxyError(Exception):
     """An answer made by the proxy rather than the upstream."""

@@ -25,6 +25,7 @@ from zai_proxy.proxy.admission import WorkerPool
 from zai_proxy.proxy.auth import ANONYMOUS, ClientKeys
 from zai_proxy.proxy.classify import classify_status
 from zai_proxy.proxy.errors import (
+    REFUSED_STATUS,
     MethodNotAllowed,
     ProxyError,
     RequestTimeout,
@@ -198,7 +199,11 @@ class Forwarder:
             except ProxyError as err:
                 await self._refuse(send, exchange, err)
             except ClientDisconnected:
-                exchange.disconnected = True
+                refused = scope.get(REFUSED_STATUS)
+                if refused is None:
+                    exchange.disconnected = True
+                else:
+                    exchange.status = refused  # the connection layer answered it
             except asyncio.CancelledError:
                 if not exchange.disconnected:
                     raise

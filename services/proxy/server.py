@@ -32,6 +32,7 @@ from zai_proxy.limiter.settings import LimiterSettings
 from zai_proxy.logs import configure_logging
 from zai_proxy.proxy.app import Lifecycle, ProxyApp
 from zai_proxy.proxy.errors import (
+    REFUSED_STATUS,
     MalformedRequest,
     ProxyError,
     RequestHeadTooLarge,
@@ -203,8 +204,9 @@ class TargetPreservingProtocol(HttpToolsProtocol):
                 # corrupting them.
                 self.transport.close()
                 return
-            # The body the application is reading broke: it hears that the client left,
-            # and this answer goes out instead of its own.
+            # The body the application is reading broke: it hears that the client left
+            # (and counts this status), and this answer goes out instead of its own.
+            cycle.scope[REFUSED_STATUS] = err.status  # type: ignore[literal-required]
             cycle.disconnected = True
             cycle.message_event.set()
         self._answer_and_close(err)

@@ -416,6 +416,7 @@ def test_a_broken_chunked_body_is_refused_with_the_clients_request_id_and_logged
     proxy: ServiceProcess, baseline: Baseline, simulator: SimulatorProcess
 ) -> None:
     request_id, before = new_id(), sim_requests(simulator)
+    counted_before = scrape(proxy.url)
     answer = send(
         proxy,
         chat_head(request_id, b"Transfer-Encoding: chunked\r\n\r\n")
@@ -425,14 +426,21 @@ def test_a_broken_chunked_body_is_refused_with_the_clients_request_id_and_logged
     assert headers_of(answer)["x-request-id"] == request_id
     assert sim_requests(simulator) - before == 0
 
-    # The refusal's own line (the access log has one more: the application saw the
-    # request start, and the client leave, 499).
-    def refusal_lines() -> list[str]:
-        return [line for line in proxy.log().splitlines() if f"request id {request_id}" in line]
+    # The application saw the request start: it counts the refusal as its answer, not as
+    # a client that left (499), and the access log says so next to the refusal's line.
+    def lines() -> list[str]:
+        return [line for line in proxy.log().splitlines() if request_id in line]
 
-    wait_until(refusal_lines, timeout=HANG)
-    (line,) = refusal_lines()
-    assert "refused" in line and "400 invalid_http_request" in line
+    wait_until(lambda: len(lines()) == 2, timeout=HANG)
+    refusal, access = sorted(lines(), key=lambda line: "zai_proxy.access" in line)
+    assert "refused" in refusal and "400 invalid_http_request" in refusal, refusal
+    assert "status=400" in access, access
+    counted = scrape(proxy.url)
+    for status, more in (("400", 1), ("499", 0)):
+        added = counted.value("proxy_requests_total", status=status) - counted_before.value(
+            "proxy_requests_total", status=status
+        )
+        assert added == more, (status, added)
     assert_healthy(proxy, baseline, simulator)
 
 
