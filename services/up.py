@@ -20,10 +20,10 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 import uvloop
@@ -34,6 +34,9 @@ from zai_proxy import __version__
 from zai_proxy.limiter.settings import LimiterSettings
 from zai_proxy.limiter.stores import open_store
 from zai_proxy.proxy.settings import ProxySettings
+
+# A background job that runs beside the servers (the demo load).
+Job = Callable[[], Coroutine[Any, Any, None]]
 
 # The demo's hidden limit (requests/s) over time: it halves, then rises above the start.
 DEMO_SCHEDULE = ((0.0, 30.0), (90.0, 15.0), (180.0, 45.0))
@@ -66,7 +69,7 @@ class Part:
     host: str
     port: int
     note: str = ""
-    lifespan: str = "on"
+    lifespan: Literal["auto", "on", "off"] = "on"
 
 
 class StackServer(uvicorn.Server):
@@ -99,7 +102,7 @@ def bind(part: Part) -> socket.socket:
 
 async def serve(
     parts: list[Part],
-    extra: list[Callable[[], Awaitable[None]]] | None = None,
+    extra: list[Job] | None = None,
     announce: Callable[[], None] | None = None,
 ) -> None:
     """Serve every part until SIGINT or SIGTERM; then stop them all, the proxies first."""
@@ -151,7 +154,7 @@ async def serve(
         raise ValueError(f"{', '.join(failed)} did not start (see the log above)")
 
 
-def _stack(demo: bool) -> tuple[list[Part], list[Callable[[], Awaitable[None]]], list[str]]:
+def _stack(demo: bool) -> tuple[list[Part], list[Job], list[str]]:
     """Build every part from the environment (demo: with its simulated upstream and load)."""
     from zai_proxy.collector import migrate
     from zai_proxy.collector.app import build_app as collector_app
@@ -207,7 +210,7 @@ def _stack(demo: bool) -> tuple[list[Part], list[Callable[[], Awaitable[None]]],
              f"writes {_where(collector.database_url)}"),
         Part("dashboard", dashboard_app(dashboard), host, dashboard.dashboard_port, ""),
     ]  # fmt: skip
-    extra: list[Callable[[], Awaitable[None]]] = []
+    extra: list[Job] = []
     notes = [f"upstream   {proxy_settings.zai_target_url}"]
     if demo:
         from zai_proxy.demo import DemoLoad

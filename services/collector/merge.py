@@ -312,7 +312,9 @@ _NOTHING = Samples()
 
 
 def _samples_of(baseline: Baseline) -> Samples:
-    gauges = {} if baseline.start_time is None else {(START_TIME, ()): baseline.start_time}
+    gauges: dict[SeriesKey, float] = {}
+    if baseline.start_time is not None:
+        gauges[(START_TIME, ())] = baseline.start_time
     return Samples(dict(baseline.counters), gauges, dict(baseline.histograms))
 
 

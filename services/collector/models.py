@@ -191,7 +191,7 @@ def baseline_row(baseline: Baseline) -> dict[str, Any]:
     }
 
 
-def from_baseline_row(row: Mapping[str, Any]) -> Baseline:
+def from_baseline_row(row: Mapping[Any, Any]) -> Baseline:
     """The baseline of a ``target_baselines`` row; ValueError when its series do not decode."""
     counters, histograms = decode_series(row["series"])
     return Baseline(

@@ -59,7 +59,9 @@ class Window:
                 raise ValueError(f"Window.{field.name} must be a non-negative int, got {value!r}")
 
     @classmethod
-    def from_counts(cls, counts: Mapping[str | bytes, int | str | bytes]) -> Window:
+    def from_counts(
+        cls, counts: Mapping[str, int | str | bytes] | Mapping[bytes, int | str | bytes]
+    ) -> Window:
         """Build a window from counter names to counts, as read back from a store.
 
         Keys are outcome names plus `demand` and `peak_concurrency`; bytes keys and values

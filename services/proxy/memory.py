@@ -41,7 +41,7 @@ def find_malloc_trim() -> Callable[[int], int] | None:
     if trim is None:
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
-    return trim  # type: ignore[no-any-return]
+    return trim
 
 
 async def trim_when_idle(idle: Callable[[], bool], interval: float = CHECK_SECONDS) -> None:

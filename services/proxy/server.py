@@ -283,7 +283,8 @@ def uvicorn_config(app: ProxyApp, settings: ProxySettings, host: str, port: int)
         host=host,
         port=port,
         loop="uvloop",
-        http=functools.partial(
+        # uvicorn only calls it, as it would a protocol class.
+        http=functools.partial(  # type: ignore[arg-type]
             TargetPreservingProtocol,
             max_head_bytes=settings.max_request_header_bytes,
             head_timeout=settings.client_header_timeout,
