@@ -35,15 +35,17 @@ lint: setup
 	$(MAKE) --no-print-directory typecheck
 
 # mypy cannot map zai_proxy onto services/ (and zai_proxy.dashboard_api onto its dashed
-# folder) as the editable install does, so it checks a tree of links spelling that out.
+# folder) as the editable install does, so it checks a tree of links spelling that out,
+# with the tests and benchmarks beside it.
 typecheck: setup
 	@tree=$$(mktemp -d) && trap 'rm -rf "$$tree"' EXIT && mkdir "$$tree/zai_proxy" && \
 	for entry in services/*; do \
 		name=$$(basename "$$entry"); [ "$$name" = dashboard-api ] && name=dashboard_api; \
 		ln -s "$(CURDIR)/$$entry" "$$tree/zai_proxy/$$name"; \
 	done && \
+	ln -s "$(CURDIR)/tests" "$(CURDIR)/bench" "$$tree/" && \
 	cd "$$tree" && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml \
-		--cache-dir $(CURDIR)/.mypy_cache -p zai_proxy
+		--cache-dir $(CURDIR)/.mypy_cache -p zai_proxy -p tests -p bench
 
 test-web: web/node_modules/.package-lock.json
 	cd web && npm test

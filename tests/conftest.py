@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import asyncpg
+import pluggy
 import pytest
 import redis
 from redis.backoff import NoBackoff
@@ -17,7 +18,9 @@ from tests.databases import POSTGRES_URL, PostgresDatabases, admin
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
     outcome = yield
     report = outcome.get_result()
     # CI must run every test: a skip there hides a missing service or package.

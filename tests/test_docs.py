@@ -204,7 +204,9 @@ def metric_series() -> set[str]:
 
 def error_codes() -> set[str]:
     """The codes of the proxy's own answers (``X-Proxy-Error``): not metrics, same prefix."""
-    assert auth.Unauthorized and limiting.RateLimited  # imported so that they are subclasses
+    # Defined in modules of their own: imported here, they are among the subclasses.
+    assert issubclass(auth.Unauthorized, ProxyError)
+    assert issubclass(limiting.RateLimited, ProxyError)
     found, pending = set(), [ProxyError]
     while pending:
         kind = pending.pop()

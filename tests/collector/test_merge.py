@@ -96,7 +96,7 @@ def test_real_scrapes_of_one_proxy_give_its_increases() -> None:
     # 16 of glm-4.6's 1136 input tokens were cache reads, priced 0 in this table.
     assert s.models["glm-4.6"] == ModelFigures(
         requests=76, tokens_in=1136, tokens_out=994, tokens_cache_read=16, tokens_reasoning=7,
-        cost_usd=pytest.approx((1120 * 1.0 + 994 * 2.0) / 1e6),
+        cost_usd=pytest.approx((1120 * 1.0 + 994 * 2.0) / 1e6),  # type: ignore[arg-type]
     )  # fmt: skip
     assert s.models["glm-4.5"].cost_usd == 0.0  # not in this price table
     assert s.cost_usd == pytest.approx((1120 + 994 * 2 + 9 * 0.5 + 15 * 1.0) / 1e6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import fields
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -50,7 +51,7 @@ def test_every_snapshot_field_has_exactly_one_rule() -> None:
     assert sorted(ruled) == sorted(f.name for f in fields(Snapshot))
 
 
-def five(ts: float, **values: object) -> Snapshot:
+def five(ts: float, **values: Any) -> Snapshot:
     """A 5 s snapshot of variant v with the given fields."""
     return Snapshot(ts=ts, seconds=5, variant="v", **values)
 
@@ -123,7 +124,10 @@ def test_models_are_merged_model_by_model() -> None:
     )
     out = downsample([a, b], 0, 60)
     assert out.models["glm-4.6"] == ModelFigures(
-        requests=3, tokens_in=10, tokens_out=5, cost_usd=pytest.approx(0.3)
+        requests=3,
+        tokens_in=10,
+        tokens_out=5,
+        cost_usd=pytest.approx(0.3),  # type: ignore[arg-type]
     )
     assert out.models["glm-4.5"] == ModelFigures(requests=3)
     assert a.models["glm-4.6"].requests == 1  # inputs untouched

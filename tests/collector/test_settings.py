@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from pydantic import ValidationError
 
@@ -68,7 +70,7 @@ def test_the_environment_sets_targets_timing_and_the_pool(monkeypatch: pytest.Mo
         ({"database_url": "sqlite:///:memory:"}, "in-memory SQLite"),
     ],
 )
-def test_settings_that_cannot_work_are_refused(values: dict[str, object], message: str) -> None:
+def test_settings_that_cannot_work_are_refused(values: dict[str, Any], message: str) -> None:
     with pytest.raises(ValidationError) as raised:
         CollectorSettings(**values)
 

@@ -118,7 +118,7 @@ async def test_writing_the_same_interval_again_replaces_it(store: SnapshotStore)
 
 
 async def test_a_batch_is_written_whole_or_not_at_all(store: SnapshotStore) -> None:
-    broken = replace(full_snapshot(T0 + 5), requests_total=None)
+    broken = replace(full_snapshot(T0 + 5), requests_total=None)  # type: ignore[arg-type]  # NOT NULL, left empty on purpose
 
     with pytest.raises(StorageError) as raised:
         await store.write([full_snapshot(T0), broken])
@@ -308,6 +308,7 @@ async def test_downsampled_values_follow_each_kind_of_field(store: SnapshotStore
     assert hour.latency_buckets == merged
     # Re-derived from the merged buckets, not the maximum of the 5 s p99s (2.5).
     assert hour.latency_p99 == pytest.approx(quantile(merged, 0.99))
+    assert hour.latency_p99 is not None
     assert hour.latency_p99 < max(s.latency_p99 or 0.0 for s in first_hour)
 
 
@@ -484,7 +485,7 @@ async def test_baselines_round_trip_with_the_round_they_were_written_with(
 
 
 async def test_baselines_are_written_with_the_rows_or_not_at_all(store: SnapshotStore) -> None:
-    broken = replace(full_snapshot(T0 + 5), requests_total=None)
+    broken = replace(full_snapshot(T0 + 5), requests_total=None)  # type: ignore[arg-type]  # NOT NULL, left empty on purpose
 
     with pytest.raises(StorageError):
         await store.write([full_snapshot(T0), broken], [baseline("a", T0, T0 + 10, 1.0)])

@@ -609,8 +609,9 @@ def test_each_service_accepts_the_environment_the_chart_gives_it(
             if item["name"] not in SETTINGS:
                 continue
             env = effective_env(manifests, item)
+            values: dict[str, Any] = {name.lower(): value for name, value in env.items()}
             for settings_class in SETTINGS[item["name"]]:
-                settings_class(**{name.lower(): value for name, value in env.items()})
+                settings_class(**values)
             checked.add(item["name"])
             assert item["args"] == [item["name"]], "the command picks the service"
     assert checked == set(SETTINGS)
@@ -622,7 +623,8 @@ def test_the_proxy_and_limiter_read_the_same_limits(rendered: dict[str, Manifest
     limiter = effective_env(manifests, container(workload(manifests, "limiter"), "limiter"))
     for name in ("RATE_LIMIT_INITIAL", "RATE_LIMIT_MAX", "QUOTA_PACING_ENABLED"):
         assert proxy[name] == limiter[name]
-    limits = LimiterSettings(**{k.lower(): v for k, v in limiter.items()})
+    values: dict[str, Any] = {name.lower(): value for name, value in limiter.items()}
+    limits = LimiterSettings(**values)
     assert limits.rate_limit_max == 40 and limits.quota_pacing_enabled
     assert proxy["PROXY_PROCESSES"] == "4"
 

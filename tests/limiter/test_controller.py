@@ -316,6 +316,7 @@ def test_a_clean_window_breaks_a_hold_band_streak() -> None:
 def test_after_a_capped_decrease_the_rate_climbs_back_toward_the_hold_point() -> None:
     # A transient: the upstream accepted only 9.8 rps once, then nothing is refused.
     state, _ = step(SETTLED, at_rate(19.6, frequency=49), PARAMS)
+    assert state.ceiling is not None
     hold_point = state.ceiling * 0.98
     rates = [state.rate]
     for _ in range(8):

@@ -84,7 +84,8 @@ def test_ratios_are_shares_of_all_attempts_and_zero_without_attempts(
 
 
 def test_from_counts_reads_a_decoded_store_hash() -> None:
-    window = Window.from_counts({"ok": 7, "rate_frequency": "2", "demand": 12})
+    counts: dict[str, int | str] = {"ok": 7, "rate_frequency": "2", "demand": 12}
+    window = Window.from_counts(counts)
     assert window == Window(ok=7, rate_frequency=2, demand=12)
     assert window.peak_concurrency is None
 

@@ -10,6 +10,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 import orjson
@@ -531,7 +532,7 @@ def test_old_or_repeated_samples_are_ignored() -> None:
         {"reserve": "0.05"},
     ],
 )
-def test_unusable_pacing_params_are_refused(params: dict[str, object]) -> None:
+def test_unusable_pacing_params_are_refused(params: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         QuotaPacingParams(**params)
 
@@ -634,7 +635,7 @@ def test_the_quota_url_sits_on_the_api_origin(base: str, url: str) -> None:
         {"url": "http://x/", "auth_scheme": "Bear er"},
     ],
 )
-def test_unusable_poller_config_is_refused(config: dict[str, object]) -> None:
+def test_unusable_poller_config_is_refused(config: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         QuotaPollerConfig(**config)
 

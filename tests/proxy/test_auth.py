@@ -5,12 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support import TEST_KEY, Scrape, scrape, start_proxy
+from tests.support import TEST_KEY, Scrape, ServiceProcess, scrape, start_proxy
 from zai_proxy.proxy.auth import ANONYMOUS, ClientKeys, Unauthorized, parse_file, parse_inline
 from zai_proxy.simulator.process import SimulatorProcess
 
@@ -42,7 +43,9 @@ def test_a_request_is_matched_to_its_alias_by_either_header() -> None:
 
 
 @pytest.fixture(scope="module")
-def guarded(upstream: SimulatorProcess, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def guarded(
+    upstream: SimulatorProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
     keys_file = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys_file.write_text("carol carol-key-0003\n")
     env = {
@@ -59,8 +62,8 @@ def metrics(proxy_url: str) -> httpx.Response:
 
 
 def test_requests_without_a_valid_key_get_401_and_never_reach_the_upstream(
-    guarded,
-    upstream: SimulatorProcess,  # type: ignore[no-untyped-def]
+    guarded: ServiceProcess,
+    upstream: SimulatorProcess,
 ) -> None:
     for headers in ({}, {"authorization": "Bearer wrong-key-000"}, {"x-api-key": "nope-nope"}):
         request_id = uuid.uuid4().hex
@@ -76,8 +79,8 @@ def test_requests_without_a_valid_key_get_401_and_never_reach_the_upstream(
 
 
 def test_each_keys_traffic_is_labelled_by_its_alias_and_the_key_stays_here(
-    guarded,
-    upstream: SimulatorProcess,  # type: ignore[no-untyped-def]
+    guarded: ServiceProcess,
+    upstream: SimulatorProcess,
 ) -> None:
     request_id = uuid.uuid4().hex
     sent = [
@@ -98,7 +101,7 @@ def test_each_keys_traffic_is_labelled_by_its_alias_and_the_key_stays_here(
     assert counted.value("proxy_requests_total", key="anonymous", status="200") == 0
 
 
-def test_metrics_need_the_metrics_token_when_one_is_set(guarded) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_need_the_metrics_token_when_one_is_set(guarded: ServiceProcess) -> None:
     assert httpx.get(f"{guarded.url}/metrics").status_code == 401
     assert httpx.get(f"{guarded.url}/metrics",
                      headers={"authorization": "Bearer wrong"}).status_code == 401  # fmt: skip

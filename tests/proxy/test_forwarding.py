@@ -14,6 +14,7 @@ from collections.abc import Callable
 import httpx
 import orjson
 import pytest
+from pydantic import SecretStr
 from tenacity import AsyncRetrying
 
 from tests.support import TEST_KEY, Scrape, ServiceProcess, free_port, start_proxy, wait_until
@@ -172,7 +173,7 @@ def test_header_values_in_utf_8_reach_the_upstream_byte_for_byte(
     httpx.post(
         f"{proxy.url}/v1/chat/completions",
         json=CHAT,
-        headers={"x-title": title, "x-request-id": request_id},
+        headers=[(b"x-title", title), (b"x-request-id", request_id.encode())],
     )
     # The simulator records header bytes as latin-1 text.
     assert header_values(seen_by_upstream(upstream, request_id), "x-title") == [
@@ -362,14 +363,14 @@ async def test_only_a_first_attempt_that_fails_builds_a_retry_loop(
 
     monkeypatch.setattr(RetryPolicy, "retries", counting)
     settings = ProxySettings(
-        zai_api_key=TEST_KEY,
+        zai_api_key=SecretStr(TEST_KEY),
         zai_target_url=f"{upstream.url}/api/paas/v4",
         retry_backoff_base=0.01,
     )
     app = ProxyApp(settings, LimiterSettings(rate_limit_initial=1000, rate_limit_max=10_000))
     await app.startup()
     try:
-        transport = httpx.ASGITransport(app=app)
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]  # scope: a dict
         async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
             headers = {"x-sim-key": new_id(), "x-request-id": new_id()}
             if failures:

@@ -9,6 +9,7 @@ import signal
 import socket
 import time
 import uuid
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -23,7 +24,7 @@ def upstream_in_flight(upstream: SimulatorProcess) -> int:
     return int(httpx.get(f"{upstream.url}/_sim/stats").json()["in_flight"])
 
 
-def wait_for(condition, timeout: float, interval: float = 0.05) -> float:  # type: ignore[no-untyped-def]
+def wait_for(condition: Callable[[], object], timeout: float, interval: float = 0.05) -> float:
     """Seconds until condition() held; fails after timeout."""
     start = time.monotonic()
     while not condition():
@@ -83,7 +84,7 @@ def test_a_stream_broken_by_the_upstream_ends_cleanly_and_is_counted(
 
 
 @pytest.fixture
-def narrow_proxy(upstream: SimulatorProcess):  # type: ignore[no-untyped-def]
+def narrow_proxy(upstream: SimulatorProcess) -> Iterator[ServiceProcess]:
     env = {"MAX_WORKERS": "1", "MAX_QUEUE": "1", "QUEUE_TIMEOUT": "0.5"}
     with start_proxy(upstream.url, env=env) as service:
         yield service

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -15,7 +16,7 @@ CHAT = {"model": "glm-4.6", "messages": [{"role": "user", "content": "hi"}]}
 
 
 @pytest.fixture(scope="module")
-def proxy(upstream: SimulatorProcess):  # type: ignore[no-untyped-def]
+def proxy(upstream: SimulatorProcess) -> Iterator[ServiceProcess]:
     # The scripted 429s would teach the limiter a low rate; pin it so only retries show.
     env = {
         "MAX_RETRIES": "3",

@@ -112,7 +112,7 @@ def test_a_hundred_thousand_invented_models_and_paths_leave_the_series_count_bou
     # The warm-up already filled the model labels and made "other" and /v1/other: the
     # 99,960 requests after it, each with a new name, added no series at all.
     assert after == before, sorted(after ^ before)[:5]
-    paths = {dict(labels).get("path") for _, labels in after} - {None}
+    paths = {path for _, labels in after if (path := dict(labels).get("path")) is not None}
     assert not any("invented" in path for path in paths), paths
     models = {labels["model"] for labels in scrape(proxy.url).series("proxy_requests_total")}
     assert len(models - {"other", "unknown"}) == MAX_MODELS

@@ -184,7 +184,7 @@ class Leases:
     def live(self) -> list[str]:
         seconds, micros = self.client.time()
         now = seconds + micros / 1_000_000
-        return list(self.client.zrangebyscore(self.key, f"({now!r}", "+inf"))
+        return [str(member) for member in self.client.zrangebyscore(self.key, f"({now!r}", "+inf")]
 
     def by_replica(self) -> dict[str, int]:
         """Live leases per replica (a lease id is ``<replica>-<counter>``)."""
@@ -368,12 +368,11 @@ def test_kill_9_of_a_replica_leaves_the_other_serving_and_its_leases_come_back(
                     # The dead heartbeat expires (6 s) and the restarted replica's counts.
                     for replica in (doomed, survivor):
                         assert replica.service is not None
-                        wait_until(
-                            lambda r=replica.service: (
-                                scrape(r.url).value("proxy_limiter_replicas") == 2
-                            ),
-                            timeout=15,
-                        )
+
+                        def both_counted(url: str = replica.service.url) -> bool:
+                            return scrape(url).value("proxy_limiter_replicas") == 2
+
+                        wait_until(both_counted, timeout=15)
                     cut.join(10)
                     held.join(30)
         finally:

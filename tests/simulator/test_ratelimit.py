@@ -1,5 +1,7 @@
 """The hidden limit: token bucket, schedule and concurrency cap, on a fake clock."""
 
+from typing import Any
+
 import pytest
 
 from zai_proxy.simulator.config import SimulatorConfig
@@ -98,6 +100,6 @@ def test_a_bad_schedule_is_refused(text: str) -> None:
     "kwargs",
     [{"rate_limit": 0}, {"max_concurrency": 0}, {"recorded_requests": 0}, {"schedule": ((0, -1),)}],
 )
-def test_a_bad_config_is_refused(kwargs: dict[str, object]) -> None:
+def test_a_bad_config_is_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         SimulatorConfig(**kwargs)
