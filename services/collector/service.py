@@ -238,9 +238,8 @@ class CollectorService:
         # The baselines written with the last round before a stop or a kill: the first
         # round counts on from them, so what the targets counted meanwhile is stored.
         now = self._wall()
-        since = now - self.store.retention[self.store.resolutions[0]]
         try:
-            stored = await self.store.load_baselines(since)
+            stored = await self.store.load_baselines(self.store.baselines_stale_before(now))
         except StorageError as exc:
             self.metrics.database_errors.labels("restore").inc()
             log.warning("no baselines restored (targets prime in the first round): %s", exc)

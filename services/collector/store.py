@@ -153,6 +153,10 @@ class SnapshotStore:
                         )
         return len(rows)
 
+    def baselines_stale_before(self, now: float) -> float:
+        """Baselines scraped before this are stale: older than the finest rows are kept."""
+        return now - self.retention[self.resolutions[0]]
+
     async def load_baselines(self, since: float | None = None) -> list[Baseline]:
         """The stored baselines (scraped at ``since`` or later), by target.
 
@@ -253,10 +257,10 @@ class SnapshotStore:
         (not counted: they are one row per target).
         """
         deleted = 0
-        cutoff = now - self.retention[self.resolutions[0]]
+        stale = self.baselines_stale_before(now)
         with self._errors():
             async with self.engine.begin() as connection:
-                await connection.execute(delete(baselines).where(baselines.c.scraped_at < cutoff))
+                await connection.execute(delete(baselines).where(baselines.c.scraped_at < stale))
         for resolution in self.resolutions:
             cutoff = now - self.retention[resolution]
             oldest = (
