@@ -38,8 +38,11 @@ class _Pool:
     windows: dict[int, _Window] = field(default_factory=dict)
     seen: float = -math.inf  # last acquire, for pools()
 
-    def drop_expired(self, now: float, window_ttl: float) -> None:
+    def drop_expired_leases(self, now: float) -> None:
         self.leases = {lease: end for lease, end in self.leases.items() if end > now}
+
+    def drop_expired(self, now: float, window_ttl: float) -> None:
+        self.drop_expired_leases(now)
         self.replicas = {name: end for name, end in self.replicas.items() if end > now}
         self.windows = {index: w for index, w in self.windows.items() if w.expiry > now}
         if self.state is not None and self.state_expiry <= now:
@@ -99,7 +102,7 @@ class MemoryStore:
                 state.tat, state.tat_rate = last + burst + 1 / rate, rate
 
         # A lease past its expiry belongs to a proxy that crashed or lost its report.
-        state.leases = {name: end for name, end in state.leases.items() if end > now}
+        state.drop_expired_leases(now)
         in_flight = len(state.leases)
         if in_flight >= cap:
             _record_peak(window, in_flight)
@@ -142,7 +145,7 @@ class MemoryStore:
         if state is None or not leases:
             return 0
         now = self._clock()
-        state.leases = {name: end for name, end in state.leases.items() if end > now}
+        state.drop_expired_leases(now)
         renewed = 0
         for lease in leases:
             if lease in state.leases:
