@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,11 +36,15 @@ def _run_proxy(args: argparse.Namespace) -> int:
 
 
 def _serve(app: Any, host: str, port: int, **options: Any) -> int:
-    """Serve a control-plane application with the project's uvicorn defaults."""
+    """Serve a control-plane application as `up` serves it (up.service_config)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, loop="uvloop", log_config=None, access_log=False,
-                **options)  # fmt: skip
+    from zai_proxy.up import service_config
+
+    server = uvicorn.Server(service_config(app, host, port, **options))
+    server.run()
+    if not server.started:
+        raise SystemExit(3)
     return 0
 
 
@@ -123,25 +126,16 @@ def _run_status(args: argparse.Namespace) -> int:
 
 
 def _run_up(args: argparse.Namespace) -> int:
+    """--host: where every part listens; --port: the proxy's port."""
     from zai_proxy.up import run
 
-    _apply_listen(args, "PROXY")
-    return run(demo=False)
+    return run(demo=False, host=args.host, port=args.port)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from zai_proxy.up import run
 
-    _apply_listen(args, "PROXY")
-    return run(demo=True)
-
-
-def _apply_listen(args: argparse.Namespace, service: str) -> None:
-    """--host and --port of `up`/`demo` set where every part listens / the proxy's port."""
-    if args.host:
-        os.environ["UP_HOST"] = args.host
-    if args.port is not None:
-        os.environ[f"{service}_PORT"] = str(args.port)
+    return run(demo=True, host=args.host, port=args.port)
 
 
 def _port(cli: int | None, configured: int) -> int:

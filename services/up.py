@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import os
 import secrets
 import signal
 import socket
@@ -23,14 +22,16 @@ import sys
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import uvicorn
 import uvloop
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from zai_proxy import __version__
+from zai_proxy.collector.settings import CollectorSettings
+from zai_proxy.dashboard_api.settings import DashboardSettings
 from zai_proxy.limiter.settings import LimiterSettings
 from zai_proxy.limiter.stores import open_store
 from zai_proxy.proxy.settings import ProxySettings
@@ -42,6 +43,7 @@ Job = Callable[[], Coroutine[Any, Any, None]]
 DEMO_SCHEDULE = ((0.0, 30.0), (90.0, 15.0), (180.0, 45.0))
 DEMO_QUOTA = (("5h", 200_000), ("weekly", 2_000_000))
 DEMO_KEY = "sk-demo-not-a-real-key"
+DEMO_DATABASE_URL = "sqlite+aiosqlite:///./zai-proxy-demo.db"
 
 
 class StackSettings(BaseSettings):
@@ -62,14 +64,42 @@ class StackSettings(BaseSettings):
 
 @dataclass
 class Part:
-    """One server of the stack."""
+    """One server of the stack: what it is, and how uvicorn serves it where."""
 
     name: str
-    app: Any
-    host: str
-    port: int
+    config: uvicorn.Config
     note: str = ""
-    lifespan: Literal["auto", "on", "off"] = "on"
+
+    @property
+    def host(self) -> str:
+        return self.config.host
+
+    @property
+    def port(self) -> int:
+        return self.config.port
+
+
+def service_config(
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    lifespan: Literal["auto", "on", "off"] = "on",
+    timeout_graceful_shutdown: int = 10,
+) -> uvicorn.Config:
+    """How a control-plane part (limiter, collector, dashboard, simulator) is served, by
+    its own command and inside `up`; the proxy has its own (proxy.server.server_config)."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        lifespan=lifespan,
+        log_config=None,
+        access_log=False,
+        timeout_keep_alive=75,
+        timeout_graceful_shutdown=timeout_graceful_shutdown,
+    )
 
 
 class StackServer(uvicorn.Server):
@@ -116,20 +146,7 @@ async def serve(
         raise
     if announce is not None:
         announce()
-    servers = [
-        StackServer(
-            uvicorn.Config(
-                part.app,
-                loop="none",
-                lifespan=part.lifespan,
-                log_config=None,
-                timeout_keep_alive=75,
-                access_log=False,
-                timeout_graceful_shutdown=10,
-            )
-        )
-        for part in parts
-    ]
+    servers = [StackServer(part.config) for part in parts]
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -154,65 +171,126 @@ async def serve(
         raise ValueError(f"{', '.join(failed)} did not start (see the log above)")
 
 
-def _stack(demo: bool) -> tuple[list[Part], list[Job], list[str]]:
-    """Build every part from the environment (demo: with its simulated upstream and load)."""
+S = TypeVar("S", bound=BaseSettings)
+
+
+def unless_set(settings: S, **defaults: Any) -> S:
+    """The settings with `up`'s own defaults for the fields the environment left unset."""
+    update = {k: v for k, v in defaults.items() if k not in settings.model_fields_set}
+    return settings.model_copy(update=update) if update else settings
+
+
+@dataclass
+class StackConfig:
+    """The settings of every part of the stack: the same classes the single commands read,
+    with `up`'s (and the demo's) defaults where the environment sets nothing."""
+
+    stack: StackSettings
+    host: str
+    proxies: list[ProxySettings]  # production first (the demo adds a canary)
+    limits: LimiterSettings
+    collector: CollectorSettings
+    dashboard: DashboardSettings
+    demo: bool
+
+    @property
+    def simulator_url(self) -> str:
+        return f"http://{self.host}:{self.stack.demo_simulator_port}"
+
+    @property
+    def limiter_url(self) -> str:
+        return f"http://{self.host}:{self.limits.limiter_port}"
+
+    @property
+    def proxy_urls(self) -> list[str]:
+        return [f"http://{self.host}:{proxy.proxy_port}" for proxy in self.proxies]
+
+
+def compose(demo: bool, host: str | None = None, port: int | None = None) -> StackConfig:
+    """Every part's settings from the environment, the command line's --host and --port
+    (where every part listens / the proxy's port) and the stack's defaults."""
+    stack = StackSettings()
+    host = host or stack.up_host
+    proxy, limits = ProxySettings(), LimiterSettings()
+    collector, dashboard = CollectorSettings(), DashboardSettings()
+    if port is not None:
+        proxy = proxy.model_copy(update={"proxy_port": port})
+    if demo:
+        simulator = f"http://{host}:{stack.demo_simulator_port}"
+        proxy = unless_set(
+            proxy,
+            zai_api_key=SecretStr(DEMO_KEY),
+            zai_target_url=f"{simulator}/api/paas/v4",
+            zai_anthropic_url=f"{simulator}/api/anthropic",
+        )
+        limits = unless_set(limits, rate_limit_window=2.0, rate_limit_initial=10.0)
+        collector = unless_set(collector, database_url=DEMO_DATABASE_URL)
+        dashboard = unless_set(dashboard, database_url=DEMO_DATABASE_URL)
+    proxy.require_key()
+    # The limiter names its pool after the proxies' upstream (key and URL).
+    limits = limits.model_copy(
+        update={"zai_api_key": proxy.zai_api_key, "zai_target_url": proxy.zai_target_url}
+    )
+    limits = unless_set(limits, limiter_admin_token=SecretStr(secrets.token_urlsafe(24)))
+    proxies = [proxy]
+    if demo:
+        proxies.append(
+            proxy.model_copy(
+                update={"deployment_variant": "canary", "proxy_port": stack.demo_canary_port}
+            )
+        )
+    limiter_url = f"http://{host}:{limits.limiter_port}"
+    collector = unless_set(
+        collector,
+        collector_targets=",".join(f"http://{host}:{p.proxy_port}" for p in proxies),
+        collector_limiter_targets=limiter_url,
+    )
+    dashboard = unless_set(dashboard, limiter_url=limiter_url)
+    dashboard = dashboard.model_copy(update={"limiter_admin_token": limits.limiter_admin_token})
+    return StackConfig(stack, host, proxies, limits, collector, dashboard, demo)
+
+
+def _stack(config: StackConfig) -> tuple[list[Part], list[Job], list[str]]:
+    """Build every part from its settings (demo: with its simulated upstream and load)."""
     from zai_proxy.collector import migrate
     from zai_proxy.collector.app import build_app as collector_app
-    from zai_proxy.collector.settings import CollectorSettings
     from zai_proxy.dashboard_api.app import build_app as dashboard_app
-    from zai_proxy.dashboard_api.settings import DashboardSettings
     from zai_proxy.limiter.app import build_app as limiter_app
     from zai_proxy.proxy.app import ProxyApp
+    from zai_proxy.proxy.server import server_config
 
-    stack = StackSettings()
-    host = stack.up_host
-    if demo:
-        simulator_url = f"http://{host}:{stack.demo_simulator_port}"
-        os.environ.setdefault("ZAI_API_KEY", DEMO_KEY)
-        os.environ.setdefault("ZAI_TARGET_URL", f"{simulator_url}/api/paas/v4")
-        os.environ.setdefault("ZAI_ANTHROPIC_URL", f"{simulator_url}/api/anthropic")
-        os.environ.setdefault("DATABASE_URL", "sqlite+aiosqlite:///./zai-proxy-demo.db")
-        os.environ.setdefault("RATE_LIMIT_WINDOW", "2")
-        os.environ.setdefault("RATE_LIMIT_INITIAL", "10")
-    os.environ.setdefault("LIMITER_ADMIN_TOKEN", secrets.token_urlsafe(24))
-    proxy_settings = ProxySettings()
-    proxy_settings.require_key()
-    limits = LimiterSettings()
+    host, limits = config.host, config.limits
+    collector, dashboard = config.collector, config.dashboard
     # One store for every part of this process: the proxies admit from it, the limiter
     # steps it (REDIS_URL, when set, shares it with other machines too).
     store = open_store(limits.redis_url, limits.store_config(), socket_timeout=limits.redis_timeout)
-    proxies = [(proxy_settings, proxy_settings.proxy_port)]
-    if demo:
-        canary = proxy_settings.model_copy(update={"deployment_variant": "canary"})
-        proxies.append((canary, stack.demo_canary_port))
-    proxy_urls = ",".join(f"http://{host}:{port}" for _, port in proxies)
-    os.environ.setdefault("COLLECTOR_TARGETS", proxy_urls)
-    os.environ.setdefault("COLLECTOR_LIMITER_TARGETS", f"http://{host}:{limits.limiter_port}")
-    os.environ.setdefault("LIMITER_URL", f"http://{host}:{limits.limiter_port}")
-    collector = CollectorSettings()
-    dashboard = DashboardSettings()
     asyncio.run(migrate.upgrade(collector.database_url))
 
     parts = [
         Part(
             f"proxy ({settings.deployment_variant})",
-            ProxyApp(settings, limits, store=store, run_control=False),
-            host,
-            port,
+            server_config(
+                ProxyApp(settings, limits, store=store, run_control=False),
+                settings,
+                host,
+                settings.proxy_port,
+            ),
             "OpenAI /v1/chat/completions, Anthropic /v1/messages",
         )
-        for settings, port in proxies
+        for settings in config.proxies
     ]
     parts += [
-        Part("limiter", limiter_app(limits, store=store), host, limits.limiter_port,
+        Part("limiter", service_config(limiter_app(limits, store=store), host, limits.limiter_port),
              "Redis" if limits.redis_url else "in-process store"),
-        Part("collector", collector_app(collector), host, collector.collector_port,
+        Part("collector",
+             service_config(collector_app(collector), host, collector.collector_port),
              f"writes {_where(collector.database_url)}"),
-        Part("dashboard", dashboard_app(dashboard), host, dashboard.dashboard_port, ""),
+        Part("dashboard",
+             service_config(dashboard_app(dashboard), host, dashboard.dashboard_port), ""),
     ]  # fmt: skip
     extra: list[Job] = []
-    notes = [f"upstream   {proxy_settings.zai_target_url}"]
-    if demo:
+    notes = [f"upstream   {config.proxies[0].zai_target_url}"]
+    if config.demo:
         from zai_proxy.demo import DemoLoad
         from zai_proxy.simulator.app import build_app as simulator_app
         from zai_proxy.simulator.config import SimulatorConfig
@@ -220,14 +298,13 @@ def _stack(demo: bool) -> tuple[list[Part], list[Job], list[str]]:
         simulator = simulator_app(
             SimulatorConfig(schedule=DEMO_SCHEDULE, quota_requests=DEMO_QUOTA)
         )
+        port = config.stack.demo_simulator_port
         parts.append(
-            Part("upstream (simulated)", simulator, host, stack.demo_simulator_port,
-                 "hidden limit 30 → 15 → 45 req/s", lifespan="off")
+            Part("upstream (simulated)", service_config(simulator, host, port, lifespan="off"),
+                 "hidden limit 30 → 15 → 45 req/s")
         )  # fmt: skip
         load = DemoLoad(
-            [f"http://{host}:{port}" for _, port in proxies],
-            simulator=simulator_url,
-            limiter=f"http://{host}:{limits.limiter_port}",
+            config.proxy_urls, simulator=config.simulator_url, limiter=config.limiter_url
         )
         extra.append(load.run)
         notes = ["upstream   simulated (no key, no network)"]
@@ -254,12 +331,13 @@ def banner(parts: list[Part], notes: list[str]) -> str:
     return "\n".join(lines)
 
 
-def run(demo: bool = False) -> int:
-    """Build the stack, print the banner, serve until stopped."""
+def run(demo: bool = False, host: str | None = None, port: int | None = None) -> int:
+    """Compose every part's settings, build the stack, print the banner, serve until stopped."""
     from zai_proxy.logs import configure_logging
 
-    configure_logging(os.environ.get("LOG_LEVEL", "INFO"))
-    parts, extra, notes = _stack(demo)
+    config = compose(demo, host, port)
+    configure_logging(config.proxies[0].log_level)
+    parts, extra, notes = _stack(config)
 
     def announce() -> None:
         print(banner(parts, notes), file=sys.stderr, flush=True)

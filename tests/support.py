@@ -125,6 +125,71 @@ def start_proxy(
         service.stop()
 
 
+# The environment a test's `up` must not inherit from the developer's shell.
+STACK_ENV_PREFIXES = ("ZAI_", "REDIS_", "DATABASE_", "COLLECTOR_", "LIMITER_", "DASHBOARD_")
+
+
+def launch_stack(
+    upstream: str, env: Mapping[str, str] | None = None, command: str = "up"
+) -> ServiceProcess:
+    """Start `zai-proxy up` (every part on free loopback ports, a SQLite file of its own)
+    against an upstream base URL, wait until its collector has made its first round, and
+    return it as a ServiceProcess whose url is its proxy's; the caller stops it."""
+    port = free_port()
+    database = Path(tempfile.mkdtemp(prefix="zai-stack-")) / "zai.db"
+    collector_port = free_port()
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(STACK_ENV_PREFIXES)},
+        "ZAI_API_KEY": TEST_KEY,
+        "ZAI_TARGET_URL": f"{upstream}/api/paas/v4",
+        "ZAI_ANTHROPIC_URL": f"{upstream}/api/anthropic",
+        "UP_HOST": "127.0.0.1",
+        "PROXY_PORT": str(port),
+        "LIMITER_PORT": str(free_port()),
+        "COLLECTOR_PORT": str(collector_port),
+        "DASHBOARD_PORT": str(free_port()),
+        "DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+        "LOG_LEVEL": "INFO",
+        "RATE_LIMIT_INITIAL": "1000",
+        "RATE_LIMIT_MAX": "10000",
+        **(env or {}),
+    }
+    full_env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    handle, name = tempfile.mkstemp(prefix=f"zai-{command}-", suffix=".log")
+    with os.fdopen(handle, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "zai_proxy", command],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    service = ServiceProcess(process, f"http://127.0.0.1:{port}", Path(name), full_env)
+    try:
+        wait_http(f"{service.url}/health", timeout=40, process=process)
+        collector = f"http://127.0.0.1:{collector_port}/ready"
+        wait_until(lambda: httpx.get(collector, timeout=2).status_code == 200, timeout=30)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+@contextlib.contextmanager
+def start_served(
+    command: str, upstream: str, env: Mapping[str, str] | None = None
+) -> Iterator[ServiceProcess]:
+    """The proxy as `command` serves it (`proxy`, or the proxy part of `up`), until the
+    block ends: tests of what every way of serving it must do run against each."""
+    if command == "proxy":
+        service = launch_proxy(upstream, env)
+    else:
+        service = launch_stack(upstream, env, command)
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
 class Scrape:
     """One /metrics exposition, parsed with prometheus_client's parser."""
 

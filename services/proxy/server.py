@@ -276,8 +276,9 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def uvicorn_config(app: ProxyApp, settings: ProxySettings, host: str, port: int) -> uvicorn.Config:
-    """The uvicorn configuration the proxy runs with."""
+def server_config(app: ProxyApp, settings: ProxySettings, host: str, port: int) -> uvicorn.Config:
+    """How the proxy is served, by every command that serves it (`proxy`, `up`, `demo`):
+    the hardened protocol, no Date or Server header of uvicorn's, the drain's grace."""
     return uvicorn.Config(
         app,
         host=host,
@@ -310,7 +311,7 @@ def _serve(
     configure_logging(settings.log_level)
     app = ProxyApp(settings, limits)
     server = DrainingServer(
-        uvicorn_config(app, settings, host, port), app.lifecycle, settings.shutdown_delay
+        server_config(app, settings, host, port), app.lifecycle, settings.shutdown_delay
     )
     server.run(sockets=[sock] if sock is not None else None)
     if not server.started:

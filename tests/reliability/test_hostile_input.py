@@ -46,7 +46,7 @@ from tests.reliability.probes import (
     sim_stats,
     status_of,
 )
-from tests.support import TEST_KEY, ServiceProcess, scrape, start_proxy, wait_until
+from tests.support import TEST_KEY, ServiceProcess, scrape, start_served, wait_until
 from zai_proxy.proxy.server import REFUSAL_LINGER_SECONDS
 from zai_proxy.simulator.process import SimulatorProcess
 
@@ -64,6 +64,9 @@ ENV = {
     # One attempt per request, so upstream counts are request counts.
     "MAX_RETRIES": "0",
 }
+# `proxy` serves it alone; `up` (and `demo`, which is `up` with a simulated upstream) serves
+# it beside the other parts, in one process: both must be the same hardened server.
+SERVED_BY = ["proxy", "up"]
 # A busy machine may delay any answer by seconds; a hang is anything beyond this.
 HANG = 15.0
 CHAT = {"model": "glm-4.6", "messages": [{"role": "user", "content": "hi"}]}
@@ -156,10 +159,16 @@ class RecordingUpstream(LoopbackServer):
 # --- fixtures -------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", params=SERVED_BY)
+def served_by(request: pytest.FixtureRequest) -> str:
+    """The command that serves the proxy: every case runs against each."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def proxy(simulator: SimulatorProcess) -> Iterator[ServiceProcess]:
+def proxy(simulator: SimulatorProcess, served_by: str) -> Iterator[ServiceProcess]:
     """A proxy in front of the simulator, for bodies, heads and timeouts."""
-    with start_proxy(simulator.url, env=ENV) as service:
+    with start_served(served_by, simulator.url, env=ENV) as service:
         yield service
 
 
@@ -183,9 +192,9 @@ def evil() -> Iterator[ScriptedServer]:
 
 
 @pytest.fixture(scope="module")
-def guarded(recorder: RecordingUpstream) -> Iterator[ServiceProcess]:
+def guarded(recorder: RecordingUpstream, served_by: str) -> Iterator[ServiceProcess]:
     """A proxy in front of the recording upstream, for framing, injection, targets, fuzz."""
-    with start_proxy(recorder.url, env=ENV) as service:
+    with start_served(served_by, recorder.url, env=ENV) as service:
         yield service
 
 
@@ -701,6 +710,19 @@ def test_trace_and_connect_are_refused_and_never_reach_the_upstream(
     assert "POST" in headers_of(answer)["allow"]
     assert attempts_seen(simulator.url, request_id) == 0
     assert_healthy(proxy, baseline, simulator)
+
+
+def test_answers_carry_one_date_and_no_server_header_of_the_proxys_own(
+    guarded: ServiceProcess, guarded_baseline: Baseline, recorder: RecordingUpstream
+) -> None:
+    """The upstream's Date passes through (the recording upstream sends none), and
+    uvicorn adds neither a Date of its own nor `server: uvicorn`."""
+    answer = send(guarded, b"GET /v1/models HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n")
+    assert status_of(answer) == 200, answer[:300]
+    head = answer.partition(b"\r\n\r\n")[0].lower()
+    assert b"\r\ndate:" not in head, head
+    assert b"\r\nserver:" not in head, head
+    assert_healthy(guarded, guarded_baseline)
 
 
 # --- framing and injection ------------------------------------------------------------------
