@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from tests.deploy.chart import CHART, ROOT
-from zai_proxy.cli import build_parser
+from tests.support import free_port
+from zai_proxy.cli import build_parser, command_names
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 STATIC = ROOT / "services" / "dashboard-api" / "static"
@@ -175,11 +176,7 @@ def test_a_wheel_from_the_context_carries_the_ui_scripts_and_migrations(tmp_path
         if os.environ.get("CI"):
             pytest.fail("the web UI is not built (make ui): the image check needs it")
         pytest.skip("the web UI is not built (cd web && npm ci && npm run build)")
-    context = tmp_path / "context"
-    for path in context_files():
-        if path.startswith(("services/", "pyproject.toml", "README.md", "constraints.txt")):
-            (context / path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / path, context / path)
+    context = copy_context(tmp_path / "context")
     # What the web stage's `npm run build` leaves there.
     shutil.copytree(STATIC, context / "services" / "dashboard-api" / "static")
     result = subprocess.run(
@@ -197,3 +194,58 @@ def test_a_wheel_from_the_context_carries_the_ui_scripts_and_migrations(tmp_path
     assert "zai_proxy/limiter/acquire.lua" in names
     assert "zai_proxy/collector/migrations/versions/0001_snapshot_rollups.py" in names
     assert "zai_proxy/collector/alembic.ini" in names
+
+
+def copy_context(into: Path) -> Path:
+    """The files the Dockerfile's build stage copies, copied into a folder of their own."""
+    for path in context_files():
+        if path.startswith(("services/", "pyproject.toml", "README.md", "constraints.txt")):
+            (into / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / path, into / path)
+    return into
+
+
+@pytest.mark.slow
+def test_a_runtime_only_install_runs_every_commands_help_and_status(tmp_path: Path) -> None:
+    """As the image's build stage installs it (`pip install -c constraints.txt .`, no dev
+    extra) into a fresh virtualenv: every command starts (its --help), and `status`, with
+    nothing running, reports every part down instead of failing on an import."""
+    context = copy_context(tmp_path / "context")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    result = subprocess.run(
+        [
+            str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check",
+            "-c", str(context / "constraints.txt"), str(context),
+        ],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    installed = subprocess.run(
+        [str(venv / "bin" / "pip"), "list", "--format=freeze"],
+        capture_output=True, text=True, check=True,
+    ).stdout.lower()  # fmt: skip
+    for dev_only in ("pytest", "hypothesis", "fakeredis", "mypy"):
+        assert f"\n{dev_only}==" not in f"\n{installed}", dev_only
+    zai_proxy = str(venv / "bin" / "zai-proxy")
+    # Away from the repository, so nothing is imported from the source tree.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    commands = command_names()
+    assert {"proxy", "up", "demo", "status", "migrate"} <= set(commands)
+    for args in ([], *([name] for name in commands)):
+        run = subprocess.run(
+            [zai_proxy, *args, "--help"], capture_output=True, text=True, timeout=60,
+            cwd=tmp_path, env=env, check=False,
+        )  # fmt: skip
+        assert run.returncode == 0 and "usage: zai-proxy" in run.stdout, (args, run.stderr)
+    port = str(free_port())
+    status = subprocess.run(
+        [zai_proxy, "status"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        env={**env, "PROXY_PORT": port, "LIMITER_PORT": port, "COLLECTOR_PORT": port,
+             "DASHBOARD_PORT": port},
+        check=False,
+    )  # fmt: skip
+    assert "Traceback" not in status.stderr, status.stderr
+    assert status.returncode == 1, status.stdout + status.stderr
+    for part in ("proxy", "limiter", "collector", "dashboard"):
+        assert re.search(rf"^{part}\s.*down", status.stdout, re.M), status.stdout
