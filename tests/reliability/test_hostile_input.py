@@ -47,7 +47,7 @@ from tests.reliability.probes import (
     status_of,
 )
 from tests.support import TEST_KEY, ServiceProcess, scrape, start_served, wait_until
-from zai_proxy.proxy.server import REFUSAL_LINGER_SECONDS
+from zai_proxy.proxy.protocol import REFUSAL_LINGER_SECONDS
 from zai_proxy.simulator.process import SimulatorProcess
 
 MAX_BODY = 2 * 1024 * 1024
