@@ -1,4 +1,5 @@
-"""The per-replica worker pool: MAX_WORKERS upstream requests at once, a bounded queue."""
+"""What a replica admits at once: MAX_WORKERS upstream requests and a bounded queue
+(WorkerPool), and MAX_BUFFERED_BODY_BYTES of request bodies in memory (BodyBudget)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ class WorkerPool:
         self.busy += 1
         return time.perf_counter() - start
 
+    def is_full(self) -> bool:
+        """Every worker busy and the queue full: a new request would be refused."""
+        return self.busy >= self.workers and self.waiting >= self.max_queue
+
     def is_idle(self) -> bool:
         """No request holds a worker or waits for one."""
         return self.busy == 0 and self.waiting == 0
@@ -52,3 +57,32 @@ class WorkerPool:
         """Give a slot back."""
         self.busy -= 1
         self._slots.release()
+
+
+class BodyBudget:
+    """Bytes of request bodies that every request of the process together may hold.
+
+    A body is read whole before its request is forwarded (to parse it and to retry it),
+    so without a bound a crowd of large uploads holds memory without limit. A request
+    reserves its declared length before a byte of the body is read (a chunked body: each
+    chunk as it comes) and gives it back when its exchange ends.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the body budget must be at least one byte")
+        self.limit = limit
+        self.held = 0
+
+    def reserve(self, size: int) -> None:
+        """Take ``size`` bytes of the budget, or raise Overloaded (503) and take nothing."""
+        if self.held + size > self.limit:
+            raise Overloaded(
+                "the proxy holds as many request bodies as it may; try again shortly",
+                retry_after=1.0,
+            )
+        self.held += size
+
+    def release(self, size: int) -> None:
+        """Give back what a request reserved."""
+        self.held -= size

@@ -31,7 +31,7 @@ from zai_proxy.limiter.store import LimiterStore
 from zai_proxy.limiter.stores import open_store
 from zai_proxy.proxy.accesslog import AccessLog
 from zai_proxy.proxy.accounting import Accounting
-from zai_proxy.proxy.admission import WorkerPool
+from zai_proxy.proxy.admission import BodyBudget, WorkerPool
 from zai_proxy.proxy.auth import ClientKeys
 from zai_proxy.proxy.forwarding import Forwarder
 from zai_proxy.proxy.headers import UpstreamAuth
@@ -154,6 +154,8 @@ class ProxyApp:
             retries=RetryPolicy(s.max_retries, s.retry_backoff_base, s.retry_backoff_max),
             max_body=s.max_request_body_bytes,
             body_timeout=s.client_body_timeout,
+            body_deadline=s.client_body_total_timeout,
+            budget=BodyBudget(s.max_buffered_body_bytes),
             access_log=access_log,
             keys=self.keys,
         )

@@ -1,9 +1,10 @@
 """The hot path: one request's way through the proxy.
 
-resolve the target → read the body → parse it once (model, stream) → take a worker →
-per attempt: admission by the limiter → open the upstream response → a retryable failure
-goes round again (retries.py), anything else is passed on (whole when small, chunk by
-chunk otherwise, reading usage as it goes) → count tokens → metrics and one log line.
+resolve the target → refuse what cannot be queued or held (before reading it) → read the
+body → parse it once (model, stream) → per attempt: admission by the limiter → take a
+worker → open the upstream response → a retryable failure goes round again (retries.py),
+anything else is passed on (whole when small, chunk by chunk otherwise, reading usage as
+it goes) → count tokens → metrics and one log line.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import aiohttp
 from zai_proxy.limiter.outcomes import Outcome
 from zai_proxy.proxy.accesslog import AccessLog
 from zai_proxy.proxy.accounting import MAX_JSON_BODY, Accounting, Request, StreamTap
-from zai_proxy.proxy.admission import WorkerPool
+from zai_proxy.proxy.admission import BodyBudget, WorkerPool
 from zai_proxy.proxy.auth import ANONYMOUS, ClientKeys
 from zai_proxy.proxy.classify import classify_status
 from zai_proxy.proxy.errors import (
     REFUSED_STATUS,
     MethodNotAllowed,
+    Overloaded,
     ProxyError,
     RequestTimeout,
     RequestTooLarge,
@@ -89,6 +91,7 @@ class Exchange:
     output_text: str = ""
     usage: Usage | None = None
     usage_source: str = ""
+    held: int = 0  # bytes of the body budget reserved
 
 
 class DisconnectWatch:
@@ -131,21 +134,49 @@ class DisconnectWatch:
                 return
 
 
-async def read_body(
-    receive: Any, headers: list[tuple[bytes, bytes]], limit: int, silence: float
-) -> bytes:
-    """The whole request body, refusing more than ``limit`` bytes or ``silence`` seconds
-    without a byte (a client that stalls mid-body would otherwise hold what it sent)."""
+def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """The request's Content-Length (the parser refused every malformed or doubled one),
+    or None: a chunked body, or none."""
     for name, value in headers:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
+        if name == b"content-length":
+            return int(value)
+    return None
+
+
+async def read_body(
+    receive: Any,
+    exchange: Exchange,
+    declared: int | None,
+    *,
+    limit: int,
+    silence: float,
+    deadline: float,
+    budget: BodyBudget,
+) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes, ``silence`` seconds
+    without a byte or ``deadline`` seconds for all of it (a client that stalls or trickles
+    would otherwise hold what it sent), and what the process's body budget cannot hold:
+    a declared length is reserved before a byte is read, a chunked body chunk by chunk.
+    What is reserved is noted in ``exchange.held``; the caller gives it back."""
+    if declared is not None:
+        if declared > limit:
             raise RequestTooLarge(f"request body is larger than {limit} bytes")
+        budget.reserve(declared)
+        exchange.held = declared
     chunks: list[bytes] = []
     size = 0
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + deadline
     while True:
+        left = ends - loop.time()
         try:
-            async with asyncio.timeout(silence):
+            async with asyncio.timeout(min(silence, left)):
                 message = await receive()
         except TimeoutError:
+            if left <= silence:
+                raise RequestTimeout(
+                    f"the request body did not arrive within {deadline:g} s"
+                ) from None
             raise RequestTimeout(f"the request body stalled for {silence:g} s") from None
         if message["type"] == "http.disconnect":
             raise ClientDisconnected
@@ -154,6 +185,9 @@ async def read_body(
             size += len(chunk)
             if size > limit:
                 raise RequestTooLarge(f"request body is larger than {limit} bytes")
+            if declared is None:
+                budget.reserve(len(chunk))
+                exchange.held += len(chunk)
             chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -175,6 +209,8 @@ class Forwarder:
         retries: RetryPolicy,
         max_body: int,
         body_timeout: float,
+        body_deadline: float,
+        budget: BodyBudget,
         access_log: AccessLog | None,
         keys: ClientKeys,
     ) -> None:
@@ -188,6 +224,8 @@ class Forwarder:
         self.accounting = accounting
         self.max_body = max_body
         self.body_timeout = body_timeout
+        self.body_deadline = body_deadline
+        self.budget = budget
         self.access_log = access_log
         self.keys = keys
 
@@ -210,6 +248,8 @@ class Forwarder:
                 asyncio.current_task().uncancel()  # type: ignore[union-attr]
             await self._count_tokens(exchange)
         finally:
+            if exchange.held:
+                self.budget.release(exchange.held)
             self._record(exchange)
 
     async def _forward(self, scope: Scope, receive: Any, send: Any, exchange: Exchange) -> None:
@@ -218,7 +258,18 @@ class Forwarder:
         if exchange.method in REFUSED_METHODS:
             raise MethodNotAllowed(f"{exchange.method} is not forwarded")
         exchange.key = self.keys.alias_of(scope["headers"])
-        body = await read_body(receive, scope["headers"], self.max_body, self.body_timeout)
+        if self.pool.is_full():
+            # Refused before its body is read: reading it would only be thrown away.
+            raise Overloaded("the proxy's request queue is full", retry_after=1.0)
+        body = await read_body(
+            receive,
+            exchange,
+            declared_length(scope["headers"]),
+            limit=self.max_body,
+            silence=self.body_timeout,
+            deadline=self.body_deadline,
+            budget=self.budget,
+        )
         request = exchange.request = self.accounting.prepare(route, exchange.method, body)
         if request.info is None and request.counted and self.accounting.enabled and body:
             self.metrics.unparseable.inc()

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import (
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 from zai_proxy.proxy.errors import (
     REFUSED_STATUS,
@@ -25,6 +30,7 @@ DEFAULT_MAX_HEAD_BYTES = 64 * 1024
 DEFAULT_HEAD_TIMEOUT = 60.0
 # Seconds a refused connection keeps reading (and dropping) input before it is closed.
 REFUSAL_LINGER_SECONDS = 2.0
+CONNECTION_CLOSE = (b"connection", b"close")
 
 
 class RequestRefused(Exception):
@@ -51,14 +57,20 @@ class HardenedProtocol(HttpToolsProtocol):
 
     The fields of a chunked body's trailer are dropped: uvicorn would add them to the
     request's headers (forwarded upstream as if the client had sent them first) with no
-    bound on how many.
+    bound on how many. They count against ``max_head_bytes`` all the same (431): httptools
+    gathers a field by concatenation until it ends, so one field that never ends would
+    cost memory and quadratic time, not only a connection.
 
     What the parser refuses is answered 400 in the proxy's JSON error format (uvicorn's
-    answer is plain text), and the connection is closed.
+    answer is plain text), and the connection is closed; so are the leniencies of RFC 9112
+    that httptools allows: a request line without a version (read as HTTP/0.9, its next
+    lines as headers), and an HTTP/1.1 request without exactly one Host (3.2).
 
-    An answer that is complete before its request's body is (413, a refused target) also
-    closes the connection: uvicorn would read and drop the rest of the body to reuse the
-    connection, for as long as the client cares to send it (a chunked body has no end).
+    An answer that starts before its request's body is complete (401, 413, a refused
+    target, a 503 before reading) says ``Connection: close`` and closes the connection
+    once it is out: uvicorn would read and drop the rest of the body to reuse the
+    connection, for as long as the client cares to send it (a chunked body has no end),
+    and its client would learn of the close only from the EOF.
     """
 
     def __init__(
@@ -78,6 +90,13 @@ class HardenedProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._discarding = False  # refused: what still arrives is dropped until the close
         self._deferred: ProxyError | None = None  # a refusal that waits for an answer ahead
+        self._hosts = 0  # Host fields of the head
+        # Between a chunk's size line and its first byte of data (or its end): the last
+        # chunk's trailer comes here. Chunk events count parser progress within one read.
+        self._chunk_open = False
+        self._chunk_events = 0
+        self._trailer_bytes = 0
+        self._close_after: object = None  # the cycle whose early answer promised a close
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -90,11 +109,20 @@ class HardenedProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._discarding:
             return
+        # A read that starts and ends inside the last chunk, with no chunk data or end in
+        # between, is trailer: its bytes sit in httptools' unfinished field.
+        in_chunk, events = self._chunk_open, self._chunk_events
         super().data_received(data)
-        if self._head_open and self._head_started and not self.transport.is_closing():
+        if self._discarding or self.transport.is_closing():
+            return  # refused (in a parser callback, or before)
+        if self._head_open and self._head_started:
             self._head_bytes += len(data)
             if self._head_bytes > self.max_head_bytes:
                 self._refuse(self._head_too_large())
+        elif in_chunk and self._chunk_open and events == self._chunk_events:
+            self._trailer_bytes += len(data)
+            if self._trailer_bytes > self.max_head_bytes:
+                self._refuse(self._trailer_too_large())
 
     def send_400_response(self, msg: str) -> None:
         # The parser refused the input. After a refusal of ours (which stopped the parser)
@@ -105,24 +133,81 @@ class HardenedProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._head_open = self._head_started = True
-        self._head_bytes = self._field_bytes = 0
+        self._head_bytes = self._field_bytes = self._trailer_bytes = self._hosts = 0
+        self._chunk_open = False
         if self._head_timer is None:
             self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._head_open:  # else a trailer field
+        if self._head_open:
             self._field_bytes += len(name) + len(value)
+            if len(name) == 4 and name.lower() == b"host":
+                self._hosts += 1
             super().on_header(name, value)
+            return
+        # A trailer field: dropped, but counted.
+        self._trailer_bytes += len(name) + len(value)
+        if self._trailer_bytes > self.max_head_bytes:
+            self._refuse(self._trailer_too_large())
+            raise RequestRefused
 
     def on_headers_complete(self) -> None:
         self._head_open = self._head_started = False
         self._stop_head_timer()
-        if len(self.url) + self._field_bytes > self.max_head_bytes:
-            self._refuse(self._head_too_large())
+        refusal = self._head_refusal()
+        if refusal is not None:
+            self._refuse(refusal)
             raise RequestRefused  # stops the parser: the application never sees the request
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # else upgraded, or not served
+            cycle.send = self._closing_early(cycle)  # type: ignore[method-assign,assignment]
         if "raw_path" in self.scope and not self.url.startswith(b"/"):
             self.scope["raw_path"] = self.url.partition(b"?")[0]
+
+    def _head_refusal(self) -> ProxyError | None:
+        """Why a complete head is refused before the application sees it, if it is."""
+        if len(self.url) + self._field_bytes > self.max_head_bytes:
+            return self._head_too_large()
+        version = self.parser.get_http_version()
+        if version not in ("1.1", "1.0"):
+            return MalformedRequest("the request line must end with HTTP/1.1 or HTTP/1.0")
+        if self._hosts > 1 or (self._hosts == 0 and version == "1.1"):
+            return MalformedRequest("an HTTP/1.1 request must carry exactly one Host header")
+        return None
+
+    def on_chunk_header(self) -> None:
+        self._chunk_open = True
+        self._chunk_events += 1
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_open = False
+        self._chunk_events += 1
+
+    def on_body(self, body: bytes) -> None:
+        self._chunk_open = False
+        self._chunk_events += 1
+        super().on_body(body)
+
+    def _closing_early(self, cycle: RequestResponseCycle) -> Callable[[Any], Awaitable[None]]:
+        """The cycle's send, saying ``Connection: close`` on an answer that starts before
+        the request's body is complete; the close itself is on_response_complete's."""
+        send = cycle.send
+
+        async def send_closing_early(message: Any) -> None:
+            if message["type"] != "http.response.start" or not cycle.more_body:
+                await send(message)
+                return
+            headers = list(message.get("headers", ()))
+            if CONNECTION_CLOSE not in headers:
+                headers.append(CONNECTION_CLOSE)
+            await send({**message, "headers": headers})  # type: ignore[arg-type]
+            # uvicorn would close the socket the moment the answer is out, and unread input
+            # would turn the close into a reset: the close follows a linger instead.
+            cycle.keep_alive = True
+            self._close_after = cycle
+
+        return send_closing_early
 
     def on_response_complete(self) -> None:
         if self._deferred is not None and not self.pipeline and not self.transport.is_closing():
@@ -133,7 +218,7 @@ class HardenedProtocol(HttpToolsProtocol):
         if (
             cycle is not None
             and cycle.response_complete  # this answer's cycle, not a pipelined one's
-            and cycle.more_body
+            and (cycle.more_body or cycle is self._close_after)
             and not self.transport.is_closing()
         ):
             self.server_state.total_requests += 1
@@ -149,6 +234,11 @@ class HardenedProtocol(HttpToolsProtocol):
     def _head_too_large(self) -> RequestHeadTooLarge:
         return RequestHeadTooLarge(
             f"request target and headers are larger than {self.max_head_bytes} bytes"
+        )
+
+    def _trailer_too_large(self) -> RequestHeadTooLarge:
+        return RequestHeadTooLarge(
+            f"the chunked body's trailer is larger than {self.max_head_bytes} bytes"
         )
 
     def _head_timed_out(self) -> None:

@@ -87,6 +87,18 @@ class ProxySettings(BaseSettings):
         default=60.0,
         description="Longest silence from a client while its request body is read; then 408.",
     )
+    client_body_total_timeout: Seconds = Field(
+        default=300.0,
+        description="Longest time a client may take to send a whole request body; then 408.",
+    )
+    max_buffered_body_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1024,
+        description=(
+            "Request body bytes all requests together may hold in memory; a request that "
+            "would pass it gets 503 before its body is read."
+        ),
+    )
     shutdown_delay: float = Field(
         default=0.0,
         ge=0,

@@ -54,12 +54,14 @@ MAX_BODY = 2 * 1024 * 1024
 MAX_HEAD = 8 * 1024
 HEAD_TIMEOUT = 1.5
 BODY_TIMEOUT = 1.5
+BODY_TOTAL_TIMEOUT = 3.0
 WORKERS = 8
 ENV = {
     "MAX_REQUEST_BODY_BYTES": str(MAX_BODY),
     "MAX_REQUEST_HEADER_BYTES": str(MAX_HEAD),
     "CLIENT_HEADER_TIMEOUT": str(HEAD_TIMEOUT),
     "CLIENT_BODY_TIMEOUT": str(BODY_TIMEOUT),
+    "CLIENT_BODY_TOTAL_TIMEOUT": str(BODY_TOTAL_TIMEOUT),
     "MAX_WORKERS": str(WORKERS),
     # One attempt per request, so upstream counts are request counts.
     "MAX_RETRIES": "0",
@@ -493,44 +495,123 @@ def test_a_body_that_stalls_gets_408_after_the_body_timeout(
     assert_healthy(proxy, baseline, simulator)
 
 
-def test_an_endless_chunked_trailer_is_dropped_as_it_comes_and_times_out(
-    proxy: ServiceProcess, baseline: Baseline, simulator: SimulatorProcess
+class RSSSampler:
+    """Samples a process's resident memory every 50 ms while the block runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples = [rss_bytes(pid)]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RSSSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.samples.append(rss_bytes(self.pid))
+
+    @property
+    def growth(self) -> int:
+        return max(self.samples) - self.samples[0]
+
+
+ENDLESS_TRAILERS = {
+    # Each field ends: uvicorn would keep every one as a header.
+    "many fields": b"X-Trailer: %s\r\n" % (b"a" * 50) * 1000,
+    # One field that never ends: httptools concatenates it, read by read.
+    "one field that never ends": b"a" * 65536,
+}
+
+
+@pytest.mark.parametrize("pieces", ENDLESS_TRAILERS.values(), ids=ENDLESS_TRAILERS.keys())
+def test_a_chunked_trailer_over_the_head_limit_gets_431_at_once_and_memory_stays_flat(
+    proxy: ServiceProcess, baseline: Baseline, simulator: SimulatorProcess, pieces: bytes
 ) -> None:
     """Trailer fields are not headers and none is kept (uvicorn would keep every one, in
-    memory, and forward them upstream as headers); a trailer that never ends is a body
-    that never ends: 408 once the body timeout passes."""
+    memory, and forward them upstream as headers); they count against the head limit, so
+    a trailer that never ends is refused as soon as it is larger than a head may be."""
     request_id, before = new_id(), sim_requests(simulator)
-    pid = proxy.process.pid
-    samples = [rss_bytes(pid)]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(0.05):
-            samples.append(rss_bytes(pid))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    fields = b"X-Trailer: %s\r\n" % (b"a" * 50) * 1000
-    with socket.create_connection(("127.0.0.1", port_of(proxy.url)), timeout=HANG) as sock:
+    first = b"X-Trailer: " if pieces.startswith(b"a") else b""
+    with (
+        socket.create_connection(("127.0.0.1", port_of(proxy.url)), timeout=HANG) as sock,
+        RSSSampler(proxy.process.pid) as rss,
+    ):
         sock.sendall(
             chat_head(request_id, b"Transfer-Encoding: chunked\r\n\r\n")
-            + b"%x\r\n%s\r\n0\r\n" % (len(CHAT_BODY), CHAT_BODY)
+            + b"%x\r\n%s\r\n0\r\n%s" % (len(CHAT_BODY), CHAT_BODY, first)
         )
-        sampler.start()
-        with Sender(sock, itertools.repeat(fields)) as sender:
+        started = time.monotonic()
+        with Sender(sock, itertools.repeat(pieces)) as sender:
             answer = read_until_close(sock)
+            took = time.monotonic() - started
             sender.wait(REFUSAL_LINGER_SECONDS + HANG)
-        stop.set()
-        sampler.join()
-    growth = max(samples) - samples[0]
     print(
-        f"an endless trailer: 408 after {sender.sent / 2**20:.0f} MiB of fields; proxy RSS "
-        f"+{growth / 2**20:.1f} MiB at most"
+        f"an endless trailer ({len(pieces)} B pieces): {status_of(answer)} after {took:.2f} s "
+        f"and {sender.sent / 2**20:.1f} MiB; proxy RSS +{rss.growth / 2**20:.1f} MiB at most"
     )
+    assert status_of(answer) == 431, answer[:300]
+    assert proxy_error_of(answer) == "request_header_too_large"
+    assert headers_of(answer)["connection"] == "close"
+    assert took < BODY_TIMEOUT  # refused, not timed out
+    assert rss.growth < 16 * 2**20
+    assert attempts_seen(simulator.url, request_id) == 0
+    assert sim_requests(simulator) == before
+    assert_healthy(proxy, baseline, simulator)
+
+
+EARLY_ANSWERS = {
+    "a declared body over the limit (413)": (b"/v1/chat/completions", 64 * MAX_BODY, 413),
+    "a target off the upstream (400)": (b"http://evil.example/v1/chat/completions", 1000, 400),
+}
+
+
+@pytest.mark.parametrize("case", EARLY_ANSWERS.values(), ids=EARLY_ANSWERS.keys())
+def test_an_answer_before_the_body_says_connection_close_then_closes(
+    proxy: ServiceProcess, baseline: Baseline, simulator: SimulatorProcess, case: Any
+) -> None:
+    """A keep-alive client that gets its answer before it sent its body learns from the
+    answer that the connection ends (else its next request would meet an EOF)."""
+    target, length, status = case
+    request_id, before = new_id(), sim_requests(simulator)
+    head = b"POST %s HTTP/1.1\r\nHost: proxy\r\nX-Request-Id: %s\r\nContent-Length: %d\r\n\r\n" % (
+        target,
+        request_id.encode(),
+        length,
+    )
+    with socket.create_connection(("127.0.0.1", port_of(proxy.url)), timeout=HANG) as sock:
+        sock.sendall(head)
+        answer = read_until_close(sock)
+    assert status_of(answer) == status, answer[:300]
+    assert headers_of(answer)["connection"] == "close", answer[:300]
+    assert len(statuses_of(answer)) == 1
+    assert sim_requests(simulator) == before
+    assert_healthy(proxy, baseline, simulator)
+
+
+def test_a_body_trickled_forever_gets_408_after_the_total_body_timeout(
+    proxy: ServiceProcess, baseline: Baseline, simulator: SimulatorProcess
+) -> None:
+    """One byte every half second never leaves CLIENT_BODY_TIMEOUT's silence, but the
+    body as a whole has CLIENT_BODY_TOTAL_TIMEOUT."""
+    request_id, before = new_id(), sim_requests(simulator)
+    head = chat_head(request_id, b"Content-Length: %d\r\n\r\n" % len(CHAT_BODY))
+    with socket.create_connection(("127.0.0.1", port_of(proxy.url)), timeout=HANG) as sock:
+        sock.sendall(head)
+        started = time.monotonic()
+        with Sender(sock, (CHAT_BODY[i : i + 1] for i in range(len(CHAT_BODY))), gap=0.5):
+            answer = read_until_close(sock)
+        took = time.monotonic() - started
+    print(f"a trickled body: {status_of(answer)} after {took:.2f} s")
     assert status_of(answer) == 408, answer[:300]
     assert proxy_error_of(answer) == "request_timeout"
-    # Kept as headers, 16 MiB of fields would take some 50 MiB of memory.
-    assert sender.sent >= 16 * 2**20
-    assert growth < 32 * 2**20
+    assert headers_of(answer)["connection"] == "close"
+    assert BODY_TOTAL_TIMEOUT * 0.8 < took < BODY_TOTAL_TIMEOUT + HANG
     assert attempts_seen(simulator.url, request_id) == 0
     assert sim_requests(simulator) == before
     assert_healthy(proxy, baseline, simulator)
@@ -857,6 +938,44 @@ def test_encoded_line_breaks_pass_through_as_text_and_make_no_header_upstream(
     assert b"\r\nx-note: a%0d%0aInjected: yes\r\n" in received.head
     assert received.header(b"injected") == []
     assert received.header(b"host") == [recorder.host]  # the client's Host stays behind
+    assert_healthy(guarded, guarded_baseline)
+
+
+# RFC 9112 3.2 and 2.3: what httptools lets through and a strict front door refuses.
+LENIENT_HEADS = {
+    "HTTP/1.1 without Host": b"GET /v1/models HTTP/1.1\r\nConnection: close\r\n\r\n",
+    "two Hosts": (
+        b"GET /v1/models HTTP/1.1\r\nHost: proxy\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+    ),
+    "two Hosts in HTTP/1.0": (
+        b"GET /v1/models HTTP/1.0\r\nHost: proxy\r\nHost: evil.example\r\n\r\n"
+    ),
+    # Read as HTTP/0.9, its next lines as headers: x-injected reached the upstream.
+    "a request line without a version": (
+        b"GET /v1/models\r\nHost: proxy\r\nX-Injected: yes HTTP/1.1\r\n\r\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("head", LENIENT_HEADS.values(), ids=LENIENT_HEADS.keys())
+def test_a_missing_or_doubled_host_and_a_versionless_request_line_are_refused(
+    guarded: ServiceProcess, guarded_baseline: Baseline, recorder: RecordingUpstream, head: bytes
+) -> None:
+    before = len(recorder.received)
+    answer = send(guarded, head)
+    assert answer.startswith(b"HTTP/1.1 400 ") and ends_with_parser_refusal(answer), answer[:300]
+    assert len(recorder.received) == before
+    assert_healthy(guarded, guarded_baseline)
+
+
+def test_an_http_1_0_request_without_host_is_served(
+    guarded: ServiceProcess, guarded_baseline: Baseline, recorder: RecordingUpstream
+) -> None:
+    """HTTP/1.0 has no Host requirement (RFC 9112 3.2 asks it of HTTP/1.1 only)."""
+    before = len(recorder.received)
+    answer = send(guarded, b"GET /v1/models HTTP/1.0\r\n\r\n")
+    assert status_of(answer) == 200, answer[:300]
+    assert len(recorder.received) == before + 1
     assert_healthy(guarded, guarded_baseline)
 
 
