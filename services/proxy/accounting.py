@@ -11,6 +11,7 @@ so holding the tail of one until its blank line arrives delays nothing it could 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -43,15 +44,19 @@ _USAGE_NULL = re.compile(rb'"usage"\s*:\s*null\s*,(?:\s|data:)*|,(?:\s|data:)*"u
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
 # Non-streamed answers larger than this are passed on without a usage read.
 MAX_JSON_BODY = 8 * 1024 * 1024
-# Request bodies from this size on have their text for an estimate collected on a thread.
+# Request bodies from this size on are not kept parsed; their text for an estimate is
+# collected on a thread.
 OFFLOAD_BODY_BYTES = 256 * 1024
+# A request body as read: a bytearray filled in place (one copy), or bytes.
+Body = bytes | bytearray
 
 
 @dataclass(slots=True)
 class Request:
-    """What the proxy learned from a request body, and the body to send upstream."""
+    """What the proxy learned from a request body, and the body to send upstream (the one
+    copy of it the proxy holds: a large body's parsed form is not kept)."""
 
-    body: bytes
+    body: Body
     info: RequestInfo | None
     injected: bool = False
     counted: bool = True
@@ -133,8 +138,17 @@ class Accounting:
     def enabled(self) -> bool:
         return self.estimator is not None
 
-    def prepare(self, route: Route, method: str, body: bytes) -> Request:
+    def prepare(self, route: Route, method: str, body: Body) -> Request:
         """Parse the request once; add usage to OpenAI streams that did not ask for it."""
+        request = self._prepare(route, method, body)
+        info = request.info
+        if info is not None and len(body) >= OFFLOAD_BODY_BYTES:
+            # Held for the whole exchange, the parsed form of a large body would cost as
+            # much memory again: an estimate (rare: upstreams report usage) parses anew.
+            request.info = dataclasses.replace(info, parsed=None)
+        return request
+
+    def _prepare(self, route: Route, method: str, body: Body) -> Request:
         if not self.enabled or method != "POST" or not body:
             return Request(body, None, counted=route.template in COUNTED_ROUTES)
         info = request_fields(body)
@@ -180,12 +194,12 @@ class Accounting:
         assert self.estimator is not None
         usage = Usage()
         if request.info is not None:
-            if len(request.body) < OFFLOAD_BODY_BYTES:
+            if request.info.parsed is not None:
                 text, messages = request_text(dialect, request.info.parsed)
             else:
-                # Walking a large body is pure Python (a second per million messages): on a
-                # thread the loop keeps serving, as the interpreter switches every 5 ms.
-                text, messages = await asyncio.to_thread(request_text, dialect, request.info.parsed)
+                # Parsing and walking a large body is slow (a second per million messages):
+                # on a thread the loop keeps serving, as the interpreter switches every 5 ms.
+                text, messages = await asyncio.to_thread(_request_text, dialect, request.body)
             usage.input = await self.estimator.count_async(text)
             if messages:
                 usage.input = self.estimator.estimate_input_from_count(usage.input, messages)
@@ -196,3 +210,11 @@ class Accounting:
                     usage.output, len(output_text), overflow_chars
                 )
         return usage
+
+
+def _request_text(dialect: Dialect, body: Body) -> tuple[str, int]:
+    """The text of a request body kept unparsed, for an estimate."""
+    info = request_fields(body)
+    if info is None or info.parsed is None:
+        return "", 0
+    return request_text(dialect, info.parsed)

@@ -21,7 +21,7 @@ import aiohttp
 
 from zai_proxy.limiter.outcomes import Outcome
 from zai_proxy.proxy.accesslog import AccessLog
-from zai_proxy.proxy.accounting import MAX_JSON_BODY, Accounting, Request, StreamTap
+from zai_proxy.proxy.accounting import MAX_JSON_BODY, Accounting, Body, Request, StreamTap
 from zai_proxy.proxy.admission import BodyBudget, WorkerPool
 from zai_proxy.proxy.auth import ANONYMOUS, ClientKeys
 from zai_proxy.proxy.classify import classify_status
@@ -152,7 +152,7 @@ async def read_body(
     silence: float,
     deadline: float,
     budget: BodyBudget,
-) -> bytes:
+) -> Body:
     """The whole request body, refusing more than ``limit`` bytes, ``silence`` seconds
     without a byte or ``deadline`` seconds for all of it (a client that stalls or trickles
     would otherwise hold what it sent), and what the process's body budget cannot hold:
@@ -163,7 +163,8 @@ async def read_body(
             raise RequestTooLarge(f"request body is larger than {limit} bytes")
         budget.reserve(declared)
         exchange.held = declared
-    chunks: list[bytes] = []
+    # One copy: a declared length is filled in place, a chunked body grows as it comes.
+    body = bytearray(declared or 0)
     size = 0
     loop = asyncio.get_running_loop()
     ends = loop.time() + deadline
@@ -182,15 +183,17 @@ async def read_body(
             raise ClientDisconnected
         chunk = message.get("body", b"")
         if chunk:
-            size += len(chunk)
-            if size > limit:
+            if size + len(chunk) > limit:
                 raise RequestTooLarge(f"request body is larger than {limit} bytes")
             if declared is None:
                 budget.reserve(len(chunk))
                 exchange.held += len(chunk)
-            chunks.append(chunk)
+                body += chunk
+            else:
+                body[size : size + len(chunk)] = chunk
+            size += len(chunk)
         if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            return body if body else b""
 
 
 class Forwarder:
@@ -273,6 +276,7 @@ class Forwarder:
         request = exchange.request = self.accounting.prepare(route, exchange.method, body)
         if request.info is None and request.counted and self.accounting.enabled and body:
             self.metrics.unparseable.inc()
+        del body  # the request holds what goes upstream (a copy when usage was injected)
         exchange.model = self.metrics.models(request.model)
 
         self.limiter.arrived()

@@ -64,7 +64,7 @@ async def open_response(
     method: str,
     url: str,
     headers: list[tuple[str, str]],
-    body: bytes,
+    body: bytes | bytearray,
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     """Send a request and yield the response once its headers are in."""
     try:

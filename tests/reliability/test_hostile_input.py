@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -615,6 +616,91 @@ def test_a_body_trickled_forever_gets_408_after_the_total_body_timeout(
     assert attempts_seen(simulator.url, request_id) == 0
     assert sim_requests(simulator) == before
     assert_healthy(proxy, baseline, simulator)
+
+
+# A replica with its default body limits (32 MiB a body, 256 MiB of bodies in all) and a
+# small worker pool and queue, for crowds of uploads.
+CROWDED_ENV = {"MAX_WORKERS": "2", "MAX_QUEUE": "2", "MAX_RETRIES": "0"}
+UPLOAD_BYTES = 31 * 2**20
+
+
+@pytest.fixture(scope="module")
+def crowded(simulator: SimulatorProcess, served_by: str) -> Iterator[ServiceProcess]:
+    with start_served(served_by, simulator.url, env=CROWDED_ENV) as service:
+        yield service
+
+
+def upload(port: int, body: bytes, extra: bytes = b"") -> tuple[bytes, int]:
+    """POST a body in 1 MiB writes, as fast as the proxy takes it; the answer, and how
+    many bytes of the body went out before the proxy answered or stopped taking them."""
+    head = chat_head(new_id(), b"Content-Length: %d\r\nConnection: close\r\n%s\r\n" % (
+        len(body), extra))  # fmt: skip
+    with socket.create_connection(("127.0.0.1", port), timeout=HANG * 4) as sock:
+        sock.sendall(head)
+        pieces = (body[i : i + 2**20] for i in range(0, len(body), 2**20))
+        with Sender(sock, pieces) as sender:
+            sock.settimeout(HANG * 4)
+            answer = b""
+            with contextlib.suppress(ConnectionResetError):
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            sent = sender.sent
+    return answer, sent
+
+
+def test_a_crowd_of_large_uploads_is_held_to_the_body_budget_and_the_rest_refused_unread(
+    crowded: ServiceProcess, simulator: SimulatorProcess
+) -> None:
+    """40 uploads of 31 MiB at once: the budget (256 MiB) holds 8 of them; the others get
+    503 with Retry-After before their bodies are read, and memory grows by about what the
+    budget holds, not by 1.2 GiB."""
+    body = orjson.dumps(
+        {"model": "glm-4.6", "messages": [{"role": "user", "content": "a" * (UPLOAD_BYTES - 80)}]}
+    )
+    assert len(body) <= UPLOAD_BYTES
+    port = port_of(crowded.url)
+    with RSSSampler(crowded.process.pid) as rss, ThreadPoolExecutor(40) as pool:
+        results = list(pool.map(lambda _: upload(port, body), range(40)))
+    statuses = [status_of(answer) for answer, _ in results]
+    refused = [
+        (answer, sent) for answer, sent in results
+        if proxy_error_of(answer) == "proxy_overloaded"
+    ]  # fmt: skip
+    print(
+        f"40 uploads of {len(body) / 2**20:.0f} MiB: {sorted(statuses)}; proxy RSS "
+        f"+{rss.growth / 2**20:.0f} MiB at most; refused uploads sent "
+        f"{max(sent for _, sent in refused) / 2**20:.1f} MiB at most before their answer"
+    )
+    assert all(status in (200, 503) for status in statuses), statuses
+    assert statuses.count(200) >= 1
+    # At most 8 bodies fit the budget: every other upload is refused.
+    assert len(refused) >= 32
+    for answer, _ in refused:
+        assert headers_of(answer)["retry-after"] == "1"
+        assert headers_of(answer)["connection"] == "close"
+    assert rss.growth < 400 * 2**20
+    wait_until(lambda: scrape(crowded.url).value("proxy_in_flight_requests") == 0, HANG)
+
+
+def test_a_request_that_finds_the_queue_full_is_refused_before_its_body_is_read(
+    crowded: ServiceProcess, simulator: SimulatorProcess
+) -> None:
+    """Two slow requests hold both workers and two more fill the queue: the next one gets
+    503 while its body is still unsent."""
+    slow = b"X-Sim-Latency-Ms: 3000\r\n"
+    port = port_of(crowded.url)
+    with ThreadPoolExecutor(4) as pool:
+        holders = [pool.submit(upload, port, CHAT_BODY, slow) for _ in range(4)]
+        wait_until(
+            lambda: scrape(crowded.url).value("proxy_queued_requests") >= 2, HANG, interval=0.02
+        )
+        head = chat_head(new_id(), b"Content-Length: %d\r\n\r\n" % len(CHAT_BODY))
+        answer = exchange(port, head, timeout=HANG)  # the body is never sent
+        assert [status_of(h.result()[0]) for h in holders] == [200] * 4
+    assert status_of(answer) == 503, answer[:300]
+    assert proxy_error_of(answer) == "proxy_overloaded"
+    assert headers_of(answer)["connection"] == "close"
+    assert headers_of(answer)["retry-after"] == "1"
 
 
 # The upstream, not the proxy, judges a body: these pass through byte for byte, are
