@@ -45,7 +45,12 @@ from zai_proxy.proxy.limiting import ProxyLimiter, RateLimited
 from zai_proxy.proxy.metrics import UNKNOWN, ProxyMetrics
 from zai_proxy.proxy.retries import RETRYABLE, RetryableAttempt, RetryPolicy, UpstreamAnswer
 from zai_proxy.proxy.routing import Dialect, Route, Router
-from zai_proxy.proxy.upstream import UPSTREAM_ERRORS, open_response, translate
+from zai_proxy.proxy.upstream import (
+    UPSTREAM_ERRORS,
+    UpstreamFailureLog,
+    open_response,
+    translate,
+)
 from zai_proxy.proxy.usage import Usage
 
 Scope = dict[str, Any]
@@ -229,6 +234,7 @@ class Forwarder:
         self.body_timeout = body_timeout
         self.body_deadline = body_deadline
         self.budget = budget
+        self.failures = UpstreamFailureLog()
         self.access_log = access_log
         self.keys = keys
 
@@ -358,6 +364,7 @@ class Forwarder:
                 await self._respond(response, send, exchange, route, request)
         except (UpstreamUnavailable, UpstreamTimeout) as err:
             outcome = Outcome.NETWORK
+            self.failures.failed(route.url, err)
             self.metrics.upstream_error(
                 "timeout" if isinstance(err, UpstreamTimeout) else "network"
             )

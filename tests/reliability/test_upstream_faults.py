@@ -21,7 +21,7 @@ from tests.reliability.probes import (
     attempts_seen,
     sim_stats,
 )
-from tests.support import ServiceProcess, free_port, scrape, start_proxy
+from tests.support import ServiceProcess, free_port, scrape, start_proxy, wait_until
 from zai_proxy.simulator.process import SimulatorProcess
 
 MAX_RETRIES = 2
@@ -104,6 +104,21 @@ def test_a_refused_connection_is_retried_then_answered_502_and_nothing_leaks() -
         assert_settled(proxy, baseline)
     print(f"100 requests to a refused port: all 502 in {took:.2f} s")
     assert took < 10
+
+
+def test_an_upstream_that_cannot_be_reached_is_named_in_one_warning_not_one_a_request() -> None:
+    port = free_port()
+    with start_proxy(f"http://127.0.0.1:{port}", env=ENV) as proxy:
+        for _ in range(3):
+            assert {a.status_code for a in responses(post_all(proxy.url, 20))} == {502}
+        wait_until(lambda: "cannot connect" in proxy.log(), 5)
+        time.sleep(0.5)  # the log is written from a queue
+        warnings = [line for line in proxy.log().splitlines() if f"127.0.0.1:{port}" in line]
+    print(f"60 requests, 180 attempts at a refused port: {warnings}")
+    assert len(warnings) == 1, warnings
+    (warning,) = warnings
+    assert "WARNING" in warning and "cannot connect" in warning
+    assert "ClientConnectorError" in warning  # the library's error, as it said it
 
 
 # --- resets ---------------------------------------------------------------------------------
