@@ -51,7 +51,7 @@ def _serve(app: Any, host: str, port: int, **options: Any) -> int:
 def _run_limiter(args: argparse.Namespace) -> int:
     from zai_proxy.limiter.app import build_app
     from zai_proxy.limiter.settings import LimiterSettings
-    from zai_proxy.logs import configure_logging
+    from zai_proxy.shared.logs import configure_logging
 
     settings = LimiterSettings()
     configure_logging(settings.log_level)
@@ -65,7 +65,7 @@ def _run_collector(args: argparse.Namespace) -> int:
     from zai_proxy.collector import migrate
     from zai_proxy.collector.app import build_app
     from zai_proxy.collector.settings import CollectorSettings
-    from zai_proxy.logs import configure_logging
+    from zai_proxy.shared.logs import configure_logging
 
     settings = CollectorSettings()
     configure_logging(settings.log_level)
@@ -80,7 +80,7 @@ def _run_dashboard(args: argparse.Namespace) -> int:
     from zai_proxy.collector import migrate
     from zai_proxy.dashboard_api.app import build_app
     from zai_proxy.dashboard_api.settings import DashboardSettings
-    from zai_proxy.logs import configure_logging
+    from zai_proxy.shared.logs import configure_logging
 
     settings = DashboardSettings()
     configure_logging(settings.log_level)

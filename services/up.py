@@ -333,7 +333,7 @@ def banner(parts: list[Part], notes: list[str]) -> str:
 
 def run(demo: bool = False, host: str | None = None, port: int | None = None) -> int:
     """Compose every part's settings, build the stack, print the banner, serve until stopped."""
-    from zai_proxy.logs import configure_logging
+    from zai_proxy.shared.logs import configure_logging
 
     config = compose(demo, host, port)
     configure_logging(config.proxies[0].log_level)

@@ -72,8 +72,7 @@ from zai_proxy.collector.scrape_parse import (
     parse_exposition,
 )
 from zai_proxy.collector.snapshot import ModelFigures, Snapshot
-from zai_proxy.limiter import metrics as limiter_metrics
-from zai_proxy.proxy import metrics as proxy_metrics
+from zai_proxy.shared import limiter_metrics, proxy_metrics
 
 # A previous scrape older than this many intervals only primes (see the module docstring).
 DEFAULT_MAX_GAP_INTERVALS = 3.0

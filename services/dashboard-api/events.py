@@ -34,7 +34,7 @@ from starlette.types import Receive, Scope, Send
 from zai_proxy.collector.database import StorageError
 from zai_proxy.dashboard_api.points import Round, event_id
 from zai_proxy.dashboard_api.queries import HistoryReader
-from zai_proxy.tasks import cancel_and_wait
+from zai_proxy.shared.tasks import cancel_and_wait
 
 log = logging.getLogger("zai_proxy.dashboard")
 

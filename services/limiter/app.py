@@ -27,8 +27,8 @@ from zai_proxy.limiter.quota_poller import QuotaPoller
 from zai_proxy.limiter.settings import LimiterSettings
 from zai_proxy.limiter.store import LimiterStore, StoreError
 from zai_proxy.limiter.stores import open_store
-from zai_proxy.proxy.metrics import renderer
-from zai_proxy.tasks import cancel_and_wait
+from zai_proxy.shared.exposition import renderer
+from zai_proxy.shared.tasks import cancel_and_wait
 
 log = logging.getLogger("zai_proxy.limiter")
 

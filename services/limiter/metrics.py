@@ -14,22 +14,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from zai_proxy.limiter.control import StepResult
 from zai_proxy.limiter.controller import RateLimitParams
 from zai_proxy.limiter.outcomes import Outcome
-
-RATE = "limiter_rate"
-CEILING = "limiter_ceiling"
-HOLD = "limiter_hold_rate"
-CONCURRENCY = "limiter_concurrency_limit"
-DECISIONS = "limiter_decisions_total"
-WINDOW_REQUESTS = "limiter_window_requests"
-WINDOW_429_RATIO = "limiter_window_429_ratio"
-QUOTA_CAP = "limiter_quota_rate_cap"
-LEADER = "limiter_leader"
-STORE_UP = "limiter_store_up"
-REPLICAS = "limiter_replicas"
-QUOTA_USED = "limiter_quota_used_ratio"
-QUOTA_REMAINING = "limiter_quota_remaining_ratio"
-QUOTA_RESET = "limiter_quota_reset_timestamp_seconds"
-QUOTA_AGE = "limiter_quota_sample_age_seconds"
+from zai_proxy.shared.limiter_metrics import (
+    CEILING,
+    CONCURRENCY,
+    DECISIONS,
+    HOLD,
+    LEADER,
+    QUOTA_AGE,
+    QUOTA_CAP,
+    QUOTA_REMAINING,
+    QUOTA_RESET,
+    QUOTA_USED,
+    RATE,
+    REPLICAS,
+    STORE_UP,
+    WINDOW_429_RATIO,
+    WINDOW_REQUESTS,
+)
 
 _RATIO_CLASSES = ("rate_frequency", "rate_concurrency", "rate_quota", "rate_congestion")
 

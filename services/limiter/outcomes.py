@@ -18,20 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from enum import StrEnum
 
-
-class Outcome(StrEnum):
-    """The class of one upstream attempt, as proxies report it."""
-
-    OK = "ok"
-    RATE_FREQUENCY = "rate_frequency"
-    RATE_CONCURRENCY = "rate_concurrency"
-    RATE_QUOTA = "rate_quota"
-    RATE_CONGESTION = "rate_congestion"
-    SERVER_ERROR = "server_error"
-    NETWORK = "network"
-    CLIENT_ERROR = "client_error"
+from zai_proxy.shared.outcomes import Outcome
 
 
 @dataclass(frozen=True, slots=True)

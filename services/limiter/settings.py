@@ -20,7 +20,7 @@ from zai_proxy.limiter.store import (
     DEFAULT_PREFIX,
     StoreConfig,
 )
-from zai_proxy.proxy.settings import DEFAULT_TARGET_URL
+from zai_proxy.shared.defaults import DEFAULT_TARGET_URL
 
 
 class LimiterSettings(BaseSettings):

@@ -37,13 +37,14 @@ from zai_proxy.proxy.forwarding import Forwarder
 from zai_proxy.proxy.headers import UpstreamAuth
 from zai_proxy.proxy.limiting import ProxyLimiter
 from zai_proxy.proxy.memory import trim_when_idle
-from zai_proxy.proxy.metrics import ProxyMetrics, renderer
+from zai_proxy.proxy.metrics import ProxyMetrics
 from zai_proxy.proxy.retries import RetryPolicy
 from zai_proxy.proxy.routing import Router
 from zai_proxy.proxy.settings import ProxySettings
 from zai_proxy.proxy.tokens import TokenEstimator, encoding_for, load_encoding
 from zai_proxy.proxy.upstream import create_session
-from zai_proxy.tasks import cancel_and_wait
+from zai_proxy.shared.exposition import renderer
+from zai_proxy.shared.tasks import cancel_and_wait
 
 log = logging.getLogger("zai_proxy.proxy")
 

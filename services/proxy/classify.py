@@ -25,7 +25,7 @@ from typing import Any
 
 import orjson
 
-from zai_proxy.limiter.outcomes import Outcome
+from zai_proxy.shared.outcomes import Outcome
 
 ZAI_CODES: dict[str, Outcome] = {
     "1302": Outcome.RATE_CONCURRENCY,

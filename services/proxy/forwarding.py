@@ -19,7 +19,6 @@ from typing import Any
 
 import aiohttp
 
-from zai_proxy.limiter.outcomes import Outcome
 from zai_proxy.proxy.accesslog import AccessLog
 from zai_proxy.proxy.accounting import MAX_JSON_BODY, Accounting, Body, Request, StreamTap
 from zai_proxy.proxy.admission import BodyBudget, WorkerPool
@@ -52,6 +51,7 @@ from zai_proxy.proxy.upstream import (
     translate,
 )
 from zai_proxy.proxy.usage import Usage
+from zai_proxy.shared.outcomes import Outcome
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

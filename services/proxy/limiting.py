@@ -36,9 +36,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from zai_proxy.limiter.memory_store import MemoryStore
-from zai_proxy.limiter.outcomes import Outcome
 from zai_proxy.limiter.store import Admission, LimiterStore, StoreError
 from zai_proxy.proxy.errors import ProxyError
+from zai_proxy.shared.outcomes import Outcome
 
 log = logging.getLogger("zai_proxy.proxy")
 

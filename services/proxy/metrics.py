@@ -1,66 +1,63 @@
-"""The proxy's Prometheus metrics: names, labels and bounded label values.
+"""The proxy's Prometheus metrics: labels and bounded label values.
 
-Names are defined here once; the collector, the Helm chart's dashboard and the docs read
-them from this module. Label values are bounded: ``path`` is a route template,
-``model`` is normalised and capped at METRICS_MAX_MODELS distinct values per process
-(later ones become ``other``), so no client can grow memory by inventing names.
+Their names are defined once, in zai_proxy.shared.proxy_metrics (the collector, the Helm
+chart's dashboard and the docs read them there). Label values are bounded: ``path`` is a
+route template, ``model`` is normalised and capped at METRICS_MAX_MODELS distinct values
+per process (later ones become ``other``), so no client can grow memory by inventing names.
 
 With PROMETHEUS_MULTIPROC_DIR set (``zai-proxy proxy --processes N``), prometheus_client
-writes every value to shared files and ``render`` merges the processes.
+writes every value to shared files and the exposition (zai_proxy.shared.exposition)
+merges the processes.
 """
 
 from __future__ import annotations
 
-import os
 import platform
 import re
-from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    generate_latest,
-    multiprocess,
 )
 
 from zai_proxy import __version__
 from zai_proxy.proxy.usage import Usage
-
-REQUESTS_TOTAL = "proxy_requests_total"
-REQUEST_DURATION = "proxy_request_duration_seconds"
-RESPONSE_SIZE = "proxy_response_size_bytes"
-TIME_TO_FIRST_BYTE = "proxy_time_to_first_byte_seconds"
-UPSTREAM_ERRORS = "proxy_upstream_errors_total"
-TOKEN_INPUT = "proxy_token_input_total"
-TOKEN_OUTPUT = "proxy_token_output_total"
-TOKEN_CACHE_READ = "proxy_token_cache_read_total"
-TOKEN_CACHE_WRITE = "proxy_token_cache_write_total"
-TOKEN_REASONING = "proxy_token_reasoning_total"
-RATE_LIMIT_WAIT = "proxy_rate_limit_wait_seconds"
-QUEUE_WAIT = "proxy_queue_wait_seconds"
-IN_FLIGHT = "proxy_in_flight_requests"
-QUEUED = "proxy_queued_requests"
-WORKERS = "proxy_workers"
-UNPARSEABLE = "proxy_request_unparseable_total"
-RETRIES = "proxy_retry_attempts_total"
-RATE_LIMITED = "proxy_rate_limited_total"
-LIMITER_RATE = "proxy_limiter_rate"
-LIMITER_CONCURRENCY = "proxy_limiter_concurrency_limit"
-LIMITER_DEGRADED = "proxy_limiter_degraded"
-LIMITER_REPLICAS = "proxy_limiter_replicas"
-BUILD_INFO = "proxy_build_info"
+from zai_proxy.shared.proxy_metrics import (
+    BUILD_INFO,
+    IN_FLIGHT,
+    LIMITER_CONCURRENCY,
+    LIMITER_DEGRADED,
+    LIMITER_RATE,
+    LIMITER_REPLICAS,
+    OTHER,
+    QUEUE_WAIT,
+    QUEUED,
+    RATE_LIMIT_WAIT,
+    RATE_LIMITED,
+    REQUEST_DURATION,
+    REQUESTS_TOTAL,
+    RESPONSE_SIZE,
+    RETRIES,
+    TIME_TO_FIRST_BYTE,
+    TOKEN_CACHE_READ,
+    TOKEN_CACHE_WRITE,
+    TOKEN_INPUT,
+    TOKEN_OUTPUT,
+    TOKEN_REASONING,
+    UNKNOWN,
+    UNPARSEABLE,
+    UPSTREAM_ERRORS,
+    WORKERS,
+)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 TTFB_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SIZE_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
-OTHER = "other"
-UNKNOWN = "unknown"
 _MODEL_CHARS = re.compile(r"[^a-z0-9._:/@+-]")
 
 
@@ -294,20 +291,3 @@ class ProxyMetrics:
     def retry(self, reason: str) -> None:
         """Count one repeated upstream attempt."""
         self._child(self.retries, reason, self.variant).inc()
-
-
-def renderer(registry: CollectorRegistry) -> Callable[[], tuple[bytes, str]]:
-    """Exposition of this process, or of every process in multiprocess mode."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        merged = CollectorRegistry()
-        multiprocess.MultiProcessCollector(merged)
-
-        def render_all() -> tuple[bytes, str]:
-            return generate_latest(merged), CONTENT_TYPE_LATEST
-
-        return render_all
-
-    def render() -> tuple[bytes, str]:
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-
-    return render

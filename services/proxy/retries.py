@@ -24,9 +24,9 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from zai_proxy.limiter.outcomes import Outcome
 from zai_proxy.proxy.classify import body_retry_hint, retry_after_seconds
 from zai_proxy.proxy.errors import ProxyError
+from zai_proxy.shared.outcomes import Outcome
 
 RETRYABLE = frozenset(
     {Outcome.RATE_FREQUENCY, Outcome.RATE_CONCURRENCY, Outcome.RATE_CONGESTION, Outcome.NETWORK}

@@ -25,10 +25,10 @@ from types import FrameType
 import uvicorn
 
 from zai_proxy.limiter.settings import LimiterSettings
-from zai_proxy.logs import configure_logging
 from zai_proxy.proxy.app import Lifecycle, ProxyApp
 from zai_proxy.proxy.protocol import HardenedProtocol
 from zai_proxy.proxy.settings import ProxySettings
+from zai_proxy.shared.logs import configure_logging
 
 
 class DrainingServer(uvicorn.Server):

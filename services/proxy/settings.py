@@ -9,8 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_TARGET_URL = "https://api.z.ai/api/paas/v4"
-DEFAULT_ANTHROPIC_URL = "https://api.z.ai/api/anthropic"
+from zai_proxy.shared.defaults import DEFAULT_ANTHROPIC_URL, DEFAULT_TARGET_URL
 
 Seconds = Annotated[float, Field(gt=0)]
 

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zai_proxy.limiter.outcomes import Outcome
 from zai_proxy.proxy.classify import (
     MAX_RETRY_AFTER_SECONDS,
     body_retry_hint,
@@ -17,6 +16,7 @@ from zai_proxy.proxy.classify import (
     error_code,
     retry_after_seconds,
 )
+from zai_proxy.shared.outcomes import Outcome
 
 # 2026-11-27 10:00:00 UTC, which is 18:00:00 in Beijing (UTC+8).
 NOW = datetime(2026, 11, 27, 10, 0, 0, tzinfo=UTC).timestamp()
