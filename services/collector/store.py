@@ -16,7 +16,8 @@ Three resolutions (5 s, 1 min, 1 h by default) live in one table (see ``models``
   scraped within the finest resolution's retention.
 - ``write(batch, baselines)`` also replaces the targets' baselines (``target_baselines``)
   in the transaction of the rows; ``load_baselines`` reads them back at start-up.
-- ``query``/``latest``: see ``queries`` for the choice of resolution.
+- ``query``/``latest``: the read side, ``history.SnapshotHistory`` (what the dashboard
+  reads through); see ``queries`` for the choice of resolution.
 
 Every time comes in as an argument: the store has no clock. Driver and network errors
 leave as ``StorageUnavailable`` (retry later) or ``StorageError``.
@@ -35,7 +36,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Se
 from itertools import pairwise
 from typing import Any
 
-from sqlalchemy import Table, and_, delete, func, or_, select, text, tuple_, update
+from sqlalchemy import Table, and_, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -47,6 +48,7 @@ from zai_proxy.collector.database import (
     create_engine,
     storage_error,
 )
+from zai_proxy.collector.history import DEFAULT_RETENTION, SnapshotHistory
 from zai_proxy.collector.models import (
     SNAPSHOT_COLUMNS,
     baseline_row,
@@ -57,16 +59,12 @@ from zai_proxy.collector.models import (
     to_row,
     watermarks,
 )
-from zai_proxy.collector.queries import ALL_VARIANTS, DEFAULT_MAX_POINTS, plan_query, regroup
+from zai_proxy.collector.queries import DEFAULT_MAX_POINTS, regroup
 from zai_proxy.collector.rollup import bucket_start
 from zai_proxy.collector.snapshot import Snapshot
 
 log = logging.getLogger(__name__)
 
-HOUR = 3600.0
-DAY = 24 * HOUR
-# Resolution (seconds) → how long its rows are kept (seconds).
-DEFAULT_RETENTION: Mapping[int, float] = {5: DAY, 60: 7 * DAY, 3600: 90 * DAY}
 # A bucket is rolled up this long after it ends: the last scrape of it is written by then.
 # Later rows still arrive safely (they move the watermark back), at the cost of redoing.
 DEFAULT_SETTLE = 10.0
@@ -109,6 +107,7 @@ class SnapshotStore:
         self._upsert = _upsert_statement(snapshots, engine.dialect.name)
         self._set_watermark = _upsert_statement(watermarks, engine.dialect.name)
         self._set_baseline = _upsert_statement(baselines, engine.dialect.name)
+        self.history = SnapshotHistory(engine, retention=retention)
 
     @classmethod
     def open(cls, url: str | None = None, **options: Any) -> SnapshotStore:
@@ -177,20 +176,8 @@ class SnapshotStore:
         return loaded
 
     async def latest(self, variant: str) -> Snapshot | None:
-        """The newest snapshot of ``variant`` at the finest resolution that has one."""
-        with self._errors():
-            async with self.engine.connect() as connection:
-                for resolution in self.resolutions:
-                    statement = (
-                        select(*SNAPSHOT_COLUMNS)
-                        .where(snapshots.c.resolution == resolution, snapshots.c.variant == variant)
-                        .order_by(snapshots.c.ts.desc())
-                        .limit(1)
-                    )
-                    row = (await connection.execute(statement)).first()
-                    if row is not None:
-                        return from_row(row)
-        return None
+        """The newest snapshot of ``variant`` (see SnapshotHistory.latest)."""
+        return await self.history.latest(variant)
 
     async def query(
         self,
@@ -201,39 +188,8 @@ class SnapshotStore:
         max_points: int = DEFAULT_MAX_POINTS,
         now: float | None = None,
     ) -> list[Snapshot]:
-        """Points of ``variant`` (or every variant: ``"all"``) in ``[start, end)``, by time.
-
-        At most ``max_points`` per variant, at the resolution that fits the range (see
-        ``queries``); the tail that the chosen resolution has not rolled up yet comes
-        from the finer ones. With ``now``, resolutions expired at ``start`` are skipped.
-        """
-        plan = plan_query(
-            start,
-            end,
-            max_points=max_points,
-            resolutions=self.resolutions,
-            retention=self.retention,
-            now=now,
-        )
-        rows: list[Snapshot] = []
-        covered: dict[str, float] = {}  # variant → end of the rows read so far
-        levels = [r for r in reversed(self.resolutions) if r <= plan.resolution]
-        with self._errors():
-            async with self.engine.connect() as connection:
-                for resolution in levels:
-                    statement = select(*SNAPSHOT_COLUMNS).where(
-                        snapshots.c.resolution == resolution,
-                        snapshots.c.ts < end,
-                        _after(covered, plan.start),
-                    )
-                    if variant != ALL_VARIANTS:
-                        statement = statement.where(snapshots.c.variant == variant)
-                    result = await connection.execute(statement.order_by(snapshots.c.ts))
-                    for row in result:
-                        snapshot = from_row(row)
-                        rows.append(snapshot)
-                        covered[snapshot.variant] = snapshot.ts + snapshot.seconds
-        return regroup(rows, plan.step)
+        """Points of ``variant`` in ``[start, end)`` (see SnapshotHistory.query)."""
+        return await self.history.query(variant, start, end, max_points=max_points, now=now)
 
     async def downsample(self, now: float) -> int:
         """Roll complete, new buckets up each resolution; the number of rows written."""
@@ -365,22 +321,6 @@ class SnapshotStore:
 async def _done_until(connection: AsyncConnection, resolution: int) -> float | None:
     statement = select(watermarks.c.done_until).where(watermarks.c.resolution == resolution)
     return (await connection.execute(statement)).scalar()
-
-
-def _after(covered: Mapping[str, float], start: float) -> Any:
-    # Each variant continues where its coarser rows left off. A variant with no coarser
-    # rows at all is new (rollups cover every variant alike): it starts where the
-    # earliest of the others left off. That bound also lets the (resolution, ts) index
-    # skip the range the coarser rows covered.
-    if not covered:
-        return snapshots.c.ts >= start
-    earliest = min(covered.values())
-    clauses = [
-        and_(snapshots.c.variant == variant, snapshots.c.ts >= until)
-        for variant, until in covered.items()
-    ]
-    clauses.append(snapshots.c.variant.not_in(list(covered)))
-    return and_(snapshots.c.ts >= earliest, or_(*clauses))
 
 
 def _upsert_statement(table: Table, dialect: str) -> Any:

@@ -18,9 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.responses import HTMLResponse, Response
 
 from zai_proxy import __version__
-from zai_proxy.collector.database import StorageError
-from zai_proxy.collector.queries import ALL_VARIANTS
-from zai_proxy.collector.store import SnapshotStore
+from zai_proxy.collector.history import ALL_VARIANTS, SnapshotHistory, StorageError
 from zai_proxy.dashboard_api.auth import TokenGuard
 from zai_proxy.dashboard_api.events import (
     HEARTBEAT,
@@ -86,17 +84,17 @@ def _errors(status: int, *, description: str) -> dict[int | str, dict[str, Any]]
 def build_app(
     settings: DashboardSettings,
     *,
-    store: SnapshotStore | None = None,
+    history: SnapshotHistory | None = None,
     clock: Callable[[], float] = time.time,
 ) -> FastAPI:
-    """The dashboard's application; its lifespan opens the store and runs the broadcaster."""
+    """The dashboard's application; its lifespan runs the broadcaster and closes the history reader."""
     _install_log_filter()
     guard = TokenGuard(settings.token())
     ui = WebUI(settings.static_dir())
     limiter = LimiterClient(settings.limiter_url, settings.limiter_admin_token.get_secret_value())
-    owned = store is None
-    store = store or SnapshotStore.open(settings.database_url, retention=settings.retention())
-    reader = HistoryReader(store)
+    owned = history is None
+    history = history or SnapshotHistory.open(settings.database_url, retention=settings.retention())
+    reader = HistoryReader(history)
     broadcaster = Broadcaster(
         reader,
         poll_interval=settings.dashboard_poll_interval,
@@ -114,7 +112,7 @@ def build_app(
             await broadcaster.stop()
             await limiter.close()
             if owned:
-                await store.close()
+                await history.close()
 
     app = FastAPI(
         title="zai-proxy dashboard",

@@ -31,7 +31,7 @@ import orjson
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.types import Receive, Scope, Send
 
-from zai_proxy.collector.database import StorageError
+from zai_proxy.collector.history import StorageError
 from zai_proxy.dashboard_api.points import Round, event_id
 from zai_proxy.dashboard_api.queries import HistoryReader
 from zai_proxy.shared.tasks import cancel_and_wait

@@ -1,9 +1,9 @@
 """What the dashboard reads from the collector's database: ranges, latest points, rounds.
 
-Range queries go through ``SnapshotStore.query`` (which picks the resolution, see
-``zai_proxy.collector.queries``). Rounds, the SSE stream's unit, are read here straight
-from the finest resolution's rows: the store's queries regroup rows into buckets, and a
-round must stay exactly one collector round, whatever ``SCRAPE_INTERVAL`` is.
+Everything is read through the collector's read side, ``collector.history``: range
+queries (which pick the resolution), and rounds, the SSE stream's unit, from the finest
+resolution's rows as they are (range queries regroup rows into buckets, and a round must
+stay exactly one collector round, whatever ``SCRAPE_INTERVAL`` is).
 """
 
 from __future__ import annotations
@@ -13,13 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError
-
-from zai_proxy.collector.database import storage_error
-from zai_proxy.collector.models import SNAPSHOT_COLUMNS, from_row, snapshots
-from zai_proxy.collector.queries import ALL_VARIANTS, DEFAULT_MAX_POINTS, plan_query
-from zai_proxy.collector.store import SnapshotStore
+from zai_proxy.collector.history import ALL_VARIANTS, DEFAULT_MAX_POINTS, SnapshotHistory
 from zai_proxy.dashboard_api.points import Round, point, rounds_of
 
 RangeName = Literal["5m", "15m", "1h", "6h", "24h", "7d"]
@@ -52,8 +46,10 @@ class Series:
 class HistoryReader:
     """Reads the rollup store for the dashboard; every time comes in as an argument."""
 
-    def __init__(self, store: SnapshotStore, *, clock: Callable[[], float] = time.monotonic):
-        self.store = store
+    def __init__(
+        self, history: SnapshotHistory, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.history = history
         self._clock = clock
         self._variants: list[str] = []
         self._variants_at: float | None = None
@@ -62,9 +58,7 @@ class HistoryReader:
         """Every variant the store holds rows of, sorted (cached for a few seconds)."""
         now = self._clock()
         if self._variants_at is None or now - self._variants_at > VARIANTS_CACHE_SECONDS:
-            statement = select(snapshots.c.variant).distinct().order_by(snapshots.c.variant)
-            rows = await self._fetch(statement)
-            self._variants = [row[0] for row in rows]
+            self._variants = await self.history.variants()
             self._variants_at = now
         return list(self._variants)
 
@@ -77,15 +71,8 @@ class HistoryReader:
     async def series(self, span: int, variant: str, now: float) -> Series:
         """Points of ``variant`` (or ``all``) over the last ``span`` seconds before ``now``."""
         start, end = now - span, now
-        plan = plan_query(
-            start,
-            end,
-            max_points=DEFAULT_MAX_POINTS,
-            resolutions=self.store.resolutions,
-            retention=self.store.retention,
-            now=now,
-        )
-        rows = await self.store.query(variant, start, end, max_points=DEFAULT_MAX_POINTS, now=now)
+        plan = self.history.plan(start, end, max_points=DEFAULT_MAX_POINTS, now=now)
+        rows = await self.history.query(variant, start, end, max_points=DEFAULT_MAX_POINTS, now=now)
         names = await self.variants() if variant == ALL_VARIANTS else [variant]
         series: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
         for snapshot in rows:
@@ -96,36 +83,14 @@ class HistoryReader:
         """The newest point of every variant."""
         latest: dict[str, dict[str, Any] | None] = {}
         for variant in await self.variants():
-            snapshot = await self.store.latest(variant)
+            snapshot = await self.history.latest(variant)
             latest[variant] = None if snapshot is None else point(snapshot)
         return latest
 
     async def newest_round(self) -> float | None:
         """The start of the newest round at the finest resolution; None when there is none."""
-        statement = (
-            select(snapshots.c.ts)
-            .where(snapshots.c.resolution == self.store.resolutions[0])
-            .order_by(snapshots.c.ts.desc())
-            .limit(1)
-        )
-        rows = await self._fetch(statement)
-        return float(rows[0][0]) if rows else None
+        return await self.history.newest_finest()
 
     async def rounds_from(self, start: float) -> list[Round]:
         """The rounds that start at ``start`` or later, oldest first."""
-        statement = (
-            select(*SNAPSHOT_COLUMNS)
-            .where(
-                snapshots.c.resolution == self.store.resolutions[0],
-                snapshots.c.ts >= start - SAME_ROUND,
-            )
-            .order_by(snapshots.c.ts, snapshots.c.variant)
-        )
-        return rounds_of(from_row(row) for row in await self._fetch(statement))
-
-    async def _fetch(self, statement: Any) -> list[Any]:
-        try:
-            async with self.store.engine.connect() as connection:
-                return list(await connection.execute(statement))
-        except (DBAPIError, OSError, TimeoutError) as exc:
-            raise storage_error(exc, self.store.engine.url) from exc
+        return rounds_of(await self.history.finest_since(start - SAME_ROUND))
