@@ -127,8 +127,8 @@ where another class documents it). The proxy loads the limiter's class whole (it
 store, the bounds and, without `REDIS_URL`, the controller's parameters), so every limiter
 variable lists the proxy, though the listen address, the admin token and the quota
 variables only matter to the limiter service. `zai-proxy up` and `zai-proxy demo` run every
-part in one process and so read every variable on this page; they also set a few
-defaults of their own before the parts read them (see
+part in one process and so read every variable on this page; they also give a few
+variables defaults of their own where the environment leaves them unset (see
 [the architecture page](architecture.md#one-machine-zai-proxy-up-and-demo)).
 """
 
