@@ -87,7 +87,7 @@ def build_app(
     history: SnapshotHistory | None = None,
     clock: Callable[[], float] = time.time,
 ) -> FastAPI:
-    """The dashboard's application; its lifespan runs the broadcaster and closes the history reader."""
+    """The dashboard's application; its lifespan runs the broadcaster, then closes the reader."""
     _install_log_filter()
     guard = TokenGuard(settings.token())
     ui = WebUI(settings.static_dir())
