@@ -188,3 +188,31 @@ def test_up_refuses_a_taken_port_with_one_clear_line(tmp_path: Path) -> None:
     assert f"port {env['DASHBOARD_PORT']} (dashboard) is already in use" in err
     assert "Traceback" not in err
     assert time.monotonic() - started < 30
+
+
+def test_up_composes_the_parts_settings_with_its_defaults_only_where_the_environment_is_silent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from zai_proxy.up import DEMO_DATABASE_URL, DEMO_KEY, compose
+
+    for name in list(os.environ):
+        if name.startswith(("ZAI_", "REDIS_", "DATABASE_", "COLLECTOR_", "LIMITER_", "RATE_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("RATE_LIMIT_INITIAL", "3")
+    monkeypatch.setenv("LIMITER_ADMIN_TOKEN", "mine")
+    config = compose(demo=True, host="127.0.0.2", port=9999)
+    production, canary = config.proxies
+    assert production.zai_api_key.get_secret_value() == DEMO_KEY
+    assert production.proxy_port == 9999 and canary.deployment_variant == "canary"
+    assert production.zai_target_url.startswith("http://127.0.0.2:")
+    assert config.limits.rate_limit_initial == 3  # set: kept
+    assert config.limits.rate_limit_window == 2  # unset: the demo's
+    assert config.limits.zai_api_key == production.zai_api_key  # the pool is the proxies'
+    assert config.limits.limiter_admin_token.get_secret_value() == "mine"
+    assert config.dashboard.limiter_admin_token.get_secret_value() == "mine"
+    assert config.collector.database_url == config.dashboard.database_url == DEMO_DATABASE_URL
+    assert config.collector.collector_targets == (
+        f"http://127.0.0.2:9999,http://127.0.0.2:{canary.proxy_port}"
+    )
+    # Nothing was written to the environment for the parts to read.
+    assert "ZAI_API_KEY" not in os.environ and "COLLECTOR_TARGETS" not in os.environ
