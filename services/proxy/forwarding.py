@@ -143,7 +143,7 @@ def declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     """The request's Content-Length (the parser refused every malformed or doubled one),
     or None: a chunked body, or none."""
     for name, value in headers:
-        if name == b"content-length":
+        if name == b"content-length" and value.isdigit():
             return int(value)
     return None
 

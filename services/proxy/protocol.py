@@ -191,23 +191,28 @@ class HardenedProtocol(HttpToolsProtocol):
 
     def _closing_early(self, cycle: RequestResponseCycle) -> Callable[[Any], Awaitable[None]]:
         """The cycle's send, saying ``Connection: close`` on an answer that starts before
-        the request's body is complete; the close itself is on_response_complete's."""
+        the request's body is complete; the close itself is on_response_complete's. Any
+        other message goes straight to uvicorn's send (no frame of its own per chunk)."""
         send = cycle.send
 
-        async def send_closing_early(message: Any) -> None:
+        def send_closing_early(message: Any) -> Awaitable[None]:
             if message["type"] != "http.response.start" or not cycle.more_body:
-                await send(message)
-                return
-            headers = list(message.get("headers", ()))
-            if CONNECTION_CLOSE not in headers:
-                headers.append(CONNECTION_CLOSE)
-            await send({**message, "headers": headers})  # type: ignore[arg-type]
-            # uvicorn would close the socket the moment the answer is out, and unread input
-            # would turn the close into a reset: the close follows a linger instead.
-            cycle.keep_alive = True
-            self._close_after = cycle
+                return send(message)
+            return self._start_closing(cycle, send, message)
 
         return send_closing_early
+
+    async def _start_closing(
+        self, cycle: RequestResponseCycle, send: Callable[[Any], Awaitable[None]], message: Any
+    ) -> None:
+        headers = list(message.get("headers", ()))
+        if CONNECTION_CLOSE not in headers:
+            headers.append(CONNECTION_CLOSE)
+        await send({**message, "headers": headers})
+        # uvicorn would close the socket the moment the answer is out, and unread input
+        # would turn the close into a reset: the close follows a linger instead.
+        cycle.keep_alive = True
+        self._close_after = cycle
 
     def on_response_complete(self) -> None:
         if self._deferred is not None and not self.pipeline and not self.transport.is_closing():
