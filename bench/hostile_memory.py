@@ -22,37 +22,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import orjson
 
-from tests.reliability.probes import rss_bytes
+from tests.reliability.probes import RSSSampler
 from tests.support import ServiceProcess, start_proxy
 from zai_proxy.simulator.process import start_simulator
 
 CHAT = orjson.dumps({"model": "glm-4.6", "messages": [{"role": "user", "content": "hi"}]})
-
-
-class Sampler:
-    """RSS every 50 ms while the block runs."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.samples = pid, [rss_bytes(pid)]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            with contextlib.suppress(OSError, ValueError):
-                self.samples.append(rss_bytes(self.pid))
-
-    @property
-    def growth_mib(self) -> float:
-        return (max(self.samples) - self.samples[0]) / 2**20
 
 
 def port_of(proxy: ServiceProcess) -> int:
@@ -79,7 +53,7 @@ def trailer_attack(proxy: ServiceProcess, limit_mib: int) -> str:
     sent, answer = 0, b""
     timer = threading.Thread(target=time_health, daemon=True)
     with (
-        Sampler(proxy.process.pid) as rss,
+        RSSSampler(proxy.process.pid) as rss,
         socket.create_connection(("127.0.0.1", port_of(proxy)), timeout=120) as sock,
     ):
         timer.start()
@@ -107,7 +81,7 @@ def trailer_attack(proxy: ServiceProcess, limit_mib: int) -> str:
     status = answer.split(b" ", 2)[1].decode() if answer.startswith(b"HTTP/") else "none yet"
     return (
         f"trailer attack: {sent / 2**20:.1f} MiB of one trailer field sent, answer {status}; "
-        f"RSS +{rss.growth_mib:.0f} MiB at most; /health slowest {max(health) * 1000:.0f} ms "
+        f"RSS +{rss.growth / 2**20:.0f} MiB at most; /health slowest {max(health) * 1000:.0f} ms "
         f"(median {sorted(health)[len(health) // 2] * 1000:.0f} ms)"
     )
 
@@ -132,13 +106,13 @@ def upload(port: int, body: bytes) -> int:
 def upload_crowd(proxy: ServiceProcess) -> str:
     content = "a" * (31 * 2**20 - 80)
     body = orjson.dumps({"model": "glm-4.6", "messages": [{"role": "user", "content": content}]})
-    with Sampler(proxy.process.pid) as rss, ThreadPoolExecutor(40) as pool:
+    with RSSSampler(proxy.process.pid) as rss, ThreadPoolExecutor(40) as pool:
         started = time.monotonic()
         statuses = Counter(pool.map(lambda _: upload(port_of(proxy), body), range(40)))
         took = time.monotonic() - started
     return (
         f"40 uploads of 31 MiB at once (MAX_WORKERS=2, MAX_QUEUE=2): {dict(statuses)} in "
-        f"{took:.1f} s; RSS +{rss.growth_mib:.0f} MiB at most"
+        f"{took:.1f} s; RSS +{rss.growth / 2**20:.0f} MiB at most"
     )
 
 

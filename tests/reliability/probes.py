@@ -27,6 +27,33 @@ def rss_bytes(pid: int) -> int:
     raise ValueError(f"no VmRSS for pid {pid}")
 
 
+class RSSSampler:
+    """Samples a process's resident memory every 50 ms while the block runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples = [rss_bytes(pid)]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RSSSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            with contextlib.suppress(OSError, ValueError):  # the process may have ended
+                self.samples.append(rss_bytes(self.pid))
+
+    @property
+    def growth(self) -> int:
+        return max(self.samples) - self.samples[0]
+
+
 def open_fds(pid: int) -> int:
     """Open file descriptors of a process (sockets included)."""
     return len(os.listdir(f"/proc/{pid}/fd"))

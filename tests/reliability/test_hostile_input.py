@@ -38,12 +38,12 @@ from hypothesis import strategies as st
 from tests.reliability.probes import (
     Baseline,
     LoopbackServer,
+    RSSSampler,
     ScriptedServer,
     assert_settled,
     attempts_seen,
     exchange,
     port_of,
-    rss_bytes,
     sim_stats,
     status_of,
 )
@@ -494,32 +494,6 @@ def test_a_body_that_stalls_gets_408_after_the_body_timeout(
     assert attempts_seen(simulator.url, request_id) == 0
     assert sim_requests(simulator) == before
     assert_healthy(proxy, baseline, simulator)
-
-
-class RSSSampler:
-    """Samples a process's resident memory every 50 ms while the block runs."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.samples = [rss_bytes(pid)]
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> RSSSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self.samples.append(rss_bytes(self.pid))
-
-    @property
-    def growth(self) -> int:
-        return max(self.samples) - self.samples[0]
 
 
 ENDLESS_TRAILERS = {
