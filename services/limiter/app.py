@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import time
+import math
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -20,10 +20,9 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from prometheus_fastapi_instrumentator import Instrumentator
 from pydantic import BaseModel, Field
 
-from zai_proxy.limiter.control import ControlLoop, StepResult, apply_bounds
+from zai_proxy.limiter.control import apply_bounds
 from zai_proxy.limiter.metrics import LimiterMetrics
-from zai_proxy.limiter.quota import QuotaPacer, QuotaSample
-from zai_proxy.limiter.quota_poller import QuotaPoller
+from zai_proxy.limiter.plane import ControlPlane
 from zai_proxy.limiter.settings import LimiterSettings
 from zai_proxy.limiter.store import LimiterStore, StoreError
 from zai_proxy.limiter.stores import open_store
@@ -31,6 +30,9 @@ from zai_proxy.shared.exposition import renderer
 from zai_proxy.shared.tasks import cancel_and_wait
 
 log = logging.getLogger("zai_proxy.limiter")
+
+# Seconds between refreshes of the gauges every replica shows from the store.
+REFRESH_SECONDS = 1.0
 
 
 class Bounds(BaseModel):
@@ -61,62 +63,26 @@ class LimiterService:
         self.store = store or open_store(
             settings.redis_url, settings.store_config(), socket_timeout=settings.redis_timeout
         )
-        self.pacer = QuotaPacer(settings.quota_pacing())
-        self.poller: QuotaPoller | None = None
-        if settings.quota_poll_enabled:
-            self.poller = QuotaPoller(
-                settings.quota_poller_config(),
-                settings.zai_api_key.get_secret_value(),
-                on_sample=self._quota_sample,
-            )
-        self.loop = ControlLoop(
-            self.store,
-            self.params,
-            state_max_age=settings.rate_limit_state_max_age,
-            rate_cap=self._quota_cap,
-            on_step=self._stepped,
-        )
+        self.plane = ControlPlane(self.store, settings, on_step=self.metrics.stepped)
+        self.loop = self.plane.loop
+        self.quota = self.plane.quota
         self._tasks: list[asyncio.Task[None]] = []
-        # Attempts stepped since the last quota sample: the pacer needs the admitted rate.
-        self._attempts = 0
-        self._attempts_since = time.time()
 
     async def start(self) -> None:
-        """Start the control loop, the state refresher and the quota poller."""
-        self._tasks = [
-            asyncio.create_task(self.loop.run(), name="limiter-control"),
-            asyncio.create_task(self._refresh(), name="limiter-refresh"),
-        ]
-        if self.poller is not None:
-            await self.poller.start()
+        """Start the control plane (its first quota poll done) and the state refresher."""
+        await self.plane.start()
+        self._tasks = [asyncio.create_task(self._refresh(), name="limiter-refresh")]
 
     async def stop(self) -> None:
         """Stop background work and close the store."""
-        if self.poller is not None:
-            await self.poller.stop()
+        await self.plane.stop()
         await cancel_and_wait(self._tasks)
         await self.store.close()
 
-    def _stepped(self, result: StepResult) -> None:
-        self.metrics.stepped(result)
-        if result.pool == self.settings.pool():
-            self._attempts += sum(
-                v for k, v in result.counts.items() if k not in ("demand", "peak_concurrency")
-            )
-
-    def _quota_sample(self, sample: QuotaSample) -> None:
-        elapsed = max(1e-6, sample.at - self._attempts_since)
-        self.pacer.observe(sample.at, sample.windows, self._attempts / elapsed)
-        self._attempts, self._attempts_since = 0, sample.at
-
-    def _quota_cap(self, pool: str, rate: float) -> float | None:
-        # The quota belongs to the upstream key: only the configured pool is paced.
-        return self.pacer.cap(time.time()) if pool == self.settings.pool() else None
-
     def _show_quota(self) -> None:
-        if self.poller is None:
+        status = self.quota.status()
+        if status is None:
             return
-        status = self.poller.status()
         for window in status.windows:
             self.metrics.quota_used.labels(window.name).set(window.used_ratio)
             self.metrics.quota_remaining.labels(window.name).set(window.remaining_ratio)
@@ -133,7 +99,7 @@ class LimiterService:
                 await self.state()
             except StoreError:
                 self.metrics.store_up.set(0)
-            await asyncio.sleep(self.store.config.window_seconds / 2)
+            await asyncio.sleep(REFRESH_SECONDS)
 
     async def state(self) -> dict[str, Any]:
         """Every active pool's state, as the admin API shows it."""
@@ -144,16 +110,20 @@ class LimiterService:
             replicas = await self.store.replicas(pool)
             params = self.loop.params_for(pool, await self.store.load_bounds(pool))
             self.metrics.pool_state(pool, saved, params, replicas)
-            ceiling = float(saved["ceiling"]) if saved.get("ceiling") else None
+            limit = float(saved["limit"]) if saved.get("limit") else None
+            rate = float(saved["rate"]) if saved.get("rate") else params.initial_rate
+            cap = saved.get("concurrency")
             pools[pool] = {
-                "rate": float(saved.get("rate", params.initial_rate)),
-                "ceiling": ceiling,
-                "hold": ceiling * (1 - params.hold_margin) if ceiling is not None else None,
-                "concurrency_limit": int(saved.get("concurrency", params.max_concurrency)),
-                "clean_windows": int(saved.get("clean_windows", 0)),
-                "probing": saved.get("probing") == "True",
-                "last_decision": saved.get("last_decision", "hold"),
-                "window": int(saved["window"]) if saved.get("window") else None,
+                "rate": None if math.isinf(rate) else rate,
+                "limited": not math.isinf(rate),
+                "ceiling": limit,
+                "hold": limit * (1 - params.margin) if limit is not None else None,
+                "concurrency_limit": int(cap) if cap else None,
+                "probing": saved.get("probing") == "1",
+                "paused": saved.get("paused") == "1",
+                "last_decision": saved.get("decision", "hold"),
+                "concurrency_decision": saved.get("cap_decision", "hold"),
+                "tick": int(saved["consumed"]) if saved.get("consumed") else None,
                 "updated_at": float(saved["updated_at"]) if saved.get("updated_at") else None,
                 "replicas": replicas,
                 "bounds": {
@@ -169,28 +139,9 @@ class LimiterService:
             "node": self.loop.node,
             "leader": self.loop.leader,
             "degraded": not self.loop.healthy,
-            "window_seconds": self.store.config.window_seconds,
+            "tick_seconds": self.store.config.tick_seconds,
             "pools": pools,
-            "quota": self._quota_state(),
-        }
-
-    def _quota_state(self) -> dict[str, Any] | None:
-        if self.poller is None:
-            return None
-        status = self.poller.status()
-        return {
-            "windows": [
-                {
-                    "name": w.name,
-                    "used_ratio": w.used_ratio,
-                    "remaining_ratio": w.remaining_ratio,
-                    "reset_at": w.reset_at,
-                }
-                for w in status.windows
-            ],
-            "sample_age_seconds": status.sample_age_s,
-            "error": status.last_error,
-            "rate_cap": self.pacer.cap(time.time()),
+            "quota": self.quota.state(),
         }
 
     async def reset(self, pool: str | None) -> str:
@@ -263,7 +214,7 @@ def build_app(settings: LimiterSettings, store: LimiterStore | None = None) -> F
 
     @app.get("/state", dependencies=guarded)
     async def state() -> dict[str, Any]:
-        """Every pool: rate, ceiling, hold line, clean windows, last decision, replicas."""
+        """Every pool: rate, learned limit, hold line, cap, probing, last decision, replicas."""
         try:
             return await service.state()
         except StoreError as exc:
@@ -271,7 +222,7 @@ def build_app(settings: LimiterSettings, store: LimiterStore | None = None) -> F
 
     @app.post("/reset", dependencies=guarded)
     async def reset(request: ResetRequest | None = None) -> dict[str, str]:
-        """Forget a pool's learned state; it starts again from RATE_LIMIT_INITIAL."""
+        """Forget a pool's learned state; it starts again with slow start."""
         return {"reset": await service.reset(request.pool if request else None)}
 
     @app.put("/bounds", dependencies=guarded)

@@ -1,92 +1,142 @@
-"""The control loop: once per window, the leader steps the controller for every pool.
+"""The control loop: every tick, the leader steps the law for every pool.
 
 Every limiter replica runs this loop; the leader lease in the store lets exactly one of
-them step each window (a new leader takes over within two windows of the old one dying:
-the lease lives one window and is renewed three times per window). A window is stepped
-shortly after it ends (``SETTLE_SECONDS``, so that the proxies' last reports are in) and
-at most once: the pool's state remembers the last window it was stepped with.
+them step (a new leader takes over within a second of the old one dying: the lease lives
+four ticks and is renewed every tick). A tick is stepped shortly after it ends
+(``SETTLE_SECONDS``, so that the proxies' reports of it are in) and at most once: the
+pool's state remembers the last tick it consumed. Pushes the store made meanwhile (a 429
+that ended a probe) are folded into the law's state before it steps, and a save never
+overwrites a push (the store compares versions).
 
-The same loop runs inside the proxy when ``REDIS_URL`` is unset, over the in-memory store.
+The same loop runs inside the proxy when ``REDIS_URL`` is unset, over the in-memory store,
+with the same quota pacing as the limiter service (``QuotaControl``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 
-from zai_proxy.limiter.controller import (
-    ControllerState,
-    Decision,
-    RateLimitParams,
-    initial_state,
-    step,
-)
-from zai_proxy.limiter.outcomes import Window
-from zai_proxy.limiter.store import LimiterStore, StoreError
+from zai_proxy.limiter import controller as law
+from zai_proxy.limiter import store as s
+from zai_proxy.limiter.controller import CapState, Decision, Params, RateState, State, Tick
+from zai_proxy.limiter.store import LimiterStore, StoreError, parse_cap, state_version
 
 log = logging.getLogger("zai_proxy.limiter")
 
-# Seconds after a window ends before it is stepped: proxies flush reports more often.
-SETTLE_SECONDS = 0.6
+# Seconds after a tick ends before it is stepped: proxies flush reports more often.
+SETTLE_SECONDS = 0.15
+# A leader that fell behind (a pause, a failover) steps at most this many ticks at once;
+# older ones are skipped.
+MAX_TICKS_PER_STEP = 40
+# The leader lease lives this many ticks.
+LEASE_TICKS = 4
 
-
-def _optional_float(raw: str) -> float | None:
-    return None if raw == "" else float(raw)
-
-
-# How each saved ControllerState field is read back (the store keeps strings).
-_DECODERS: dict[str, Callable[[str], object]] = {
-    "ceiling": _optional_float,
-    "concurrency_ceiling": _optional_float,
-    "clean_windows": int,
-    "hold_windows": int,
-    "probe_streak": int,
-    "concurrency_clean_windows": int,
-    "concurrency_hold_windows": int,
-    "concurrency_probe_streak": int,
-    "probing": lambda raw: raw == "True",
-    "concurrency_probing": lambda raw: raw == "True",
-    "last_decision": Decision,
-    "concurrency_decision": Decision,
+# Tick count names as the proxies report them -> Tick fields.
+_TICK_FIELDS = {
+    "sent": "sent",
+    "throttled": "throttled",
+    "ok": "ok",
+    "rate_frequency": "limited",
+    "rate_concurrency": "concurrency_limited",
+    "capped": "capped",
+    "latency_count": "latency_count",
 }
 
 
-def encode_state(
-    state: ControllerState, window: int, window_seconds: float, now: float, effective_rate: float
-) -> dict[str, str]:
-    """The store's form of a state: strings, plus what acquire reads (rate, concurrency)."""
-    encoded = {name: "" if value is None else str(value) for name, value in asdict(state).items()}
-    encoded["controller_rate"] = encoded.pop("rate")
-    encoded["concurrency_value"] = encoded.pop("concurrency")
-    encoded["rate"] = repr(effective_rate)
-    encoded["concurrency"] = str(state.concurrency_limit)
-    encoded["window"] = str(window)
-    # The end of the stepped window in seconds, not its index: indices change meaning when
-    # RATE_LIMIT_WINDOW changes between restarts.
-    encoded["stepped_until"] = repr((window + 1) * window_seconds)
-    encoded["updated_at"] = repr(now)
-    return encoded
+def tick_of(index: int, counts: Mapping[str, float], tick_seconds: float) -> Tick:
+    """One tick of the store's counts as the law reads it."""
+    values: dict[str, object] = {
+        field: int(counts.get(name, 0)) for name, field in _TICK_FIELDS.items()
+    }
+    ok_at, refused_at = counts.get("ok_at"), counts.get("refused_at")
+    return Tick(
+        start=index * tick_seconds,
+        ok_at=None if ok_at is None else int(ok_at),
+        refused_at=None if refused_at is None else int(refused_at),
+        told=counts.get("told"),
+        latency_sum=float(counts.get("latency_sum", 0.0)),
+        **values,  # type: ignore[arg-type]
+    )
 
 
-def decode_state(saved: Mapping[str, str], now: float, max_age: float) -> ControllerState | None:
-    """A saved state, or None when it is missing, unreadable or older than ``max_age``."""
+def encode_law(state: State) -> str:
+    """The law's state as JSON (infinities as the stdlib writes them)."""
+    return json.dumps(asdict(state), separators=(",", ":"))
+
+
+def decode_law(text: str) -> State | None:
+    """A saved law state, or None when it is unreadable or from another version."""
     try:
-        if now - float(saved["updated_at"]) > max_age:
-            return None
-        values: dict[str, object] = {
-            "rate": float(saved["controller_rate"]),
-            "concurrency": float(saved["concurrency_value"]),
-        }
-        for name, decode in _DECODERS.items():
-            if name in saved:
-                values[name] = decode(saved[name])
-        return ControllerState(**values)  # type: ignore[arg-type]
-    except (KeyError, ValueError, TypeError):
+        raw = json.loads(text)
+        rate = dict(raw["rate"])
+        rate["recent"] = tuple(tuple(pair) for pair in rate.get("recent", ()))
+        cap = dict(raw["cap"])
+        cap["answers"] = tuple(cap.get("answers", ()))
+        return State(
+            rate=RateState(**rate),
+            cap=CapState(**cap),
+            round_trip=raw.get("round_trip"),
+            rate_decision=Decision(raw.get("rate_decision", "hold")),
+            cap_decision=Decision(raw.get("cap_decision", "hold")),
+        )
+    except (KeyError, TypeError, ValueError):
         return None
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text) if text else -math.inf
+    except ValueError:
+        return -math.inf
+
+
+def load_law(saved: Mapping[str, str], now: float, max_age: float, params: Params) -> State:
+    """The pool's law state with the store's pushes folded in; a fresh one when there is
+    none, it is unreadable, or older than ``max_age``."""
+    updated = _number(saved.get("updated_at"))
+    state = decode_law(saved.get("law", "")) if now - updated <= max_age else None
+    if state is None:
+        return law.initial_state(params, now)
+    pushed_rate = _number(saved.get(s.PUSHED_RATE))
+    if pushed_rate > updated:
+        state = law.rate_pushed(state, pushed_rate)
+    pushed_cap = _number(saved.get(s.PUSHED_CAP))
+    cap = parse_cap(saved.get(s.CONCURRENCY))
+    if pushed_cap > updated and cap is not None:
+        state = law.cap_pushed(state, cap, int(saved.get(s.EPOCH) or 0), pushed_cap)
+    return state
+
+
+def encode_state(
+    state: State, params: Params, *, consumed: int, now: float, rate: float
+) -> dict[str, str]:
+    """The store's form of a state: the law, plus what acquire and report read."""
+    r, c = state.rate, state.cap
+    base = None if r.base is None else min(r.base, rate)
+    return {
+        "law": encode_law(state),
+        s.RATE: "inf" if math.isinf(rate) else repr(rate),
+        s.CONCURRENCY: "" if c.cap is None else str(c.cap),
+        s.EPOCH: str(c.epoch),
+        s.PROBE_BASE: "" if base is None else repr(base),
+        s.CAP_BASE: "" if c.base is None else str(c.base),
+        s.CAP_FLOOR: str(params.min_concurrency),
+        "limit": "" if r.limit is None else repr(r.limit),
+        "hold": "" if r.limit is None else repr(r.limit * (1 - params.margin)),
+        "decision": state.rate_decision.value,
+        "cap_decision": state.cap_decision.value,
+        "probing": "1" if r.base is not None else "",
+        "paused": "1" if r.paused else "",
+        "consumed": str(consumed),
+        "updated_at": repr(now),
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +144,11 @@ class StepResult:
     """One pool's step, for metrics and the admin API."""
 
     pool: str
-    window: int
-    counts: Mapping[str, int]
-    state: ControllerState
+    ticks: int  # how many ticks the step consumed
+    counts: Mapping[str, float]  # their counts, summed
+    state: State
     decision: Decision
-    rate: float  # what acquire enforces: the controller's rate, under any quota cap
+    rate: float  # what acquire enforces: the law's rate, under any quota cap
     quota_cap: float | None
 
 
@@ -106,17 +156,18 @@ RateCap = Callable[[str, float], float | None]
 
 
 class ControlLoop:
-    """Steps the controller for every active pool, once per window, while this node leads."""
+    """Steps the law for every active pool, once per tick, while this node leads."""
 
     def __init__(
         self,
         store: LimiterStore,
-        params: RateLimitParams,
+        params: Params,
         *,
         state_max_age: float,
         node: str | None = None,
         rate_cap: RateCap | None = None,
         on_step: Callable[[StepResult], None] | None = None,
+        pools: Iterable[str] = (),
     ) -> None:
         self.store = store
         self.params = params
@@ -124,15 +175,18 @@ class ControlLoop:
         self.node = node or uuid.uuid4().hex[:12]
         self.rate_cap = rate_cap
         self.on_step = on_step
+        # Stepped even before a request registered them (the store's pools() lists only
+        # pools that saw an acquire): the paced pool, whose quota cap must be in force
+        # for its very first request.
+        self.pools = frozenset(pools)
         self._offset = 0.0  # store clock minus local clock
         self.leader = False
         self.healthy = True
         self.last_results: dict[str, StepResult] = {}
-        self._bounds: dict[str, RateLimitParams] = {}
 
     @property
-    def window_seconds(self) -> float:
-        return self.store.config.window_seconds
+    def tick_seconds(self) -> float:
+        return self.store.config.tick_seconds
 
     async def run(self) -> None:
         """Run until cancelled; store failures are logged and retried next tick."""
@@ -148,62 +202,83 @@ class ControlLoop:
             await asyncio.sleep(self._pause())
 
     def _pause(self) -> float:
-        # Wake three times per window (lease renewal) and just after each window settles.
-        window = self.window_seconds
-        to_settle = window - (time.time() + self._offset - SETTLE_SECONDS) % window
-        return max(0.05, min(window / 3, to_settle))
+        # Wake just after the next tick settles.
+        tick = self.tick_seconds
+        return max(0.01, tick - (time.time() + self._offset - SETTLE_SECONDS) % tick)
 
     async def tick(self) -> list[StepResult]:
-        """Renew the lease; when leading, step every pool whose last window is due."""
+        """Renew the lease; when leading, step every pool with its settled ticks."""
         now = await self.store.now()
         self._offset = now - time.time()
         was_leader = self.leader
-        self.leader = await self.store.lead(self.node, ttl=self.window_seconds)
+        self.leader = await self.store.lead(self.node, ttl=LEASE_TICKS * self.tick_seconds)
         if self.leader != was_leader:
             log.info("limiter node %s %s", self.node, "leads" if self.leader else "follows")
         if not self.leader:
             return []
-        due = self.store.config.window_of(now - SETTLE_SECONDS) - 1
+        due = self.store.config.tick_of(now - SETTLE_SECONDS) - 1
         results = []
-        for pool in await self.store.pools():
+        for pool in sorted(self.pools.union(await self.store.pools())):
             result = await self.step_pool(pool, due, now)
             if result is not None:
                 results.append(result)
         return results
 
-    async def step_pool(self, pool: str, window: int, now: float) -> StepResult | None:
-        """Step one pool with one window, unless that window was stepped already."""
+    async def step_pool(self, pool: str, due: int, now: float) -> StepResult | None:
+        """Step one pool with the ticks up to ``due`` it has not consumed yet."""
         saved = await self.store.load_state(pool) or {}
-        window_end = (window + 1) * self.window_seconds
-        if saved.get("stepped_until") and float(saved["stepped_until"]) >= window_end - 1e-6:
-            return None
         params = self.params_for(pool, await self.store.load_bounds(pool))
-        state = decode_state(saved, now, self.state_max_age) or initial_state(params)
-        counts = await self.store.read_window(pool, window)
-        new_state, decision = step(state, Window.from_counts(counts), params)
-        cap = self.rate_cap(pool, new_state.rate) if self.rate_cap else None
-        rate = new_state.rate if cap is None else max(params.min_rate, min(new_state.rate, cap))
-        fields_ = encode_state(new_state, window, self.window_seconds, now, rate)
-        await self.store.save_state(pool, fields_)
-        result = StepResult(pool, window, counts, new_state, decision, rate, cap)
+        consumed = int(_number(saved.get("consumed"))) if saved.get("consumed") else due - 1
+        if consumed >= due:
+            return None
+        first = max(consumed + 1, due - MAX_TICKS_PER_STEP + 1)
+        state = load_law(saved, now, self.state_max_age, params)
+        counts = await self.store.read_ticks(pool, first, due)
+        ticks = [
+            tick_of(index, counts.get(index, {}), self.tick_seconds)
+            for index in range(first, due + 1)
+        ]
+        new_state = law.step(state, ticks, now, params)
+        cap = self.rate_cap(pool, new_state.rate.rate) if self.rate_cap else None
+        rate = (
+            new_state.rate.rate
+            if cap is None
+            else max(params.min_rate, min(new_state.rate.rate, cap))
+        )
+        fields = encode_state(new_state, params, consumed=due, now=now, rate=rate)
+        if not await self.store.save_state(pool, fields, state_version(saved)):
+            return None  # a push came first: this step is taken again with it next tick
+        summed: dict[str, float] = {}
+        for tick_counts in counts.values():
+            for name, value in tick_counts.items():
+                if name not in s.MAX_FIELDS and name not in s.MIN_FIELDS:
+                    summed[name] = summed.get(name, 0) + value
+        decision = new_state.rate_decision
+        result = StepResult(pool, len(ticks), summed, new_state, decision, rate, cap)
         self.last_results[pool] = result
         if self.on_step is not None:
             self.on_step(result)
-        if decision is not Decision.HOLD:
-            log.info(
-                "pool=%s window=%d decision=%s rate=%.3f ceiling=%s",
-                pool, window, decision.value, rate,
-                "none" if new_state.ceiling is None else f"{new_state.ceiling:.3f}",
+        if decision is not Decision.HOLD or new_state.cap_decision is not Decision.HOLD:
+            r = new_state.rate
+            log.debug(
+                "pool=%s rate=%s decision=%s limit=%s cap=%s cap_decision=%s",
+                pool, _rate_text(rate), decision.value,
+                "none" if r.limit is None else f"{r.limit:.3f}",
+                new_state.cap.cap, new_state.cap_decision.value,
             )  # fmt: skip
         return result
 
-    def params_for(self, pool: str, bounds: Mapping[str, str]) -> RateLimitParams:
+    def params_for(self, pool: str, bounds: Mapping[str, str]) -> Params:
         """The parameters with any bounds an operator set for this pool (PUT /bounds)."""
         try:
             return apply_bounds(self.params, bounds)
         except ValueError:
             log.warning("pool=%s ignores inconsistent saved bounds", pool)
             return self.params
+
+
+def _rate_text(rate: float) -> str:
+    return "none" if math.isinf(rate) else f"{rate:.3f}"
 
 
 _BOUNDS: dict[str, Callable[[str], float | int]] = {
@@ -214,14 +289,18 @@ _BOUNDS: dict[str, Callable[[str], float | int]] = {
 }
 
 
-def apply_bounds(params: RateLimitParams, bounds: Mapping[str, str]) -> RateLimitParams:
+def apply_bounds(params: Params, bounds: Mapping[str, str]) -> Params:
     """Parameters with an operator's bounds applied; ValueError if they are inconsistent."""
     overrides = {name: parse(bounds[name]) for name, parse in _BOUNDS.items() if bounds.get(name)}
     if not overrides:
         return params
-    low, high = (
-        overrides.get("min_rate", params.min_rate),
-        overrides.get("max_rate", params.max_rate),
-    )
-    initial = min(max(params.initial_rate, low), high)
+    low = overrides.get("min_rate", params.min_rate)
+    high = overrides.get("max_rate", params.max_rate)
+    if high is not None and low > high:
+        # Said here in the operator's terms: Params would first find the initial rate
+        # (moved into [low, high]) below min_rate, a setting the operator never made.
+        raise ValueError(f"min_rate ({low:g}) must be <= max_rate ({high:g})")
+    initial = max(params.initial_rate, low)
+    if high is not None:
+        initial = min(initial, high)
     return replace(params, initial_rate=initial, **overrides)  # type: ignore[arg-type]

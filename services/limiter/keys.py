@@ -11,9 +11,11 @@ ZSET scores, so that no proxy's clock skew can move a reservation.
 =================================  ======  =====================  =============================
 key                                type    TTL                    written by / read by
 =================================  ======  =====================  =============================
-``{prefix}:{pool}:state``          hash    7 days, renewed on     limiter (``save_state``) /
-                                           every save             ``acquire`` (``rate``,
-                                                                  ``concurrency``), limiter
+``{prefix}:{pool}:state``          hash    7 days, renewed on     limiter (``save_state``, the
+                                           every save             law and what acquire reads),
+                                                                  ``report`` (pushes) /
+                                                                  ``acquire`` (``rate``,
+                                                                  ``concurrency``, ``epoch``)
 ``{prefix}:{pool}:bounds``         hash    none (operator         admin API (``save_bounds``) /
                                            configuration)         limiter (``load_bounds``)
 ``{prefix}:{pool}:tat``            string  until the TAT has      ``acquire`` / ``acquire``
@@ -25,27 +27,24 @@ key                                type    TTL                    written by / r
                                            expired members are    expiry), ``renew`` extends,
                                            dropped by acquire     ``report`` removes /
                                            and renew              ``acquire`` (in-flight count)
-``{prefix}:{pool}:w:{window}``     hash    window TTL from the    ``acquire`` (``demand``,
-                                           first acquire,         ``peak_concurrency``),
-                                           renewed by every       ``report`` (outcome counts) /
-                                           report                 limiter (``read_window``)
+``{prefix}:{pool}:t:{tick}``       hash    tick TTL, renewed by   ``report`` (the proxies'
+                                           every report           counts) / limiter
+                                                                  (``read_ticks``)
 ``{prefix}:{pool}:replicas``       zset    the longest heartbeat  ``heartbeat`` (replica ->
                                            TTL; expired members   expiry) / ``heartbeat``,
                                            dropped by heartbeat   limiter (``replicas``)
-``{prefix}:pools``                 zset    window TTL, renewed    ``acquire`` (pool -> Redis
+``{prefix}:pools``                 zset    tick TTL, renewed      ``acquire`` (pool -> Redis
                                            on every write;        time of registration) /
                                            members older than     limiter (``pools``)
-                                           the window TTL trimmed
+                                           the tick TTL trimmed
 ``{prefix}:leader``                string  the lease TTL          limiter (``lead``)
 =================================  ======  =====================  =============================
 
-``{window}`` is ``floor(now / window_seconds)`` on Redis time. Window hashes hold only the
-fields ever written: a missing field is a zero count (for ``peak_concurrency``: no acquire
-seen in that window).
+``{tick}`` is ``floor(now / tick_seconds)`` on Redis time. Tick hashes hold only the fields
+ever written: a missing field is a zero count (for ``ok_at`` and ``refused_at``: none).
 
 The pool registry is the one key ``acquire`` cannot touch from its script (another slot),
-so a store registers a pool with its own small script at most once per window; a pool is
-listed for at least ``window_ttl - window_seconds`` after its last acquire.
+so a store registers a pool with its own small script at most once per REGISTER_SECONDS.
 """
 
 from __future__ import annotations
@@ -63,11 +62,11 @@ class PoolKeys:
     tat: str
     leases: str
     replicas: str
-    window_prefix: str  # + window index; scripts build the window key from Redis time
+    tick_prefix: str  # + tick index
 
-    def window(self, index: int) -> str:
-        """The counter hash of one window."""
-        return f"{self.window_prefix}{index}"
+    def tick(self, index: int) -> str:
+        """The counter hash of one tick."""
+        return f"{self.tick_prefix}{index}"
 
 
 @lru_cache(maxsize=4096)
@@ -82,7 +81,7 @@ def pool_keys(prefix: str, pool: str) -> PoolKeys:
         tat=f"{base}:tat",
         leases=f"{base}:leases",
         replicas=f"{base}:replicas",
-        window_prefix=f"{base}:w:",
+        tick_prefix=f"{base}:t:",
     )
 
 

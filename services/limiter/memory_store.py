@@ -2,8 +2,8 @@
 
 The same semantics as the Redis store, in plain Python on an injectable clock. Every method
 runs to completion without awaiting, so on one event loop each call is atomic, as a Lua
-script is on Redis: no locks. Memory stays bounded: expired windows, leases, replicas,
-state and idle pools are swept at most once per window.
+script is on Redis: no locks. Memory stays bounded: expired ticks, leases, replicas,
+state and idle pools are swept at most once per REGISTER_SECONDS.
 """
 
 from __future__ import annotations
@@ -13,17 +13,23 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from zai_proxy.limiter import store as s
 from zai_proxy.limiter.store import (
     CONCURRENCY_RETRY_SECONDS,
+    REGISTER_SECONDS,
     STATE_TTL_SECONDS,
     Admission,
     StoreConfig,
+    parse_cap,
+    parse_rate,
+    pushed_cap,
+    state_version,
 )
 
 
 @dataclass(slots=True)
-class _Window:
-    counts: dict[str, int] = field(default_factory=dict)
+class _Tick:
+    counts: dict[str, float] = field(default_factory=dict)
     expiry: float = 0.0
 
 
@@ -35,19 +41,19 @@ class _Pool:
     tat_rate: float = 0.0  # the rate the backlog behind the TAT was laid out at
     leases: dict[str, float] = field(default_factory=dict)  # lease id -> expiry
     replicas: dict[str, float] = field(default_factory=dict)  # replica -> expiry
-    windows: dict[int, _Window] = field(default_factory=dict)
+    ticks: dict[int, _Tick] = field(default_factory=dict)
     seen: float = -math.inf  # last acquire, for pools()
 
     def drop_expired_leases(self, now: float) -> None:
         self.leases = {lease: end for lease, end in self.leases.items() if end > now}
 
-    def drop_expired(self, now: float, window_ttl: float) -> None:
+    def drop_expired(self, now: float, ttl: float) -> None:
         self.drop_expired_leases(now)
         self.replicas = {name: end for name, end in self.replicas.items() if end > now}
-        self.windows = {index: w for index, w in self.windows.items() if w.expiry > now}
+        self.ticks = {index: t for index, t in self.ticks.items() if t.expiry > now}
         if self.state is not None and self.state_expiry <= now:
             self.state = None
-        if self.seen < now - window_ttl:
+        if self.seen < now - ttl:
             self.seen = -math.inf
 
     def is_empty(self, now: float) -> bool:
@@ -56,9 +62,14 @@ class _Pool:
             or self.tat > now
             or self.leases
             or self.replicas
-            or self.windows
+            or self.ticks
             or self.seen > -math.inf
         )
+
+    def live_state(self, now: float) -> dict[str, str]:
+        if self.state is None or self.state_expiry <= now:
+            return {}
+        return self.state
 
 
 class MemoryStore:
@@ -74,14 +85,10 @@ class MemoryStore:
 
     @property
     def footprint(self) -> int:
-        """How many entries the store holds (pools, windows, leases, replicas): for tests."""
-        return sum(
-            1 + len(p.windows) + len(p.leases) + len(p.replicas) for p in self._pools.values()
-        )
+        """How many entries the store holds (pools, ticks, leases, replicas): for tests."""
+        return sum(1 + len(p.ticks) + len(p.leases) + len(p.replicas) for p in self._pools.values())
 
-    async def acquire(
-        self, pool: str, lease: str, max_wait: float, lease_ttl: float, demand: bool = True
-    ) -> Admission:
+    async def acquire(self, pool: str, lease: str, max_wait: float, lease_ttl: float) -> Admission:
         """Reserve a slot and a lease, unless the wait exceeds max_wait (as acquire.lua)."""
         if max_wait < 0 or lease_ttl <= 0:
             raise ValueError("max_wait must be >= 0 and lease_ttl > 0")
@@ -89,12 +96,12 @@ class MemoryStore:
         self._maybe_sweep(now)
         state = self._pool(pool)
         state.seen = now
-        rate, cap = self._limits(state, now)
-        window = self._window(state, now)
-        if demand:
-            window.counts["demand"] = window.counts.get("demand", 0) + 1
+        saved = state.live_state(now)
+        rate = parse_rate(saved.get(s.RATE), self.config.initial_rate)
+        cap = parse_cap(saved.get(s.CONCURRENCY))
+        epoch = int(saved.get(s.EPOCH) or 0)
         burst = self.config.burst_seconds
-        if state.tat > now and 0 < state.tat_rate != rate:
+        if state.tat > now and 0 < state.tat_rate != rate and math.isfinite(rate):
             # The backlog waits at the rate in force (see acquire.lua).
             last = state.tat - burst - 1 / state.tat_rate
             if last > now:
@@ -104,38 +111,56 @@ class MemoryStore:
         # A lease past its expiry belongs to a proxy that crashed or lost its report.
         state.drop_expired_leases(now)
         in_flight = len(state.leases)
-        if in_flight >= cap:
-            _record_peak(window, in_flight)
+        if cap is not None and in_flight >= cap:
             wait = min(CONCURRENCY_RETRY_SECONDS, min(state.leases.values()) - now)
-            return Admission(False, wait, "concurrency", rate, cap, now)
+            return Admission(False, wait, "concurrency", rate, cap, in_flight, epoch, now)
 
-        tat = max(state.tat, now)
-        wait = max(0.0, tat - burst - now)
-        if wait > max_wait:
-            _record_peak(window, in_flight)
-            return Admission(False, wait, "rate", rate, cap, now)
-        state.tat, state.tat_rate = tat + 1 / rate, rate
+        wait = 0.0
+        if math.isfinite(rate):
+            tat = max(state.tat, now)
+            wait = max(0.0, tat - burst - now)
+            if wait > max_wait:
+                return Admission(False, wait, "rate", rate, cap, in_flight, epoch, now)
+            state.tat, state.tat_rate = tat + 1 / rate, rate
+        else:
+            state.tat, state.tat_rate = 0.0, 0.0
         state.leases[lease] = now + lease_ttl
-        _record_peak(window, len(state.leases))
-        return Admission(True, wait, "ok", rate, cap, now)
+        return Admission(True, wait, "ok", rate, cap, in_flight + 1, epoch, now)
 
     async def report(
-        self, pool: str, window: int, counts: Mapping[str, int], release: Sequence[str] = ()
+        self,
+        pool: str,
+        ticks: Mapping[int, Mapping[str, float]],
+        release: Sequence[str] = (),
     ) -> None:
-        """Add outcome counts to a window and release leases."""
+        """Add tick counts, release leases, and push (as report.lua)."""
         now = self._clock()
         self._maybe_sweep(now)
-        nonzero = [(name, count) for name, count in counts.items() if count]
-        if not nonzero and not release:
+        if not ticks and not release:
             return
         state = self._pool(pool)
-        if nonzero:
-            held = state.windows.setdefault(window, _Window())
-            held.expiry = now + self.config.window_ttl_seconds
-            for name, count in nonzero:
-                held.counts[name] = held.counts.get(name, 0) + count
+        limited = concurrency_limited = False
+        refused_at: int | None = None
+        for index, counts in ticks.items():
+            held = state.ticks.setdefault(index, _Tick())
+            held.expiry = now + self.config.tick_ttl_seconds
+            for name, value in counts.items():
+                if name in s.MAX_FIELDS:
+                    held.counts[name] = max(held.counts.get(name, value), value)
+                elif name in s.MIN_FIELDS:
+                    held.counts[name] = min(held.counts.get(name, value), value)
+                    if name == "refused_at":
+                        n = int(value)
+                        refused_at = n if refused_at is None else min(refused_at, n)
+                elif value:
+                    held.counts[name] = held.counts.get(name, 0) + value
+            limited = limited or counts.get("rate_frequency", 0) > 0
+            concurrency_limited = concurrency_limited or counts.get("rate_concurrency", 0) > 0
         for lease in release:
             state.leases.pop(lease, None)
+        saved = state.live_state(now)
+        if saved and (limited or concurrency_limited):
+            _push(saved, now, limited, concurrency_limited, refused_at)
 
     async def renew(self, pool: str, leases: Sequence[str], ttl: float) -> int:
         """Extend leases still held to expire ``ttl`` seconds from now (as renew.lua)."""
@@ -172,30 +197,38 @@ class MemoryStore:
         return self._clock()
 
     async def pools(self) -> list[str]:
-        """Pools that saw an acquire within the window TTL."""
-        oldest = self._clock() - self.config.window_ttl_seconds
+        """Pools that saw an acquire within the tick TTL."""
+        oldest = self._clock() - self.config.tick_ttl_seconds
         return sorted(name for name, state in self._pools.items() if state.seen >= oldest)
 
-    async def read_window(self, pool: str, window: int) -> dict[str, int]:
-        """The counts of one window; only fields ever written are present."""
+    async def read_ticks(self, pool: str, first: int, last: int) -> dict[int, dict[str, float]]:
+        """The counts of ticks ``first`` to ``last`` that hold any."""
         state = self._pools.get(pool)
-        held = state.windows.get(window) if state else None
-        if held is None or held.expiry <= self._clock():
+        if state is None:
             return {}
-        return dict(held.counts)
+        now = self._clock()
+        return {
+            index: dict(held.counts)
+            for index, held in state.ticks.items()
+            if first <= index <= last and held.expiry > now and held.counts
+        }
 
     async def load_state(self, pool: str) -> dict[str, str] | None:
-        """The pool's saved controller state, or None."""
+        """The pool's saved state, or None."""
         state = self._pools.get(pool)
-        if state is None or state.state is None or state.state_expiry <= self._clock():
+        if state is None:
             return None
-        return dict(state.state)
+        return dict(state.live_state(self._clock())) or None
 
-    async def save_state(self, pool: str, fields: Mapping[str, str]) -> None:
-        """Replace the saved state with ``fields`` (a field left out does not linger)."""
+    async def save_state(self, pool: str, fields: Mapping[str, str], version: int) -> bool:
+        """Replace the state unless its version moved past ``version`` (as save.lua)."""
         state = self._pool(pool)
-        state.state = dict(fields) or None
-        state.state_expiry = self._clock() + STATE_TTL_SECONDS
+        now = self._clock()
+        if state_version(state.live_state(now)) != version:
+            return False
+        state.state = {**fields, s.VERSION: str(version + 1)}
+        state.state_expiry = now + STATE_TTL_SECONDS
+        return True
 
     async def load_bounds(self, pool: str) -> dict[str, str]:
         """Bounds an operator set for a pool; {} if none."""
@@ -215,7 +248,7 @@ class MemoryStore:
         return sum(1 for end in state.replicas.values() if end > now) if state else 0
 
     async def reset(self, pool: str) -> None:
-        """Forget the pool's saved state, its TAT and its leases (windows and replicas stay)."""
+        """Forget the pool's saved state, its TAT and its leases (ticks and replicas stay)."""
         state = self._pools.get(pool)
         if state is not None:
             state.state = None
@@ -241,29 +274,11 @@ class MemoryStore:
             state = self._pools[pool] = _Pool()
         return state
 
-    def _limits(self, state: _Pool, now: float) -> tuple[float, int]:
-        """The pool's rate and cap: saved state wins, as in acquire.lua."""
-        rate = float(self.config.initial_rate)
-        cap = self.config.initial_concurrency
-        if state.state is not None and state.state_expiry > now:
-            saved_rate = _number(state.state.get("rate"))
-            if saved_rate is not None and 0 < saved_rate < math.inf:
-                rate = saved_rate
-            saved_cap = _number(state.state.get("concurrency"))
-            if saved_cap is not None and -math.inf < saved_cap < math.inf:
-                cap = max(1, math.floor(saved_cap))
-        return rate, cap
-
-    def _window(self, state: _Pool, now: float) -> _Window:
-        held = state.windows.setdefault(self.config.window_of(now), _Window())
-        held.expiry = now + self.config.window_ttl_seconds
-        return held
-
     def _maybe_sweep(self, now: float) -> None:
         if now < self._next_sweep:
             return
-        self._next_sweep = now + self.config.window_seconds
-        ttl = self.config.window_ttl_seconds
+        self._next_sweep = now + REGISTER_SECONDS
+        ttl = self.config.tick_ttl_seconds
         for name in list(self._pools):
             state = self._pools[name]
             state.drop_expired(now, ttl)
@@ -273,17 +288,29 @@ class MemoryStore:
             self._leader = None
 
 
-def _record_peak(window: _Window, in_flight: int) -> None:
-    if in_flight > window.counts.get("peak_concurrency", -1):
-        window.counts["peak_concurrency"] = in_flight
-
-
-def _number(text: str | None) -> float | None:
-    """A saved field as a number; None when missing, not a number or NaN."""
-    if text is None:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return None if math.isnan(value) else value
+def _push(
+    saved: dict[str, str],
+    now: float,
+    limited: bool,
+    concurrency_limited: bool,
+    refused_at: int | None,
+) -> None:
+    """End the probes a 429 answered, and lower the cap below a 1302 (as report.lua)."""
+    changed = False
+    if limited and saved.get(s.PROBE_BASE):
+        saved[s.RATE] = saved[s.PROBE_BASE]
+        saved[s.PROBE_BASE] = ""
+        saved[s.PUSHED_RATE] = repr(now)
+        changed = True
+    if concurrency_limited:
+        base = parse_cap(saved.get(s.CAP_BASE))
+        floor = int(saved.get(s.CAP_FLOOR) or 1)
+        cap = pushed_cap(parse_cap(saved.get(s.CONCURRENCY)), base, refused_at, floor)
+        if cap is not None:
+            saved[s.CONCURRENCY] = str(cap)
+            saved[s.CAP_BASE] = ""
+            saved[s.EPOCH] = str(int(saved.get(s.EPOCH) or 0) + 1)
+            saved[s.PUSHED_CAP] = repr(now)
+            changed = True
+    if changed:
+        saved[s.VERSION] = str(state_version(saved) + 1)

@@ -1,19 +1,22 @@
 """The limiter service's Prometheus metrics (names defined here once).
 
 Every limiter replica exports the pools' current state (read from the store), so the
-gauges agree across replicas: aggregate them with max, not sum. Decisions are counted
-only by the leader that made them, so their sum across replicas is the true count.
+gauges agree across replicas: aggregate them with max, not sum. Decisions and the window
+gauges (the last second of ticks the leader stepped) come only from the leader that made
+them, so their sum across replicas is the true count. A rate or cap that is not limited
+(no evidence yet) is exported as +Inf.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections import deque
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from zai_proxy.limiter.control import StepResult
-from zai_proxy.limiter.controller import RateLimitParams
-from zai_proxy.limiter.outcomes import Outcome
+from zai_proxy.limiter.controller import Params
 from zai_proxy.shared.limiter_metrics import (
     CEILING,
     CONCURRENCY,
@@ -31,6 +34,7 @@ from zai_proxy.shared.limiter_metrics import (
     WINDOW_429_RATIO,
     WINDOW_REQUESTS,
 )
+from zai_proxy.shared.outcomes import Outcome
 
 _RATIO_CLASSES = ("rate_frequency", "rate_concurrency", "rate_quota", "rate_congestion")
 
@@ -40,14 +44,16 @@ class LimiterMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
-        self.rate = Gauge(RATE, "Requests/s the pool admits now.", ["pool"], registry=r)
+        self.rate = Gauge(
+            RATE, "Requests/s the pool admits now (+Inf: no limit).", ["pool"], registry=r
+        )
         self.ceiling = Gauge(
-            CEILING, "Learned ceiling of the pool (requests/s); absent until learned.",
+            CEILING, "Learned limit of the pool (requests/s); absent until a 429 taught one.",
             ["pool"], registry=r,
         )  # fmt: skip
-        self.hold = Gauge(HOLD, "The hold line: ceiling x (1 - hold margin).", ["pool"], registry=r)
+        self.hold = Gauge(HOLD, "The hold line: limit x (1 - hold margin).", ["pool"], registry=r)
         self.concurrency = Gauge(
-            CONCURRENCY, "Cluster-wide cap on concurrent upstream requests.", ["pool"],
+            CONCURRENCY, "Cluster-wide cap on concurrent upstream requests (+Inf: none).", ["pool"],
             registry=r,
         )  # fmt: skip
         self.decisions = Counter(
@@ -55,11 +61,11 @@ class LimiterMetrics:
             ["pool", "direction"], registry=r,
         )  # fmt: skip
         self.window_requests = Gauge(
-            WINDOW_REQUESTS, "Counts of the last stepped window, by outcome (and demand).",
-            ["pool", "outcome"], registry=r,
+            WINDOW_REQUESTS, "Counts of the last second of stepped ticks, by outcome (and "
+            "sent, throttled, capped).", ["pool", "outcome"], registry=r,
         )  # fmt: skip
         self.window_429_ratio = Gauge(
-            WINDOW_429_RATIO, "Share of the last stepped window's attempts answered 429.",
+            WINDOW_429_RATIO, "Share of the last second's attempts answered 429, by class.",
             ["pool", "class"], registry=r,
         )  # fmt: skip
         self.quota_cap = Gauge(
@@ -79,15 +85,21 @@ class LimiterMetrics:
             QUOTA_RESET, "When a quota window resets (epoch seconds).", ["window"], registry=r
         )
         self.quota_age = Gauge(QUOTA_AGE, "Seconds since the last good quota sample.", registry=r)
+        self._windows: dict[str, deque[Mapping[str, float]]] = {}
 
     def stepped(self, result: StepResult) -> None:
         """Count a step made by this replica."""
         self.decisions.labels(result.pool, result.decision.value).inc()
-        counts = result.counts
+        window = self._windows.setdefault(result.pool, deque(maxlen=_WINDOW_STEPS))
+        window.append(result.counts)
+        counts: dict[str, float] = {}
+        for step_counts in window:
+            for name, value in step_counts.items():
+                counts[name] = counts.get(name, 0) + value
         # Every class is set, absent ones to 0, so no stale count outlives its window.
-        for outcome in (*(o.value for o in Outcome), "demand"):
+        for outcome in (*(o.value for o in Outcome), "sent", "throttled", "capped"):
             self.window_requests.labels(result.pool, outcome).set(counts.get(outcome, 0))
-        attempts = sum(v for k, v in counts.items() if k not in ("demand", "peak_concurrency"))
+        attempts = sum(counts.get(o.value, 0) for o in Outcome)
         for name in _RATIO_CLASSES:
             ratio = counts.get(name, 0) / attempts if attempts else 0.0
             self.window_429_ratio.labels(result.pool, name).set(ratio)
@@ -97,14 +109,22 @@ class LimiterMetrics:
         else:
             self.quota_cap.labels(result.pool).set(result.quota_cap)
 
-    def pool_state(
-        self, pool: str, saved: dict[str, str], params: RateLimitParams, replicas: int
-    ) -> None:
+    def pool_state(self, pool: str, saved: dict[str, str], params: Params, replicas: int) -> None:
         """Show a pool's saved state."""
-        self.rate.labels(pool).set(float(saved.get("rate", params.initial_rate)))
-        self.concurrency.labels(pool).set(float(saved.get("concurrency", params.max_concurrency)))
+        rate = saved.get("rate", "")
+        self.rate.labels(pool).set(float(rate) if rate else params.initial_rate)
+        cap = saved.get("concurrency", "")
+        self.concurrency.labels(pool).set(float(cap) if cap else float("inf"))
         self.replicas.labels(pool).set(replicas)
-        ceiling = saved.get("ceiling", "")
-        if ceiling:
-            self.ceiling.labels(pool).set(float(ceiling))
-            self.hold.labels(pool).set(float(ceiling) * (1 - params.hold_margin))
+        limit = saved.get("limit", "")
+        if limit:
+            self.ceiling.labels(pool).set(float(limit))
+            self.hold.labels(pool).set(float(limit) * (1 - params.margin))
+        else:
+            for gauge in (self.ceiling, self.hold):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(pool)
+
+
+# The window gauges cover this many steps (a second at the default tick).
+_WINDOW_STEPS = 4

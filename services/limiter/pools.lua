@@ -1,5 +1,5 @@
--- List the pools registered within the window TTL; forget older ones.
--- KEYS: pools zset. ARGV: window_ttl (seconds).
+-- List the pools registered within the tick TTL; forget older ones.
+-- KEYS: pools zset. ARGV: tick_ttl (seconds).
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local oldest = now - tonumber(ARGV[1])

@@ -146,13 +146,18 @@ class QuotaPoller:
             failures=self._failures,
         )
 
-    async def start(self) -> None:
-        """Start polling in the background (the first poll is immediate)."""
+    @property
+    def interval(self) -> float:
+        """Seconds between polls."""
+        return self._config.interval_s
+
+    async def start(self, first_after: float = 0.0) -> None:
+        """Start polling in the background, the first poll ``first_after`` seconds from now."""
         if self._task is not None:
             return
         if self._session is None:
             self._session = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
-        self._task = asyncio.create_task(self._run(), name="quota-poller")
+        self._task = asyncio.create_task(self._run(first_after), name="quota-poller")
 
     async def stop(self) -> None:
         """Stop polling and close the session if the poller opened it."""
@@ -186,7 +191,8 @@ class QuotaPoller:
                 logger.exception("the quota sample callback failed")
         return sample
 
-    async def _run(self) -> None:
+    async def _run(self, first_after: float) -> None:
+        await asyncio.sleep(first_after)
         while True:
             try:
                 await self.poll_once()

@@ -21,13 +21,16 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from zai_proxy.limiter import keys
+from zai_proxy.limiter import store as s
 from zai_proxy.limiter.store import (
     CONCURRENCY_RETRY_SECONDS,
+    REGISTER_SECONDS,
     STATE_TTL_SECONDS,
     Admission,
     StoreConfig,
     StoreError,
     StoreUnavailable,
+    parse_cap,
 )
 
 # Hot-path timeouts: a Redis that cannot answer within this is treated as down, and the
@@ -102,6 +105,8 @@ class RedisStore:
         self._redis = redis
         self._owns_client = owns_client
         self._acquire = redis.register_script(_script("acquire.lua"))
+        self._report = redis.register_script(_script("report.lua"))
+        self._save = redis.register_script(_script("save.lua"))
         self._register = redis.register_script(_script("register.lua"))
         self._pools = redis.register_script(_script("pools.lua"))
         self._heartbeat = redis.register_script(_script("heartbeat.lua"))
@@ -110,7 +115,7 @@ class RedisStore:
         self._lead = redis.register_script(_script("lead.lua"))
         self._pools_key = keys.pools_key(config.prefix)
         self._leader_key = keys.leader_key(config.prefix)
-        self._window_ttl_ms = _millis(config.window_ttl_seconds)
+        self._tick_ttl_ms = _millis(config.tick_ttl_seconds)
         # Pool -> monotonic time of its next registration (see the keys module docstring).
         self._next_registration: dict[str, float] = {}
 
@@ -141,9 +146,7 @@ class RedisStore:
         )
         return cls(Redis.from_pool(pool), config, owns_client=True)
 
-    async def acquire(
-        self, pool: str, lease: str, max_wait: float, lease_ttl: float, demand: bool = True
-    ) -> Admission:
+    async def acquire(self, pool: str, lease: str, max_wait: float, lease_ttl: float) -> Admission:
         """Reserve a slot and a lease in one script run, unless the wait exceeds max_wait."""
         if max_wait < 0 or lease_ttl <= 0:
             raise ValueError("max_wait must be >= 0 and lease_ttl > 0")
@@ -156,46 +159,47 @@ class RedisStore:
                 keys=(pool_keys.state, pool_keys.tat, pool_keys.leases),
                 args=(
                     config.initial_rate,
-                    config.initial_concurrency,
                     config.burst_seconds,
                     max_wait,
                     lease,
                     lease_ttl,
-                    1 if demand else 0,
-                    config.window_seconds,
-                    self._window_ttl_ms,
                     CONCURRENCY_RETRY_SECONDS,
-                    pool_keys.window_prefix,
                 ),
             )
-        granted, reason, wait, rate, concurrency, now = reply
+        granted, reason, wait, rate, cap, in_flight, epoch, now = reply
         return Admission(
             granted=granted == 1,
             wait=float(wait),
             reason=_REASONS[reason],
             rate=float(rate),
-            concurrency=int(concurrency),
+            concurrency=parse_cap(_text(cap)),
+            in_flight=int(in_flight),
+            epoch=int(epoch),
             now=float(now),
         )
 
     async def report(
-        self, pool: str, window: int, counts: Mapping[str, int], release: Sequence[str] = ()
+        self,
+        pool: str,
+        ticks: Mapping[int, Mapping[str, float]],
+        release: Sequence[str] = (),
     ) -> None:
-        """Add outcome counts to a window and release leases, in one pipelined round trip."""
-        pool_keys = keys.pool_keys(self.config.prefix, pool)
-        window_key = pool_keys.window(window)
-        nonzero = [(name, count) for name, count in counts.items() if count]
-        if not nonzero and not release:
+        """Add tick counts, release leases and push, in one script run."""
+        triples: list[str | int | float] = []
+        for index, counts in ticks.items():
+            for name, value in counts.items():
+                if name in s.MAX_FIELDS or name in s.MIN_FIELDS or name in s.FLOAT_FIELDS:
+                    triples += (index, name, repr(float(value)))
+                elif value:
+                    triples += (index, name, int(value))  # HINCRBY takes integers only
+        if not triples and not release:
             return
+        pool_keys = keys.pool_keys(self.config.prefix, pool)
         with _translate_errors:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for name, count in nonzero:
-                    pipe.hincrby(window_key, name, count)
-                if nonzero:
-                    pipe.pexpire(window_key, self._window_ttl_ms)
-                if release:
-                    pipe.zrem(pool_keys.leases, *release)
-                await pipe.execute()
+            await self._report(
+                keys=(pool_keys.state, pool_keys.leases),
+                args=(pool_keys.tick_prefix, self._tick_ttl_ms, len(release), *release, *triples),
+            )
 
     async def renew(self, pool: str, leases: Sequence[str], ttl: float) -> int:
         """Extend leases still held to expire ``ttl`` seconds from now; return how many."""
@@ -227,37 +231,46 @@ class RedisStore:
         return seconds + micros / 1_000_000
 
     async def pools(self) -> list[str]:
-        """Pools that saw an acquire within the window TTL (to within one window)."""
+        """Pools that saw an acquire within the tick TTL (to within REGISTER_SECONDS)."""
         with _translate_errors:
             members = await self._pools(
-                keys=(self._pools_key,), args=(self.config.window_ttl_seconds,)
+                keys=(self._pools_key,), args=(self.config.tick_ttl_seconds,)
             )
         return [_text(member) for member in members]
 
-    async def read_window(self, pool: str, window: int) -> dict[str, int]:
-        """The counts of one window; only fields ever written are present."""
-        window_key = keys.pool_keys(self.config.prefix, pool).window(window)
+    async def read_ticks(self, pool: str, first: int, last: int) -> dict[int, dict[str, float]]:
+        """The counts of ticks ``first`` to ``last`` that hold any, in one pipelined trip."""
+        if last < first:
+            return {}
+        pool_keys = keys.pool_keys(self.config.prefix, pool)
+        indices = range(first, last + 1)
         with _translate_errors:
-            fields = await self._redis.hgetall(window_key)
-        return {_text(name): int(value) for name, value in fields.items()}
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for index in indices:
+                    pipe.hgetall(pool_keys.tick(index))
+                replies = await pipe.execute()
+        return {
+            index: {_text(name): float(value) for name, value in fields.items()}
+            for index, fields in zip(indices, replies, strict=True)
+            if fields
+        }
 
     async def load_state(self, pool: str) -> dict[str, str] | None:
-        """The pool's saved controller state, or None."""
+        """The pool's saved state, or None."""
         state_key = keys.pool_keys(self.config.prefix, pool).state
         with _translate_errors:
             fields = await self._redis.hgetall(state_key)
         return {_text(name): _text(value) for name, value in fields.items()} or None
 
-    async def save_state(self, pool: str, fields: Mapping[str, str]) -> None:
-        """Replace the saved state with ``fields`` (a field left out does not linger)."""
+    async def save_state(self, pool: str, fields: Mapping[str, str], version: int) -> bool:
+        """Replace the state unless its version moved past ``version`` (save.lua)."""
         state_key = keys.pool_keys(self.config.prefix, pool).state
+        pairs = [x for item in fields.items() if item[0] != "version" for x in item]
         with _translate_errors:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(state_key)
-                if fields:
-                    pipe.hset(state_key, items=[x for item in fields.items() for x in item])
-                    pipe.pexpire(state_key, _millis(STATE_TTL_SECONDS))
-                await pipe.execute()
+            saved = await self._save(
+                keys=(state_key,), args=(version, _millis(STATE_TTL_SECONDS), *pairs)
+            )
+        return cast(int, saved) == 1
 
     async def load_bounds(self, pool: str) -> dict[str, str]:
         """Bounds an operator set for a pool; {} if none."""
@@ -283,7 +296,7 @@ class RedisStore:
             return int(await self._replicas(keys=(replicas_key,)))
 
     async def reset(self, pool: str) -> None:
-        """Forget the pool's saved state, its TAT and its leases (windows and replicas stay)."""
+        """Forget the pool's saved state, its TAT and its leases (ticks and replicas stay)."""
         pool_keys = keys.pool_keys(self.config.prefix, pool)
         with _translate_errors:
             await self._redis.delete(pool_keys.state, pool_keys.tat, pool_keys.leases)
@@ -305,9 +318,9 @@ class RedisStore:
     async def _register_pool(self, pool: str) -> None:
         # Claimed before the await, so concurrent first acquires register once; given
         # back on failure, so the next acquire tries again.
-        self._next_registration[pool] = time.monotonic() + self.config.window_seconds
+        self._next_registration[pool] = time.monotonic() + REGISTER_SECONDS
         try:
-            await self._register(keys=(self._pools_key,), args=(pool, self._window_ttl_ms))
+            await self._register(keys=(self._pools_key,), args=(pool, self._tick_ttl_ms))
         except BaseException:
             self._next_registration.pop(pool, None)
             raise

@@ -1,18 +1,18 @@
-"""Limiter settings: the controller's parameters, the store, the service, the quota poller.
+"""Limiter settings: the control law's parameters, the store, the service, the quota poller.
 
 The proxy reads the same class: it needs the store, the bounds, and (with ``REDIS_URL``
-unset) runs the controller in-process with these parameters.
+unset) runs the control loop and the quota poller in-process with these parameters.
 """
 
 from __future__ import annotations
 
 import hashlib
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from zai_proxy.limiter import controller as c
-from zai_proxy.limiter.controller import RateLimitParams
+from zai_proxy.limiter.controller import Params
 from zai_proxy.limiter.quota import QuotaPacingParams
 from zai_proxy.limiter.quota_poller import QuotaPollerConfig, quota_url
 from zai_proxy.limiter.store import (
@@ -41,33 +41,41 @@ class LimiterSettings(BaseSettings):
         description="Name of the shared limit; empty: derived from the upstream key.",
     )
     rate_limit_initial: float = Field(
-        default=c.DEFAULT_INITIAL_RATE, gt=0, description="Requests/s the limiter starts at."
+        default=c.DEFAULT_INITIAL_RATE,
+        gt=0,
+        description="Requests/s slow start begins at (doubling every tick while demand fills it).",
     )
     rate_limit_min: float = Field(
         default=c.DEFAULT_MIN_RATE, gt=0, description="Lowest rate the limiter may set."
     )
-    rate_limit_max: float = Field(
-        default=c.DEFAULT_MAX_RATE, gt=0, description="Highest rate the limiter may set."
-    )
-    rate_limit_ceiling_alpha: float = Field(
-        default=c.DEFAULT_CEILING_ALPHA,
+    rate_limit_max: float | None = Field(
+        default=c.DEFAULT_MAX_RATE,
         gt=0,
-        le=1,
-        description="EWMA weight that moves the learned ceiling after a bad window.",
+        description="Highest rate the limiter may set; unset: no cap.",
     )
     rate_limit_hold_margin: float = Field(
-        default=c.DEFAULT_HOLD_MARGIN,
+        default=c.DEFAULT_MARGIN,
         ge=0,
-        lt=1,
-        description="How far below the ceiling the rate is held (fraction).",
+        lt=0.5,
+        description="How far below the learned limit the rate is held (fraction).",
     )
-    rate_limit_probe_interval: int = Field(
-        default=c.DEFAULT_PROBE_INTERVAL,
-        ge=1,
-        description="Clean windows at the hold point before probing above the ceiling.",
+    rate_limit_probe_gain: float = Field(
+        default=c.DEFAULT_PROBE_GAIN,
+        gt=0,
+        le=1,
+        description="First probe step above the learned limit (fraction); it doubles while clean.",
     )
-    rate_limit_window: float = Field(
-        default=c.DEFAULT_WINDOW_SECONDS, gt=0, description="Seconds per control window."
+    rate_limit_probe_budget: float = Field(
+        default=c.DEFAULT_PROBE_BUDGET,
+        ge=0,
+        le=0.5,
+        description="Share of accepted attempts that failed probes may spend as 429s.",
+    )
+    rate_limit_tick: float = Field(
+        default=c.DEFAULT_TICK_SECONDS,
+        gt=0,
+        le=5,
+        description="Seconds per control step (the limiter decides every tick).",
     )
     rate_limit_burst: float = Field(
         default=DEFAULT_BURST_SECONDS, ge=0, description="Seconds of rate that may go at once."
@@ -83,10 +91,10 @@ class LimiterSettings(BaseSettings):
     concurrency_limit_min: int = Field(
         default=c.DEFAULT_MIN_CONCURRENCY, ge=1, description="Lowest cluster-wide concurrency cap."
     )
-    concurrency_limit_max: int = Field(
+    concurrency_limit_max: int | None = Field(
         default=c.DEFAULT_MAX_CONCURRENCY,
         ge=1,
-        description="Highest (and starting) cluster-wide concurrency cap.",
+        description="Highest cluster-wide concurrency cap; unset: none until a 1302.",
     )
     log_level: str = Field(default="INFO", description="Log level of every service.")
     limiter_host: str = Field(default="0.0.0.0", description="Limiter listen address.")
@@ -120,21 +128,29 @@ class LimiterSettings(BaseSettings):
     zai_target_url: str = Field(default=DEFAULT_TARGET_URL, exclude=True)
     zai_api_key: SecretStr = Field(default=SecretStr(""), exclude=True)
 
+    @field_validator("redis_url")
+    @classmethod
+    def _unset_when_empty(cls, value: str | None) -> str | None:
+        # `REDIS_URL=` (an empty value, as compose files and charts write an unset one)
+        # means no Redis: without this the proxy opened the in-process store but, seeing
+        # a URL that is not None, ran no control loop, so the rate never moved.
+        return value if value and value.strip() else None
+
     @model_validator(mode="after")
     def _bounds(self) -> LimiterSettings:
         self.params()  # raises ValueError with a clear message on inconsistent bounds
         return self
 
-    def params(self) -> RateLimitParams:
-        """The controller's parameters."""
-        return RateLimitParams(
+    def params(self) -> Params:
+        """The control law's parameters."""
+        return Params(
+            tick_seconds=self.rate_limit_tick,
             initial_rate=self.rate_limit_initial,
             min_rate=self.rate_limit_min,
             max_rate=self.rate_limit_max,
-            ceiling_alpha=self.rate_limit_ceiling_alpha,
-            hold_margin=self.rate_limit_hold_margin,
-            probe_interval=self.rate_limit_probe_interval,
-            window_seconds=self.rate_limit_window,
+            margin=self.rate_limit_hold_margin,
+            probe_gain=self.rate_limit_probe_gain,
+            probe_budget=self.rate_limit_probe_budget,
             min_concurrency=self.concurrency_limit_min,
             max_concurrency=self.concurrency_limit_max,
         )
@@ -144,10 +160,9 @@ class LimiterSettings(BaseSettings):
         return StoreConfig(
             prefix=self.redis_prefix,
             initial_rate=self.rate_limit_initial,
-            initial_concurrency=self.concurrency_limit_max,
             burst_seconds=self.rate_limit_burst,
-            window_seconds=self.rate_limit_window,
-            window_ttl_seconds=max(120.0, 4 * self.rate_limit_window),
+            tick_seconds=self.rate_limit_tick,
+            tick_ttl_seconds=max(60.0, 8 * self.rate_limit_tick),
         )
 
     def pool(self) -> str:

@@ -6,16 +6,18 @@ Two implementations sit behind it and are chosen in exactly one place (``open_st
 both, and against fakeredis.
 
 Hot path (proxies), one round trip each:
-- ``acquire``: reserve a slot at the pool's current rate (GCRA with a small burst) and a
-  concurrency lease; answer how long to wait. A wait longer than ``max_wait`` reserves
-  nothing.
-- ``report``: add one batch of outcome counts to a window and release leases (pipelined,
-  off the response path).
+- ``acquire``: a concurrency lease (unless the cap is reached) and a slot at the pool's
+  rate (GCRA with a small burst); answer how long to wait. A wait longer than
+  ``max_wait`` reserves nothing. No rate (infinity) and no cap: nothing is throttled.
+- ``report``: add the proxies' tick counts, release leases, and push: a 429 of a probing
+  limit ends the probe at once for every replica (``probe_base`` / ``cap_base`` become the
+  limits in force), and the first 1302 caps an uncapped pool (see ``pushed_cap``).
 - ``heartbeat``: say this replica is alive; learn how many share the pool.
 - ``renew``: keep the concurrency leases of the attempts still running from expiring.
 
-Control plane (the limiter's leader): ``pools``, ``read_window``, ``load_state``,
-``save_state``, ``load_bounds``, ``save_bounds``, ``replicas``, ``reset``, ``lead``.
+Control plane (the limiter's leader): ``pools``, ``read_ticks``, ``load_state``,
+``save_state`` (compare-and-set on ``version``, so a step never overwrites a push made
+meanwhile), ``load_bounds``, ``save_bounds``, ``replicas``, ``reset``, ``lead``.
 
 Error hierarchy:
 
@@ -25,6 +27,7 @@ Error hierarchy:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -32,8 +35,8 @@ from typing import Literal, Protocol
 # Defaults of StoreConfig, the values the settings start from.
 DEFAULT_PREFIX = "zaiproxy"
 DEFAULT_BURST_SECONDS = 0.25
-DEFAULT_WINDOW_SECONDS = 5.0
-DEFAULT_WINDOW_TTL_SECONDS = 120.0
+DEFAULT_TICK_SECONDS = 0.25
+DEFAULT_TICK_TTL_SECONDS = 60.0
 
 # Saved controller state outlives restarts of every part, but a pool nobody steps for a
 # week is gone (renewed by every save, so a live pool never expires).
@@ -41,6 +44,25 @@ STATE_TTL_SECONDS = 7 * 24 * 3600.0
 # The wait suggested with a concurrency refusal: slots free when leases are released, at
 # any moment, so the caller polls briefly instead of waiting an emission interval.
 CONCURRENCY_RETRY_SECONDS = 0.05
+# A pool is registered in the pool list at most this often by each store.
+REGISTER_SECONDS = 5.0
+
+# Tick counts that are extremes, not sums: the highest in-flight count an attempt sent
+# under the cap in force was answered ok at, and the lowest one a 1302 came at.
+MAX_FIELDS = frozenset({"ok_at"})
+MIN_FIELDS = frozenset({"refused_at", "told"})  # told: the rate an answer's headers stated
+FLOAT_FIELDS = frozenset({"latency_sum"})
+
+# The state fields ``acquire`` and ``report`` read and write (the rest is the law's).
+RATE = "rate"  # requests per second in force; "inf": no limit
+CONCURRENCY = "concurrency"  # the cap in force; "": none
+EPOCH = "epoch"  # changes with every cap, so ok answers under an older cap are told apart
+PROBE_BASE = "probe_base"  # during a rate probe: the rate a 429 puts back
+CAP_BASE = "cap_base"  # during a cap probe: the cap a 1302 puts back
+CAP_FLOOR = "cap_floor"  # CONCURRENCY_LIMIT_MIN, for the push
+PUSHED_RATE = "pushed_rate"  # store time of the last rate push
+PUSHED_CAP = "pushed_cap"  # store time of the last cap push
+VERSION = "version"  # bumped by every save and push
 
 
 class StoreError(Exception):
@@ -56,25 +78,24 @@ class StoreConfig:
     """How a store lays out and times its state."""
 
     prefix: str = DEFAULT_PREFIX
-    initial_rate: float = 5.0  # used while a pool has no saved state
-    initial_concurrency: int = 256
+    initial_rate: float = 20.0  # used while a pool has no saved state
     burst_seconds: float = DEFAULT_BURST_SECONDS  # GCRA tolerance
-    window_seconds: float = DEFAULT_WINDOW_SECONDS
-    window_ttl_seconds: float = DEFAULT_WINDOW_TTL_SECONDS  # how long window counters live
+    tick_seconds: float = DEFAULT_TICK_SECONDS
+    tick_ttl_seconds: float = DEFAULT_TICK_TTL_SECONDS  # how long tick counters live
 
     def __post_init__(self) -> None:
         if not self.prefix or any(c in self.prefix for c in "{}: "):
             raise ValueError("prefix must be a non-empty word without braces, colons or spaces")
-        if self.initial_rate <= 0 or self.initial_concurrency < 1:
-            raise ValueError("initial_rate must be > 0 and initial_concurrency >= 1")
-        if self.burst_seconds < 0 or self.window_seconds <= 0:
-            raise ValueError("burst_seconds must be >= 0 and window_seconds > 0")
-        if self.window_ttl_seconds < 2 * self.window_seconds:
-            raise ValueError("window_ttl_seconds must cover at least two windows")
+        if not self.initial_rate > 0:
+            raise ValueError("initial_rate must be > 0")
+        if self.burst_seconds < 0 or self.tick_seconds <= 0:
+            raise ValueError("burst_seconds must be >= 0 and tick_seconds > 0")
+        if self.tick_ttl_seconds < 8 * self.tick_seconds:
+            raise ValueError("tick_ttl_seconds must cover at least eight ticks")
 
-    def window_of(self, now: float) -> int:
-        """The index of the window holding a store-clock time."""
-        return int(now // self.window_seconds)
+    def tick_of(self, now: float) -> int:
+        """The index of the tick holding a store-clock time."""
+        return int(now // self.tick_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,9 +105,48 @@ class Admission:
     granted: bool
     wait: float  # granted: seconds to wait before sending; refused: the wait it would need
     reason: Literal["ok", "rate", "concurrency"]
-    rate: float  # the pool's rate now
-    concurrency: int  # the pool's concurrency cap now
-    now: float  # the store's clock (epoch seconds), so callers can align windows
+    rate: float  # the pool's rate now (infinity: none)
+    concurrency: int | None  # the pool's cap now (None: none)
+    in_flight: int  # leases held in the pool, this one's included when granted
+    epoch: int  # the cap's epoch
+    now: float  # the store's clock (epoch seconds), so callers can align ticks
+
+
+def pushed_cap(cap: int | None, base: int | None, refused_at: int | None, floor: int) -> int | None:
+    """The cap ``report`` puts in force after a 1302, or None to leave it: a probe's base,
+    else, with no cap yet, one below the in-flight count the 1302 came at (the first 1302
+    must cap the fleet at once; lowering a cap is the law's, which weighs the evidence)."""
+    if base is not None:
+        return base
+    if cap is not None or refused_at is None:
+        return None
+    return max(floor, refused_at - 1)
+
+
+def parse_rate(text: str | None, default: float) -> float:
+    """A saved rate: "inf" is no limit; missing, zero or unreadable: ``default``."""
+    if text is None:
+        return default
+    if text == "inf":
+        return math.inf
+    try:
+        value = float(text)
+    except ValueError:
+        return default
+    # Only "inf" means no limit, as in acquire.lua: any other spelling of infinity
+    # ("Infinity", "1e400") is as unreadable there as here.
+    return value if value > 0 and math.isfinite(value) else default
+
+
+def parse_cap(text: str | None) -> int | None:
+    """A saved cap: empty or unreadable is none; otherwise at least one."""
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return max(1, math.floor(value)) if math.isfinite(value) else None
 
 
 class LimiterStore(Protocol):
@@ -94,22 +154,23 @@ class LimiterStore(Protocol):
 
     config: StoreConfig
 
-    async def acquire(
-        self, pool: str, lease: str, max_wait: float, lease_ttl: float, demand: bool = True
-    ) -> Admission:
+    async def acquire(self, pool: str, lease: str, max_wait: float, lease_ttl: float) -> Admission:
         """Reserve a slot (and a concurrency lease named ``lease``) unless the wait is too long.
 
-        ``demand`` counts the call in the current window's demand (the proxy passes False
-        and reports demand itself, as each request arrives). When the rate changed since
-        the waits already granted were laid out, the backlog first moves to the new rate:
-        what is left of it is scaled by old rate / new rate, at most ``max_wait`` ahead.
+        When the rate changed since the waits already granted were laid out, the backlog
+        first moves to the new rate: what is left of it is scaled by old rate / new rate,
+        at most ``max_wait`` ahead.
         """
         ...
 
     async def report(
-        self, pool: str, window: int, counts: Mapping[str, int], release: Sequence[str] = ()
+        self,
+        pool: str,
+        ticks: Mapping[int, Mapping[str, float]],
+        release: Sequence[str] = (),
     ) -> None:
-        """Add counts (keys: Outcome values, and `demand`) to a window; release leases."""
+        """Add tick counts (sums, or extremes for MAX_FIELDS / MIN_FIELDS), release leases,
+        and push what a probing limit's 429 changes (see the module docstring)."""
         ...
 
     async def renew(self, pool: str, leases: Sequence[str], ttl: float) -> int:
@@ -134,19 +195,20 @@ class LimiterStore(Protocol):
         ...
 
     async def pools(self) -> list[str]:
-        """Pools that saw an acquire within the window TTL."""
+        """Pools that saw an acquire recently."""
         ...
 
-    async def read_window(self, pool: str, window: int) -> dict[str, int]:
-        """The counts of one window (demand and peak_concurrency included); {} if none."""
+    async def read_ticks(self, pool: str, first: int, last: int) -> dict[int, dict[str, float]]:
+        """The counts of ticks ``first`` to ``last`` (inclusive) that hold any."""
         ...
 
     async def load_state(self, pool: str) -> dict[str, str] | None:
-        """The pool's saved controller state, or None."""
+        """The pool's saved state, or None."""
         ...
 
-    async def save_state(self, pool: str, fields: Mapping[str, str]) -> None:
-        """Save controller state; ``rate`` and ``concurrency`` take effect on the next acquire."""
+    async def save_state(self, pool: str, fields: Mapping[str, str], version: int) -> bool:
+        """Replace the state unless its version moved past ``version`` since it was loaded
+        (a push or another step); the saved state gets ``version + 1``. True when saved."""
         ...
 
     async def load_bounds(self, pool: str) -> dict[str, str]:
@@ -173,3 +235,13 @@ class LimiterStore(Protocol):
     async def close(self) -> None:
         """Release connections."""
         ...
+
+
+def state_version(saved: Mapping[str, str] | None) -> int:
+    """The version of a loaded state (0 for none)."""
+    if not saved:
+        return 0
+    try:
+        return int(saved.get(VERSION, "0"))
+    except ValueError:
+        return 0

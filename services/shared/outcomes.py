@@ -1,8 +1,7 @@
-"""Outcome classes that proxies report after every upstream attempt (the limiter sums
-them into windows: limiter/outcomes.py).
+"""Outcome classes that proxies report after every upstream attempt.
 
-Proxies count outcomes per class; the limiter sums a control window of those counts into a
-`Window` and hands it to the controller. Which classes feed which limit:
+Proxies count outcomes per class in the ticks they report (see ``proxy.limiting``); the
+limiter's control loop hands them to the law. Which classes feed which limit:
 
 - `RATE_FREQUENCY` (Z.ai 1303/1305, and any 429 without a known code) feeds the rate.
 - `RATE_CONCURRENCY` (Z.ai 1302) feeds the cluster-wide concurrency cap.

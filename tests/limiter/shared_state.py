@@ -8,10 +8,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from zai_proxy.limiter.control import encode_state
-from zai_proxy.limiter.controller import ControllerState, Decision
+from zai_proxy.limiter.control import decode_law, encode_state
+from zai_proxy.limiter.controller import CapState, Decision, Params, RateState, State
 from zai_proxy.limiter.redis_store import RedisStore
-from zai_proxy.limiter.store import StoreConfig
+from zai_proxy.limiter.store import StoreConfig, state_version
 
 T = TypeVar("T")
 LEASE_TTL = 30.0
@@ -23,9 +23,10 @@ class SharedState:
     Synchronous for the tests: each call opens a store on its own event loop.
     """
 
-    def __init__(self, redis_url: str, prefix: str, window: float, initial_rate: float) -> None:
+    def __init__(self, redis_url: str, prefix: str, tick: float, initial_rate: float) -> None:
         self.redis_url = redis_url
-        self.config = StoreConfig(prefix=prefix, initial_rate=initial_rate, window_seconds=window)
+        self.config = StoreConfig(prefix=prefix, initial_rate=initial_rate, tick_seconds=tick)
+        self.params = Params(tick_seconds=tick, initial_rate=initial_rate)
 
     def run(self, action: Callable[[RedisStore], Awaitable[T]]) -> T:
         """Run one action against a freshly opened store."""
@@ -44,25 +45,25 @@ class SharedState:
         pool: str,
         *,
         rate: float,
-        ceiling: float | None,
-        clean_windows: int = 0,
+        limit: float | None,
+        memory: float | None = None,
+        cap: int | None = None,
         decision: Decision = Decision.HOLD,
         age: float = 0.0,
     ) -> None:
-        """Save a pool's state as the limiter's leader would have ``age`` seconds ago."""
-        state = ControllerState(
-            rate=rate,
-            concurrency=256.0,
-            ceiling=ceiling,
-            clean_windows=clean_windows,
-            last_decision=decision,
-        )
+        """Save a pool's state as the limiter's leader would have ``age`` seconds ago: a
+        rate in force with a learned limit (and the limit before a cut, ``memory``), a
+        concurrency cap or none."""
 
         async def save(store: RedisStore) -> None:
             at = await store.now() - age
-            window = self.config.window_of(at) - 1
-            fields = encode_state(state, window, self.config.window_seconds, at, rate)
-            await store.save_state(pool, fields)
+            rate_state = RateState(rate=rate, limit=limit, since=at, memory=memory, held_since=at)
+            state = State(rate=rate_state, cap=CapState(cap=cap, since=at), rate_decision=decision)
+            fields = encode_state(
+                state, self.params, consumed=self.config.tick_of(at) - 1, now=at, rate=rate
+            )
+            version = state_version(await store.load_state(pool))
+            assert await store.save_state(pool, fields, version), "a step saved meanwhile"
 
         self.run(save)
 
@@ -78,6 +79,11 @@ class SharedState:
     def load(self, pool: str) -> dict[str, str] | None:
         """A pool's saved state."""
         return self.run(lambda store: store.load_state(pool))
+
+    def law(self, pool: str) -> State | None:
+        """The law's state as the leader saved it."""
+        saved = self.load(pool)
+        return decode_law(saved["law"]) if saved and saved.get("law") else None
 
     def bounds(self, pool: str) -> dict[str, str]:
         """A pool's saved bounds."""

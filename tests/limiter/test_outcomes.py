@@ -1,28 +1,34 @@
-"""Outcome classes and windows: stable names, counting, ratios, merging, validation."""
+"""Outcome classes and ticks: stable names, which classes feed which limit, how a store's
+tick reaches the law, and the 429 shares the limiter exports."""
 
 from __future__ import annotations
-
-from dataclasses import asdict
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
-from zai_proxy.limiter.outcomes import Outcome, Window
+from zai_proxy.limiter import controller as law
+from zai_proxy.limiter.control import StepResult, tick_of
+from zai_proxy.limiter.controller import Decision, Params, Tick
+from zai_proxy.limiter.metrics import LimiterMetrics
+from zai_proxy.shared.limiter_metrics import WINDOW_429_RATIO, WINDOW_REQUESTS
+from zai_proxy.shared.outcomes import Outcome
 
+TICK_SECONDS = 0.25
 counts = st.integers(min_value=0, max_value=10_000)
-windows = st.builds(
-    Window,
-    ok=counts,
-    rate_frequency=counts,
-    rate_concurrency=counts,
-    rate_quota=counts,
-    rate_congestion=counts,
-    server_error=counts,
-    network=counts,
-    client_error=counts,
-    demand=counts,
-    peak_concurrency=st.none() | counts,
+# A store's tick as the proxies report it: any outcome, sent/throttled/capped, extremes.
+store_ticks = st.fixed_dictionaries(
+    {},
+    optional={
+        **{outcome.value: counts for outcome in Outcome},
+        "sent": counts,
+        "throttled": counts,
+        "capped": counts,
+        "latency_count": counts,
+        "ok_at": counts,
+        "refused_at": counts,
+    },
 )
 
 
@@ -39,109 +45,129 @@ windows = st.builds(
         (Outcome.CLIENT_ERROR, "client_error"),
     ],
 )
-def test_each_outcome_has_a_stable_wire_name_that_is_also_a_window_field(
-    outcome: Outcome, wire_name: str
-) -> None:
+def test_each_outcome_has_a_stable_wire_name(outcome: Outcome, wire_name: str) -> None:
     assert outcome == wire_name
-    assert Window(**{wire_name: 3}).count(outcome) == 3
+    assert Outcome(wire_name) is outcome
 
 
-def test_attempts_count_every_outcome_but_not_demand_or_peak() -> None:
-    window = Window(
-        ok=10,
-        rate_frequency=1,
-        rate_concurrency=2,
-        rate_quota=3,
-        rate_congestion=4,
-        server_error=5,
-        network=6,
-        client_error=7,
-        demand=100,
-        peak_concurrency=50,
+@pytest.mark.parametrize("outcome", list(Outcome))
+def test_only_frequency_429s_feed_the_rate_and_only_1302s_feed_the_cap(outcome: Outcome) -> None:
+    tick = tick_of(0, {outcome.value: 3}, TICK_SECONDS)
+    # Quota (1308/1310) and congestion (1312) 429s, errors and ok answers feed neither.
+    assert tick.limited == (3 if outcome is Outcome.RATE_FREQUENCY else 0)
+    assert tick.concurrency_limited == (3 if outcome is Outcome.RATE_CONCURRENCY else 0)
+    assert tick.ok == (3 if outcome is Outcome.OK else 0)
+
+
+def test_a_store_tick_reaches_the_law_with_its_start_counts_and_extremes() -> None:
+    # Redis hands counts back as floats.
+    stored = {
+        "sent": 12.0,
+        "throttled": 4.0,
+        "capped": 2.0,
+        "ok": 9.0,
+        "rate_frequency": 1.0,
+        "rate_concurrency": 2.0,
+        "server_error": 1.0,
+        "ok_at": 6.0,
+        "refused_at": 7.0,
+        "latency_sum": 2.25,
+        "latency_count": 9.0,
+    }
+    assert tick_of(4002, stored, TICK_SECONDS) == Tick(
+        start=1000.5,
+        sent=12,
+        throttled=4,
+        ok=9,
+        limited=1,
+        concurrency_limited=2,
+        capped=2,
+        ok_at=6,
+        refused_at=7,
+        latency_sum=2.25,
+        latency_count=9,
     )
-    assert window.attempts == 38
-    assert window.rate_limited == 10
+
+
+def test_a_tick_without_counts_is_an_empty_tick_of_its_own() -> None:
+    # Ticks without attempts are evidence too (nothing was sent): they reach the law.
+    assert tick_of(8, {}, TICK_SECONDS) == Tick(start=2.0)
+    assert tick_of(8, {}, TICK_SECONDS).ok_at is None
+
+
+@given(store_ticks)
+def test_every_count_a_proxy_reports_reaches_the_law(stored: dict[str, int]) -> None:
+    tick = tick_of(1, stored, TICK_SECONDS)
+    for name, field in [
+        ("sent", "sent"),
+        ("throttled", "throttled"),
+        ("capped", "capped"),
+        ("ok", "ok"),
+        ("rate_frequency", "limited"),
+        ("rate_concurrency", "concurrency_limited"),
+        ("latency_count", "latency_count"),
+    ]:
+        assert getattr(tick, field) == stored.get(name, 0)
+    assert (tick.ok_at, tick.refused_at) == (stored.get("ok_at"), stored.get("refused_at"))
+
+
+def _step(counts: dict[str, float]) -> StepResult:
+    state = law.initial_state(Params(), 0.0)
+    return StepResult("glm", 1, counts, state, Decision.HOLD, 20.0, None)
+
+
+def _ratios(registry: CollectorRegistry) -> dict[str, float]:
+    return {
+        name: registry.get_sample_value(WINDOW_429_RATIO, {"pool": "glm", "class": name}) or 0.0
+        for name in ("rate_frequency", "rate_concurrency", "rate_quota", "rate_congestion")
+    }
 
 
 @pytest.mark.parametrize(
-    ("window", "frequency", "concurrency", "rate_limited"),
+    ("counts", "ratios"),
     [
-        (Window(), 0.0, 0.0, 0.0),
-        (Window(demand=50), 0.0, 0.0, 0.0),
-        (Window(ok=90, rate_frequency=10), 0.1, 0.0, 0.1),
-        (Window(ok=90, rate_concurrency=10), 0.0, 0.1, 0.1),
-        (Window(ok=50, rate_quota=25, rate_congestion=25), 0.0, 0.0, 0.5),
-        (Window(rate_frequency=1), 1.0, 0.0, 1.0),
-        (Window(ok=3, server_error=1), 0.0, 0.0, 0.0),
+        ({}, {}),
+        ({"sent": 50, "throttled": 20, "capped": 5}, {}),  # no answers: no shares
+        ({"ok": 90, "rate_frequency": 10}, {"rate_frequency": 0.1}),
+        ({"ok": 90, "rate_concurrency": 10}, {"rate_concurrency": 0.1}),
+        (
+            {"ok": 50, "rate_quota": 25, "rate_congestion": 25},
+            {"rate_quota": 0.25, "rate_congestion": 0.25},
+        ),
+        ({"rate_frequency": 1}, {"rate_frequency": 1.0}),
+        ({"ok": 3, "server_error": 1}, {}),
+        ({"ok": 8, "rate_frequency": 1, "sent": 100}, {"rate_frequency": 1 / 9}),
     ],
 )
-def test_ratios_are_shares_of_all_attempts_and_zero_without_attempts(
-    window: Window, frequency: float, concurrency: float, rate_limited: float
+def test_429_shares_are_of_all_answers_and_zero_without_answers(
+    counts: dict[str, float], ratios: dict[str, float]
 ) -> None:
-    assert window.frequency_ratio == pytest.approx(frequency)
-    assert window.concurrency_ratio == pytest.approx(concurrency)
-    assert window.rate_limited_ratio == pytest.approx(rate_limited)
+    registry = CollectorRegistry()
+    LimiterMetrics(registry).stepped(_step(counts))
+    expected = {name: ratios.get(name, 0.0) for name in _ratios(registry)}
+    assert _ratios(registry) == pytest.approx(expected)
 
 
-def test_from_counts_reads_a_decoded_store_hash() -> None:
-    counts: dict[str, int | str] = {"ok": 7, "rate_frequency": "2", "demand": 12}
-    window = Window.from_counts(counts)
-    assert window == Window(ok=7, rate_frequency=2, demand=12)
-    assert window.peak_concurrency is None
+def test_the_window_gauges_cover_the_last_second_of_steps() -> None:
+    registry = CollectorRegistry()
+    metrics = LimiterMetrics(registry)
+    for _ in range(6):  # a second and a half at the default tick
+        metrics.stepped(_step({"ok": 1, "sent": 2}))
+
+    def shown(outcome: str) -> float | None:
+        return registry.get_sample_value(WINDOW_REQUESTS, {"pool": "glm", "outcome": outcome})
+
+    assert (shown("ok"), shown("sent")) == (4, 8)
+    # Every class is shown, absent ones as 0, so no stale count outlives its second.
+    assert shown("rate_quota") == 0 and shown("capped") == 0
 
 
-def test_from_counts_reads_a_raw_redis_hash_of_bytes() -> None:
-    raw = {b"ok": b"7", b"rate_concurrency": b"1", b"peak_concurrency": b"4"}
-    assert Window.from_counts(raw) == Window(ok=7, rate_concurrency=1, peak_concurrency=4)
-
-
-def test_from_counts_accepts_outcome_keys_and_ignores_unknown_ones() -> None:
-    window = Window.from_counts({Outcome.NETWORK: 3, "rate_from_the_future": 9})
-    assert window == Window(network=3)
-
-
-@pytest.mark.parametrize(
-    "fields",
-    [
-        {"ok": -1},
-        {"demand": -5},
-        {"peak_concurrency": -1},
-        {"ok": 1.5},
-        {"rate_frequency": True},
-        {"network": "3"},
-        {"demand": None},
-    ],
-)
-def test_a_window_refuses_counts_that_are_not_non_negative_ints(fields: dict) -> None:
-    with pytest.raises(ValueError, match="non-negative int"):
-        Window(**fields)
-
-
-def test_adding_windows_sums_counts_and_keeps_the_highest_peak() -> None:
-    first = Window(ok=5, rate_frequency=1, demand=8, peak_concurrency=3)
-    second = Window(ok=2, network=1, demand=4, peak_concurrency=7)
-    assert first + second == Window(
-        ok=7, rate_frequency=1, network=1, demand=12, peak_concurrency=7
-    )
-    assert first + Window(ok=1) == Window(ok=6, rate_frequency=1, demand=8, peak_concurrency=3)
-    assert (Window() + Window()).peak_concurrency is None
-
-
-@given(windows)
-def test_from_counts_round_trips_every_field(window: Window) -> None:
-    stored = {key: value for key, value in asdict(window).items() if value is not None}
-    assert Window.from_counts(stored) == window
-
-
-@given(windows)
-def test_ratios_are_always_between_zero_and_one(window: Window) -> None:
-    for ratio in (window.frequency_ratio, window.concurrency_ratio, window.rate_limited_ratio):
-        assert 0.0 <= ratio <= 1.0
-    assert window.frequency_ratio + window.concurrency_ratio <= window.rate_limited_ratio + 1e-12
-
-
-@given(windows, windows)
-def test_merging_windows_adds_attempts(first: Window, second: Window) -> None:
-    merged = first + second
-    assert merged.attempts == first.attempts + second.attempts
-    assert merged.demand == first.demand + second.demand
+@given(st.lists(store_ticks, min_size=1, max_size=6))
+def test_429_shares_are_always_between_zero_and_one(steps: list[dict[str, float]]) -> None:
+    registry = CollectorRegistry()
+    metrics = LimiterMetrics(registry)
+    for counts in steps:
+        metrics.stepped(_step(counts))
+    ratios = _ratios(registry)
+    assert all(0.0 <= ratio <= 1.0 for ratio in ratios.values())
+    assert sum(ratios.values()) <= 1.0 + 1e-12

@@ -2,7 +2,7 @@
 restarts, and the whole loop (simulated upstream, limiter, two proxies) learning a limit.
 
 Every test has its own Redis key prefix, so tests never see each other's pools or leases.
-Windows are short (0.5-1 s) so that several steps fit in a few seconds.
+Ticks are 0.5 s (twice the default) so that a step is easy to see come and go.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from tests.support import (
 )
 from zai_proxy.limiter import keys
 from zai_proxy.limiter.app import LimiterService
+from zai_proxy.limiter.control import LEASE_TICKS
 from zai_proxy.limiter.controller import Decision
 from zai_proxy.limiter.memory_store import MemoryStore
 from zai_proxy.limiter.settings import LimiterSettings
@@ -41,7 +42,7 @@ from zai_proxy.simulator.process import start_simulator
 TOKEN = "limiter-admin-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 POOL = "glm-test"
-WINDOW = 0.5
+TICK = 0.5
 INITIAL_RATE = 5.0
 CHAT = {"model": "glm-4.6", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -62,24 +63,26 @@ def guarded_prefix(real_redis_url: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def guarded(real_redis_url: str, guarded_prefix: str) -> Iterator[ServiceProcess]:
-    """A limiter with an admin token, shared by the tests that use only its API."""
-    with start_limiter(limiter_env(real_redis_url, guarded_prefix)) as limiter:
+    """A limiter with an admin token and a configured maximum rate (RATE_LIMIT_MAX, 100),
+    shared by the tests that use only its API."""
+    env = limiter_env(real_redis_url, guarded_prefix, RATE_LIMIT_MAX="100")
+    with start_limiter(env) as limiter:
         yield limiter
 
 
 @pytest.fixture
 def store(real_redis_url: str, prefix: str) -> SharedState:
     """The test's hand on the limiter's Redis state under this test's prefix."""
-    return SharedState(real_redis_url, prefix, WINDOW, INITIAL_RATE)
+    return SharedState(real_redis_url, prefix, TICK, INITIAL_RATE)
 
 
 def limiter_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
-    """A limiter's settings: the test's Redis and prefix, short windows, the admin token."""
+    """A limiter's settings: the test's Redis and prefix, the tick, the admin token."""
     return {
         "REDIS_URL": redis_url,
         "REDIS_PREFIX": prefix,
         "RATE_LIMIT_POOL": POOL,
-        "RATE_LIMIT_WINDOW": str(WINDOW),
+        "RATE_LIMIT_TICK": str(TICK),
         "RATE_LIMIT_INITIAL": str(INITIAL_RATE),
         "LIMITER_ADMIN_TOKEN": TOKEN,
         **extra,
@@ -93,10 +96,10 @@ def pool_state(limiter: ServiceProcess, pool: str = POOL) -> dict[str, Any]:
     return dict(response.json()["pools"][pool])
 
 
-def stepped_window(limiter: ServiceProcess, pool: str = POOL) -> int:
-    """The last window the leader stepped for a pool (-1: none yet)."""
-    window = pool_state(limiter, pool)["window"]
-    return -1 if window is None else int(window)
+def stepped_tick(limiter: ServiceProcess, pool: str = POOL) -> int:
+    """The last tick the leader stepped for a pool (-1: none yet)."""
+    tick = pool_state(limiter, pool)["tick"]
+    return -1 if tick is None else int(tick)
 
 
 # --- admin API -----------------------------------------------------------------------------
@@ -149,14 +152,15 @@ def test_health_ready_and_metrics_need_no_token(guarded: ServiceProcess) -> None
     assert "limiter_store_up" in metrics.text
 
 
-def test_state_shows_each_pools_rate_ceiling_hold_clean_windows_decision_and_replicas(
+def test_state_shows_each_pools_rate_learned_limit_hold_cap_decision_and_replicas(
     real_redis_url: str, prefix: str, store: SharedState
 ) -> None:
     # The test holds the leader lease, so the limiter only shows the state and never steps
     # it: the values below stay exactly as written.
     assert store.hold_lease("the-test")
-    store.save_learned("glm-a", rate=9.8, ceiling=10.0, clean_windows=2, decision=Decision.PROBE)
-    for pool in ("glm-a", "glm-b"):
+    store.save_learned("glm-a", rate=9.8, limit=10.0, cap=6, decision=Decision.PROBE)
+    store.save_learned("glm-c", rate=float("inf"), limit=None)
+    for pool in ("glm-a", "glm-b", "glm-c"):
         store.touch(pool)
     store.heartbeat("glm-a", "proxy-1")
     store.heartbeat("glm-a", "proxy-2")
@@ -165,17 +169,28 @@ def test_state_shows_each_pools_rate_ceiling_hold_clean_windows_decision_and_rep
     with start_limiter(limiter_env(real_redis_url, prefix)) as limiter:
         answer = httpx.get(f"{limiter.url}/state", headers=AUTH).json()
     assert (answer["leader"], answer["degraded"]) == (False, False)
-    assert answer["window_seconds"] == WINDOW
-    assert set(answer["pools"]) == {"glm-a", "glm-b", POOL}
+    assert answer["tick_seconds"] == TICK
+    assert "window_seconds" not in answer
+    assert set(answer["pools"]) == {"glm-a", "glm-b", "glm-c", POOL}
     learned = answer["pools"]["glm-a"]
-    assert (learned["rate"], learned["ceiling"]) == (9.8, 10.0)
+    assert (learned["rate"], learned["limited"], learned["ceiling"]) == (9.8, True, 10.0)
     assert learned["hold"] == pytest.approx(10.0 * (1 - 0.02))  # the default hold margin
-    assert (learned["clean_windows"], learned["last_decision"]) == (2, "probe")
+    assert (learned["concurrency_limit"], learned["last_decision"]) == (6, "probe")
+    assert (learned["concurrency_decision"], learned["paused"]) == ("hold", False)
     assert (learned["replicas"], learned["probing"]) == (2, False)
-    assert learned["bounds"]["max_rate"] == 100.0
+    saved = store.load("glm-a")
+    assert saved is not None and learned["tick"] == int(saved["consumed"])
+    assert learned["updated_at"] > 0
+    # No RATE_LIMIT_MAX and no CONCURRENCY_LIMIT_MAX: nothing caps what was never refused.
+    assert (learned["bounds"]["max_rate"], learned["bounds"]["max_concurrency"]) == (None, None)
     fresh = answer["pools"]["glm-b"]
-    assert (fresh["rate"], fresh["ceiling"], fresh["hold"]) == (INITIAL_RATE, None, None)
-    assert (fresh["clean_windows"], fresh["last_decision"], fresh["replicas"]) == (0, "hold", 1)
+    assert (fresh["rate"], fresh["limited"], fresh["ceiling"]) == (INITIAL_RATE, True, None)
+    assert (fresh["hold"], fresh["concurrency_limit"], fresh["tick"]) == (None, None, None)
+    assert (fresh["last_decision"], fresh["replicas"]) == ("hold", 1)
+    # A pool the law opened wide (no evidence of a limit) has no rate at all.
+    open_wide = answer["pools"]["glm-c"]
+    assert (open_wide["rate"], open_wide["limited"], open_wide["ceiling"]) == (None, False, None)
+    assert open_wide["concurrency_limit"] is None
     # The configured pool is always listed, even before any proxy used it.
     assert answer["pools"][POOL]["replicas"] == 0
 
@@ -183,46 +198,54 @@ def test_state_shows_each_pools_rate_ceiling_hold_clean_windows_decision_and_rep
 def test_reset_forgets_what_a_pool_learned(
     real_redis_url: str, prefix: str, store: SharedState
 ) -> None:
-    store.save_learned(POOL, rate=9.8, ceiling=10.0, clean_windows=2)
-    store.save_learned("glm-other", rate=7.0, ceiling=8.0)
+    store.save_learned(POOL, rate=9.8, limit=10.0, cap=4)
+    store.save_learned("glm-other", rate=7.0, limit=8.0)
     with start_limiter(limiter_env(real_redis_url, prefix)) as limiter:
-        assert pool_state(limiter)["ceiling"] == 10.0
+        assert (pool_state(limiter)["ceiling"], pool_state(limiter)["concurrency_limit"]) == (
+            10.0,
+            4,
+        )
         answer = httpx.post(f"{limiter.url}/reset", headers=AUTH, json={"pool": POOL})
         assert answer.json() == {"reset": POOL}
         state = pool_state(limiter)
-        assert (state["rate"], state["ceiling"], state["clean_windows"]) == (INITIAL_RATE, None, 0)
+        assert (state["rate"], state["ceiling"], state["concurrency_limit"]) == (
+            INITIAL_RATE,
+            None,
+            None,
+        )
+        assert state["tick"] is None
         # Without a body the configured pool is reset; other pools keep what they learned.
         assert httpx.post(f"{limiter.url}/reset", headers=AUTH).json() == {"reset": POOL}
     assert store.load(POOL) is None
     assert store.touch(POOL) == INITIAL_RATE  # what the proxies' admission uses now
     other = store.load("glm-other")
-    assert other is not None and float(other["ceiling"]) == 8.0
+    assert other is not None and float(other["limit"]) == 8.0
 
 
 def test_bounds_are_applied_by_the_next_step(
     real_redis_url: str, prefix: str, store: SharedState
 ) -> None:
-    store.save_learned(POOL, rate=40.0, ceiling=50.0)
-    store.touch(POOL)  # registered: the leader steps it every window
+    store.save_learned(POOL, rate=40.0, limit=50.0)
+    store.touch(POOL)  # registered: the leader steps it every tick
     with start_limiter(limiter_env(real_redis_url, prefix)) as limiter:
-        first = stepped_window(limiter)
-        wait_until(lambda: stepped_window(limiter) > first, timeout=5 * WINDOW)
+        first = stepped_tick(limiter)
+        wait_until(lambda: stepped_tick(limiter) > first, timeout=5 * TICK)
         assert pool_state(limiter)["rate"] == 40.0
         bounds = {"pool": POOL, "min_rate": 2, "max_rate": 5}
         answer = httpx.put(f"{limiter.url}/bounds", headers=AUTH, json=bounds)
         assert answer.status_code == 200
         assert answer.json() == {"pool": POOL, "min_rate": "2.0", "max_rate": "5.0"}
         assert pool_state(limiter)["bounds"]["max_rate"] == 5.0
-        took = wait_until(lambda: pool_state(limiter)["rate"] <= 5.0, timeout=4 * WINDOW)
+        took = wait_until(lambda: pool_state(limiter)["rate"] <= 5.0, timeout=4 * TICK)
         state = pool_state(limiter)
-        assert (state["rate"], state["ceiling"]) == (5.0, 5.0)  # the ceiling is clamped too
+        assert (state["rate"], state["ceiling"]) == (5.0, 5.0)  # the learned limit is clamped too
         assert store.touch(POOL) == 5.0  # and the proxies' admission uses it
         # The bounds outlive the steps that follow.
-        now = stepped_window(limiter)
-        wait_until(lambda: stepped_window(limiter) >= now + 2, timeout=6 * WINDOW)
+        now = stepped_tick(limiter)
+        wait_until(lambda: stepped_tick(limiter) >= now + 2, timeout=6 * TICK)
         state = pool_state(limiter)
         assert (state["bounds"]["min_rate"], state["rate"]) == (2.0, 5.0)
-    assert took < 3 * WINDOW
+    assert took < 3 * TICK
 
 
 @pytest.mark.parametrize(
@@ -245,7 +268,7 @@ def test_inconsistent_bounds_are_refused_with_400_and_change_nothing(
     assert answer.status_code == 400
     detail = answer.json()["detail"]
     assert all(word in detail for word in words), detail
-    assert SharedState(real_redis_url, guarded_prefix, WINDOW, INITIAL_RATE).bounds(pool) == {}
+    assert SharedState(real_redis_url, guarded_prefix, TICK, INITIAL_RATE).bounds(pool) == {}
 
 
 def test_a_bound_that_contradicts_a_saved_one_is_refused(
@@ -257,7 +280,7 @@ def test_a_bound_that_contradicts_a_saved_one_is_refused(
     refused = httpx.put(f"{guarded.url}/bounds", headers=AUTH, json={"pool": pool, "min_rate": 8})
     assert refused.status_code == 400
     assert "min_rate" in refused.json()["detail"]
-    saved = SharedState(real_redis_url, guarded_prefix, WINDOW, INITIAL_RATE).bounds(pool)
+    saved = SharedState(real_redis_url, guarded_prefix, TICK, INITIAL_RATE).bounds(pool)
     assert saved == {"max_rate": "5.0"}
 
 
@@ -275,16 +298,19 @@ def test_out_of_range_values_are_refused_before_they_reach_the_store(
 def test_metrics_show_rate_decisions_leadership_and_store_health(
     real_redis_url: str, prefix: str, store: SharedState
 ) -> None:
-    store.save_learned(POOL, rate=9.8, ceiling=10.0)
+    store.save_learned(POOL, rate=9.8, limit=10.0)
     store.touch(POOL)
     with start_limiter(limiter_env(real_redis_url, prefix)) as limiter:
         wait_until(
             lambda: scrape(limiter.url).value("limiter_decisions_total", pool=POOL) >= 2,
-            timeout=6 * WINDOW,
+            timeout=6 * TICK,
         )
         metrics = scrape(limiter.url)
     assert metrics.value("limiter_rate", pool=POOL) == 9.8
     assert metrics.value("limiter_ceiling", pool=POOL) == 10.0
+    assert metrics.value("limiter_hold_rate", pool=POOL) == pytest.approx(10.0 * (1 - 0.02))
+    # No cap learned: the cap gauge says none (+Inf).
+    assert metrics.value("limiter_concurrency_limit", pool=POOL) == float("inf")
     # No traffic: every step holds.
     assert metrics.value("limiter_decisions_total", pool=POOL, direction="hold") >= 2
     assert metrics.value("limiter_decisions_total", pool=POOL, direction="decrease") == 0
@@ -298,9 +324,9 @@ def test_metrics_show_rate_decisions_leadership_and_store_health(
 def test_two_limiters_elect_one_leader_and_the_other_takes_over_when_it_dies(
     real_redis_url: str, prefix: str
 ) -> None:
-    window = 1.0
-    env = limiter_env(real_redis_url, prefix, RATE_LIMIT_WINDOW=str(window))
-    SharedState(real_redis_url, prefix, window, INITIAL_RATE).touch(POOL)  # a pool to step
+    tick = TICK
+    env = limiter_env(real_redis_url, prefix)
+    SharedState(real_redis_url, prefix, tick, INITIAL_RATE).touch(POOL)  # a pool to step
     lease = keys.leader_key(prefix)
     client = redis.Redis.from_url(real_redis_url, decode_responses=True)
     try:
@@ -311,30 +337,32 @@ def test_two_limiters_elect_one_leader_and_the_other_takes_over_when_it_dies(
             def leaders() -> list[float]:
                 return [scrape(x.url).value("limiter_leader") for x in limiters]
 
-            wait_until(lambda: sorted(leaders()) == [0, 1], timeout=3 * window)
+            wait_until(lambda: sorted(leaders()) == [0, 1], timeout=3 * LEASE_TICKS * tick)
             for _ in range(5):
                 assert sorted(leaders()) == [0, 1]
-                time.sleep(window / 5)
+                time.sleep(tick / 2)
             index = leaders().index(1)
             leader, survivor = limiters[index], limiters[1 - index]
             assert client.get(lease) == nodes[index]
 
             leader.signal(signal.SIGKILL)
             killed = time.monotonic()
-            wait_until(lambda: client.get(lease) == nodes[1 - index], timeout=4 * window)
+            wait_until(
+                lambda: client.get(lease) == nodes[1 - index], timeout=2 * LEASE_TICKS * tick
+            )
             takeover = time.monotonic() - killed
-            print(f"takeover after kill -9: {takeover:.2f} s (window {window:g} s)")
-            wait_until(lambda: scrape(survivor.url).value("limiter_leader") == 1, timeout=window)
+            print(f"takeover after kill -9: {takeover:.2f} s (tick {tick:g} s)")
+            wait_until(lambda: scrape(survivor.url).value("limiter_leader") == 1, timeout=2 * tick)
             # The new leader steps the pool from now on.
             before = scrape(survivor.url).value("limiter_decisions_total", pool=POOL)
             wait_until(
                 lambda: scrape(survivor.url).value("limiter_decisions_total", pool=POOL) > before,
-                timeout=3 * window,
+                timeout=3 * LEASE_TICKS * tick,
             )
     finally:
         client.close()
-    # The lease lives one window and followers try for it three times per window.
-    assert takeover < 2 * window
+    # The lease lives LEASE_TICKS ticks and followers try for it every tick.
+    assert takeover < (LEASE_TICKS + 2) * tick
 
 
 # --- restarts ------------------------------------------------------------------------------
@@ -343,34 +371,42 @@ def test_two_limiters_elect_one_leader_and_the_other_takes_over_when_it_dies(
 def test_a_restarted_limiter_goes_on_from_the_saved_state(
     real_redis_url: str, prefix: str, store: SharedState
 ) -> None:
-    store.save_learned(POOL, rate=12.0, ceiling=12.5, clean_windows=1)
+    # The limit before a cut on thin evidence is part of the law's state, not of what the
+    # proxies read: it survives only if the law's state does.
+    store.save_learned(POOL, rate=12.0, limit=12.5, memory=20.0, cap=3)
     store.touch(POOL)
     env = limiter_env(real_redis_url, prefix)
     with start_limiter(env) as limiter:
-        seen = stepped_window(limiter)
-        wait_until(lambda: stepped_window(limiter) > seen, timeout=6 * WINDOW)
+        seen = stepped_tick(limiter)
+        wait_until(lambda: stepped_tick(limiter) > seen, timeout=6 * TICK)
         before = pool_state(limiter)
-    assert (before["rate"], before["ceiling"]) == (12.0, 12.5)
+    assert (before["rate"], before["ceiling"], before["concurrency_limit"]) == (12.0, 12.5, 3)
 
     with start_limiter(env) as restarted:
-        # The first step after the restart (the old lease lapses within a window).
-        wait_until(lambda: stepped_window(restarted) > before["window"], timeout=6 * WINDOW)
+        # The first step after the restart (the old lease lapses within LEASE_TICKS).
+        wait_until(
+            lambda: stepped_tick(restarted) > before["tick"], timeout=(LEASE_TICKS + 6) * TICK
+        )
         after = pool_state(restarted)
         assert scrape(restarted.url).value("limiter_leader") == 1
-    assert (after["rate"], after["ceiling"], after["clean_windows"]) == (12.0, 12.5, 1)
+    assert (after["rate"], after["ceiling"], after["concurrency_limit"]) == (12.0, 12.5, 3)
+    law = store.law(POOL)
+    assert law is not None and (law.rate.limit, law.rate.memory) == (12.5, 20.0)
     assert store.touch(POOL) == 12.0
 
 
 def test_saved_state_older_than_the_max_age_is_ignored(
     real_redis_url: str, prefix: str, store: SharedState
 ) -> None:
-    store.save_learned(POOL, rate=12.0, ceiling=12.5, clean_windows=1, age=120)
+    store.save_learned(POOL, rate=12.0, limit=12.5, memory=20.0, cap=3, age=120)
     store.touch(POOL)
     env = limiter_env(real_redis_url, prefix, RATE_LIMIT_STATE_MAX_AGE="60")
     with start_limiter(env) as limiter:
-        wait_until(lambda: pool_state(limiter)["ceiling"] is None, timeout=6 * WINDOW)
+        wait_until(lambda: pool_state(limiter)["ceiling"] is None, timeout=6 * TICK)
         state = pool_state(limiter)
-    assert (state["rate"], state["clean_windows"]) == (INITIAL_RATE, 0)
+    assert (state["rate"], state["concurrency_limit"]) == (INITIAL_RATE, None)
+    law = store.law(POOL)
+    assert law is not None and (law.rate.limit, law.rate.memory) == (None, None)
     assert store.touch(POOL) == INITIAL_RATE
 
 
@@ -422,7 +458,6 @@ def test_the_fleet_learns_a_hidden_limit_and_holds_just_below_it(
         "REDIS_URL": real_redis_url,
         "REDIS_PREFIX": prefix,
         "RATE_LIMIT_POOL": POOL,
-        "RATE_LIMIT_WINDOW": "1",
         "RATE_LIMIT_INITIAL": "60",
         "RATE_LIMIT_MAX": "200",
     }
@@ -452,15 +487,16 @@ def test_the_fleet_learns_a_hidden_limit_and_holds_just_below_it(
     assert not any(status >= 500 for status in load.statuses), load.statuses
     assert replicas == 2
     # The fleet found the limit: at the end it holds a rate near it (probes go above it
-    # for a window or two, by a step that doubles with each clean one), uses it (goodput),
-    # and the upstream refuses little where it refused much at the start. Measured over
-    # ten runs on a busy 2-core machine: mean rate 1.0-1.18x the limit, lowest sample
-    # 0.91x, goodput 0.95-1.1x, upstream 429s 34-42% at the start and 2-7.5% at the end.
+    # for a step or two), uses it (goodput), and the upstream refuses little where it
+    # refused much at the start (how much depends on how fast the first cut comes: the
+    # faster, the less, so the start is judged against the end, not against a figure).
+    # Measured over three runs on a busy 2-core machine: mean rate 1.0x the limit, lowest
+    # sample 0.98x, goodput 1.0x, upstream 429s 21-27% at the start and 0.7-1.4% at the end.
     assert 0.8 * HIDDEN_LIMIT <= mean_rate <= 1.25 * HIDDEN_LIMIT
     assert min(tail_rates) >= 0.7 * HIDDEN_LIMIT
     assert tail.accepted_per_second >= 0.85 * HIDDEN_LIMIT
-    assert head.refused_share > 0.2
-    assert tail.refused_share < 0.1
+    assert head.refused_share > max(0.05, 5 * tail.refused_share)
+    assert tail.refused_share < 0.05
 
 
 @dataclass

@@ -3,15 +3,19 @@
 Every contract test gets a ``backend`` that opens stores sharing one state: on Redis each
 ``open`` is a new client (another proxy), in memory it is the one store of the process.
 Times come from the stores' own clocks (``Admission.now``), so expected waits are exact;
-TTLs are a few hundred milliseconds so that the file stays fast on a real Redis.
+TTLs are a few hundred milliseconds so that the file stays fast on a real Redis. A pool's
+cap and rate come from its saved state (``save_state``, compare-and-set on ``version``),
+as the control loop writes them; without one, the rate is ``initial_rate`` and there is
+no cap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import fakeredis
@@ -21,7 +25,6 @@ from redis.crc import key_slot
 
 from zai_proxy.limiter import keys
 from zai_proxy.limiter.memory_store import MemoryStore
-from zai_proxy.limiter.outcomes import Window
 from zai_proxy.limiter.redis_store import RedisStore
 from zai_proxy.limiter.store import (
     CONCURRENCY_RETRY_SECONDS,
@@ -30,6 +33,10 @@ from zai_proxy.limiter.store import (
     StoreConfig,
     StoreError,
     StoreUnavailable,
+    parse_cap,
+    parse_rate,
+    pushed_cap,
+    state_version,
 )
 from zai_proxy.limiter.stores import open_store
 
@@ -120,11 +127,20 @@ def _send_time(admission: Admission) -> float:
     return admission.now + admission.wait
 
 
-async def _window_totals(
-    store: LimiterStore, admissions: Sequence[Admission], field: str
-) -> dict[int, int]:
-    windows = {store.config.window_of(a.now) for a in admissions}
-    return {w: (await store.read_window(POOL, w)).get(field, 0) for w in sorted(windows)}
+async def _save(store: LimiterStore, pool: str = POOL, **fields: str) -> dict[str, str]:
+    """Replace a pool's state as the control loop does (load, then compare-and-set)."""
+    version = state_version(await store.load_state(pool))
+    assert await store.save_state(pool, fields, version)
+    saved = await store.load_state(pool)
+    assert saved is not None
+    return saved
+
+
+async def _tick(store: LimiterStore) -> int:
+    return store.config.tick_of(await store.now())
+
+
+# --- acquire: the rate ---------------------------------------------------------------------
 
 
 async def test_grants_at_the_rate_with_the_burst_then_waits_grow_by_one_interval_per_acquire(
@@ -143,10 +159,51 @@ async def test_grants_at_the_rate_with_the_burst_then_waits_grow_by_one_interval
     assert [b - a for a, b in itertools.pairwise(sends)] == pytest.approx([0.1] * 4, abs=EXACT)
 
 
+async def test_an_unlimited_rate_and_no_cap_admit_everything_at_once(backend: Backend) -> None:
+    store = await backend.open(initial_rate=1.0, burst_seconds=0.0)
+    await _save(store, rate="inf", concurrency="")
+    admissions = await _acquire_many(store, 300, max_wait=0.0)
+
+    assert all(a.granted and a.reason == "ok" and a.wait == 0.0 for a in admissions)
+    assert {(a.rate, a.concurrency) for a in admissions} == {(math.inf, None)}
+    # Every lease is held (and counted), though nothing caps them.
+    assert [a.in_flight for a in admissions] == list(range(1, 301))
+
+
+async def test_a_pool_without_saved_state_runs_at_the_initial_rate_without_a_cap(
+    backend: Backend,
+) -> None:
+    store = await backend.open(initial_rate=2.0, burst_seconds=0.0)
+    first, second = await _acquire_many(store, 2)
+    assert (first.rate, first.concurrency, first.epoch) == (2.0, None, 0)
+    assert first.wait == 0.0
+    assert second.wait == pytest.approx(0.5 - (second.now - first.now), abs=EXACT)
+
+
+async def test_gcra_waits_at_a_saved_rate_and_leaves_no_backlog_once_it_is_unlimited(
+    backend: Backend,
+) -> None:
+    store = await backend.open(initial_rate=50.0, burst_seconds=0.0)
+    await _save(store, rate="2.0", concurrency="")
+    admissions = await _acquire_many(store, 4)
+    assert all(a.granted and a.rate == 2.0 for a in admissions)
+    sends = [_send_time(a) for a in admissions]
+    assert [b - a for a, b in itertools.pairwise(sends)] == pytest.approx([0.5] * 3, abs=EXACT)
+
+    # Unlimited, nothing waits; and the slots laid out before are gone, so a rate saved
+    # afterwards starts from an empty bucket, not behind the old backlog.
+    await _save(store, rate="inf", concurrency="")
+    assert (await store.acquire(POOL, "open", 0.0, LEASE_TTL)).wait == 0.0
+    await _save(store, rate="2.0", concurrency="")
+    after = await store.acquire(POOL, "after", 0.0, LEASE_TTL)
+    assert (after.granted, after.wait, after.rate) == (True, 0.0, 2.0)
+
+
 async def test_a_wait_beyond_max_wait_reserves_neither_a_slot_nor_a_lease(
     backend: Backend,
 ) -> None:
-    store = await backend.open(initial_rate=1.0, burst_seconds=0.0, initial_concurrency=3)
+    store = await backend.open(initial_rate=1.0, burst_seconds=0.0)
+    await _save(store, rate="1.0", concurrency="3")
     first, _ = await _acquire_many(store, 2, max_wait=5.0)
     refused = await store.acquire(POOL, "impatient", 0.5, LEASE_TTL)
     after = await store.acquire(POOL, "patient", 5.0, LEASE_TTL)
@@ -160,113 +217,19 @@ async def test_a_wait_beyond_max_wait_reserves_neither_a_slot_nor_a_lease(
     assert (await store.acquire(POOL, "fourth", 60.0, LEASE_TTL)).reason == "concurrency"
 
 
-async def test_demand_counts_every_call_with_demand_true_refusals_included(
-    backend: Backend,
-) -> None:
-    store = await backend.open(initial_rate=1.0, burst_seconds=0.0, initial_concurrency=2)
-    admissions = [
-        await store.acquire(POOL, "a", 10.0, LEASE_TTL),  # granted
-        await store.acquire(POOL, "b", 0.0, LEASE_TTL),  # refused: rate
-        await store.acquire(POOL, "c", 10.0, LEASE_TTL),  # granted: the cap is full now
-        await store.acquire(POOL, "d", 10.0, LEASE_TTL),  # refused: concurrency
-        await store.acquire(POOL, "d", 10.0, LEASE_TTL, demand=False),  # d's retry
-    ]
-    assert [a.reason for a in admissions] == ["ok", "rate", "ok", "concurrency", "concurrency"]
-    assert sum((await _window_totals(store, admissions, "demand")).values()) == 4
-
-
-async def test_the_concurrency_cap_refuses_one_lease_too_many_and_a_release_frees_a_slot(
-    backend: Backend,
-) -> None:
-    store = await backend.open(initial_rate=1000.0, initial_concurrency=2)
-    await _acquire_many(store, 2)
-    refused = await store.acquire(POOL, "third", 60.0, LEASE_TTL)
-    assert (refused.granted, refused.reason, refused.concurrency) == (False, "concurrency", 2)
-    assert 0 < refused.wait <= CONCURRENCY_RETRY_SECONDS
-
-    await store.report(POOL, store.config.window_of(refused.now), {}, release=["lease0"])
-    assert (await store.acquire(POOL, "third", 60.0, LEASE_TTL, demand=False)).granted
-
-
-async def test_an_expired_lease_frees_its_slot_by_itself(backend: Backend) -> None:
-    store = await backend.open(initial_rate=1000.0, initial_concurrency=1)
-    held = await store.acquire(POOL, "crashed", 60.0, 0.15)
-    refused = await store.acquire(POOL, "next", 60.0, LEASE_TTL)
-    assert held.granted and refused.reason == "concurrency"
-    # The suggested wait never outlasts the lease that will free the slot.
-    assert refused.wait <= 0.15
-
-    await asyncio.sleep(0.2)
-    assert (await store.acquire(POOL, "next", 60.0, LEASE_TTL, demand=False)).granted
-
-
-async def test_renewed_leases_outlive_their_ttl_and_released_or_expired_ones_stay_gone(
-    backend: Backend,
-) -> None:
-    store = await backend.open(initial_rate=1000.0, initial_concurrency=3)
-    for lease in ("running", "released", "crashed"):
-        assert (await store.acquire(POOL, lease, 60.0, 0.5)).granted
-    await store.report(POOL, 0, {}, release=["released"])
-    assert await store.renew(POOL, ["running", "released"], 5.0) == 1
-    await asyncio.sleep(0.7)
-    # "crashed" was never renewed and has expired by itself; a renewal cannot bring it
-    # back, and "running" still holds its slot.
-    assert await store.renew(POOL, ["running", "crashed"], 5.0) == 1
-    assert (await store.acquire(POOL, "second", 60.0, LEASE_TTL, demand=False)).granted
-    assert (await store.acquire(POOL, "third", 60.0, LEASE_TTL, demand=False)).granted
-    refused = await store.acquire(POOL, "fourth", 60.0, LEASE_TTL, demand=False)
-    assert refused.reason == "concurrency"
-    assert await store.renew(POOL, [], 0.3) == 0
-
-
-async def test_peak_concurrency_is_recorded_per_window(backend: Backend) -> None:
-    store = await backend.open(initial_rate=1000.0, window_seconds=0.2, window_ttl_seconds=5.0)
-    config = store.config
-    admissions = await _acquire_many(store, 3)
-    expected = {config.window_of(a.now): 0 for a in admissions}
-    for in_flight, admission in enumerate(admissions, start=1):
-        window = config.window_of(admission.now)
-        expected[window] = max(expected[window], in_flight)
-    await store.report(POOL, 0, {}, release=["lease0", "lease1"])
-    # Into the next window, then one more lease beside the one still held.
-    await asyncio.sleep((config.window_of(admissions[-1].now) + 1) * 0.2 - admissions[-1].now)
-    later = await store.acquire(POOL, "later", 60.0, LEASE_TTL)
-    expected[config.window_of(later.now)] = 2
-
-    assert len(expected) >= 2
-    assert await _window_totals(store, [*admissions, later], "peak_concurrency") == expected
-
-
-async def test_report_adds_counts_to_the_right_window_and_read_window_returns_ints(
-    backend: Backend,
-) -> None:
-    store = await backend.open()
-    window = store.config.window_of(await store.now())
-    await store.report(POOL, window, {"ok": 3, "rate_frequency": 1, "network": 0})
-    await store.report(POOL, window, {"ok": 2})
-    await store.report(POOL, window + 1, {"server_error": 1})
-
-    counts = await store.read_window(POOL, window)
-    # Zero counts are not written: a missing field reads as zero.
-    assert counts == {"ok": 5, "rate_frequency": 1}
-    assert all(type(value) is int for value in counts.values())
-    assert await store.read_window(POOL, window + 1) == {"server_error": 1}
-    assert await store.read_window(POOL, window + 2) == {}
-    assert await store.read_window("other", window) == {}
-    assert Window.from_counts(counts) == Window(ok=5, rate_frequency=1)
-
-
 async def test_save_state_changes_the_rate_and_cap_the_next_acquire_uses(
     backend: Backend,
 ) -> None:
-    store = await backend.open(initial_rate=5.0, burst_seconds=0.0, initial_concurrency=256)
+    store = await backend.open(initial_rate=5.0, burst_seconds=0.0)
+    await _save(store, rate="5.0", concurrency="256", epoch="3")
     before = await store.acquire(POOL, "a", 60.0, LEASE_TTL)
-    assert (before.rate, before.concurrency) == (5.0, 256)
+    assert (before.rate, before.concurrency, before.epoch) == (5.0, 256, 3)
 
-    await store.save_state(POOL, {"rate": "1", "concurrency": "7.9", "ceiling": "1.2"})
+    await _save(store, rate="1", concurrency="7.9", epoch="4", limit="1.2")
     slow = [await store.acquire(POOL, f"b{i}", 60.0, LEASE_TTL) for i in range(2)]
-    assert [(a.rate, a.concurrency) for a in slow] == [(1.0, 7), (1.0, 7)]
-    # The slot reserved at the old rate stands; from there on slots are 1 s apart.
+    assert [(a.rate, a.concurrency, a.epoch) for a in slow] == [(1.0, 7, 4), (1.0, 7, 4)]
+    # Nothing was waiting, so nothing is rescaled: the slot reserved at the old rate
+    # stands, and from there on slots are 1 s apart.
     assert _send_time(slow[0]) == pytest.approx(before.now + 0.2, abs=EXACT)
     assert _send_time(slow[1]) - _send_time(slow[0]) == pytest.approx(1.0, abs=EXACT)
 
@@ -280,7 +243,7 @@ async def test_a_rate_change_rescales_the_waiting_backlog_by_old_rate_over_new_r
     backlog = await _acquire_many(store, 4)  # the last one is sent ~3 s from now
     last = _send_time(backlog[-1])
 
-    await store.save_state(POOL, {"rate": repr(new_rate), "concurrency": "256"})
+    await _save(store, rate=repr(new_rate), concurrency="")
     first, second = await _acquire_many(store, 2)
     assert (first.granted, first.rate) == (True, new_rate)
     # What was left of the backlog stretches (or shrinks) by 1 / new_rate; the next slot
@@ -293,7 +256,7 @@ async def test_a_rate_change_rescales_the_waiting_backlog_by_old_rate_over_new_r
 async def test_a_rescaled_backlog_ends_at_most_max_wait_ahead(backend: Backend) -> None:
     store = await backend.open(initial_rate=1.0, burst_seconds=0.0)
     await _acquire_many(store, 4)  # the last one is sent ~3 s from now, 30 s at 0.1 rps
-    await store.save_state(POOL, {"rate": "0.1", "concurrency": "256"})
+    await _save(store, rate="0.1", concurrency="")
 
     refused = await store.acquire(POOL, "impatient", 5.0, LEASE_TTL)
     assert (refused.granted, refused.reason) == (False, "rate")
@@ -303,14 +266,325 @@ async def test_a_rescaled_backlog_ends_at_most_max_wait_ahead(backend: Backend) 
     assert _send_time(patient) == pytest.approx(refused.now + 5.0 + 10.0, abs=EXACT)
 
 
-@pytest.mark.parametrize("saved", ["0", "-1", "nan", "inf", "fast"])
-async def test_a_saved_rate_that_is_not_a_positive_number_falls_back_to_the_initial_rate(
+async def test_a_concurrency_refusal_rescales_the_backlog_too(backend: Backend) -> None:
+    store = await backend.open(initial_rate=1.0, burst_seconds=0.0)
+    await _save(store, rate="1.0", concurrency="3")
+    backlog = await _acquire_many(store, 3)  # the cap is full; the last is sent ~2 s ahead
+    await _save(store, rate="2.0", concurrency="3")
+
+    refused = await store.acquire(POOL, "capped", 60.0, LEASE_TTL)
+    assert (refused.granted, refused.reason) == (False, "concurrency")
+    await store.report(POOL, {}, release=["lease0"])
+    granted = await store.acquire(POOL, "next", 60.0, LEASE_TTL)
+    # The refusal moved the backlog to the new rate: the next slot is half an interval
+    # after the rescaled last send, not one old interval after the old one.
+    rescaled_last = refused.now + (_send_time(backlog[-1]) - refused.now) / 2.0
+    assert _send_time(granted) == pytest.approx(rescaled_last + 0.5, abs=EXACT)
+
+
+@pytest.mark.parametrize("saved", ["0", "-1", "nan", "-inf", "fast", "", "1e400", "Infinity"])
+async def test_a_saved_rate_that_is_not_inf_or_a_positive_number_falls_back_to_the_initial_rate(
     backend: Backend, saved: str
 ) -> None:
-    store = await backend.open(initial_rate=5.0, initial_concurrency=9)
-    await store.save_state(POOL, {"rate": saved, "concurrency": "nan"})
+    store = await backend.open(initial_rate=5.0)
+    await _save(store, rate=saved, concurrency="nan")
     admission = await store.acquire(POOL, "a", 60.0, LEASE_TTL)
-    assert (admission.granted, admission.rate, admission.concurrency) == (True, 5.0, 9)
+    assert (admission.granted, admission.rate, admission.concurrency) == (True, 5.0, None)
+
+
+@pytest.mark.parametrize(("saved", "cap"), [("7.9", 7), ("0", 1), ("-3", 1), ("inf", None)])
+async def test_a_saved_cap_is_a_whole_number_of_at_least_one(
+    backend: Backend, saved: str, cap: int | None
+) -> None:
+    store = await backend.open(initial_rate=1000.0)
+    await _save(store, rate="1000", concurrency=saved)
+    assert (await store.acquire(POOL, "a", 60.0, LEASE_TTL)).concurrency == cap
+
+
+# --- acquire: the cap and leases -----------------------------------------------------------
+
+
+async def test_the_concurrency_cap_refuses_one_lease_too_many_and_a_release_frees_a_slot(
+    backend: Backend,
+) -> None:
+    store = await backend.open(initial_rate=1000.0)
+    await _save(store, rate="1000", concurrency="2", epoch="5")
+    granted = await _acquire_many(store, 2)
+    assert [(a.in_flight, a.epoch) for a in granted] == [(1, 5), (2, 5)]
+    refused = await store.acquire(POOL, "third", 60.0, LEASE_TTL)
+    assert (refused.granted, refused.reason, refused.concurrency) == (False, "concurrency", 2)
+    assert (refused.in_flight, refused.epoch) == (2, 5)
+    assert 0 < refused.wait <= CONCURRENCY_RETRY_SECONDS
+
+    await store.report(POOL, {}, release=["lease0"])
+    third = await store.acquire(POOL, "third", 60.0, LEASE_TTL)
+    assert (third.granted, third.in_flight) == (True, 2)
+    # Releasing a lease that is already gone frees nothing more.
+    await store.report(POOL, {}, release=["lease0"])
+    assert (await store.acquire(POOL, "fourth", 60.0, LEASE_TTL)).reason == "concurrency"
+
+
+async def test_an_expired_lease_frees_its_slot_by_itself(backend: Backend) -> None:
+    store = await backend.open(initial_rate=1000.0)
+    await _save(store, rate="1000", concurrency="1")
+    held = await store.acquire(POOL, "crashed", 60.0, 0.15)
+    refused = await store.acquire(POOL, "next", 60.0, LEASE_TTL)
+    assert held.granted and refused.reason == "concurrency"
+    # The suggested wait never outlasts the lease that will free the slot.
+    assert refused.wait <= 0.15
+
+    await asyncio.sleep(0.2)
+    assert (await store.acquire(POOL, "next", 60.0, LEASE_TTL)).granted
+
+
+async def test_renewed_leases_outlive_their_ttl_and_released_or_expired_ones_stay_gone(
+    backend: Backend,
+) -> None:
+    store = await backend.open(initial_rate=1000.0)
+    await _save(store, rate="1000", concurrency="3")
+    for lease in ("running", "released", "crashed"):
+        assert (await store.acquire(POOL, lease, 60.0, 0.5)).granted
+    await store.report(POOL, {}, release=["released"])
+    assert await store.renew(POOL, ["running", "released"], 5.0) == 1
+    await asyncio.sleep(0.7)
+    # "crashed" was never renewed and has expired by itself; a renewal cannot bring it
+    # back, and "running" still holds its slot.
+    assert await store.renew(POOL, ["running", "crashed"], 5.0) == 1
+    assert (await store.acquire(POOL, "second", 60.0, LEASE_TTL)).granted
+    third = await store.acquire(POOL, "third", 60.0, LEASE_TTL)
+    assert (third.granted, third.in_flight) == (True, 3)
+    refused = await store.acquire(POOL, "fourth", 60.0, LEASE_TTL)
+    assert refused.reason == "concurrency"
+    assert await store.renew(POOL, [], 0.3) == 0
+    assert await store.renew("other", ["running"], 0.3) == 0
+
+
+# --- report and read_ticks -----------------------------------------------------------------
+
+
+async def test_report_sums_tick_counts_and_keeps_the_extremes(backend: Backend) -> None:
+    store = await backend.open()
+    tick = await _tick(store)
+    await store.report(
+        POOL,
+        {tick: {"ok": 3, "sent": 4, "network": 0, "ok_at": 4, "latency_sum": 0.25}},
+    )
+    await store.report(
+        POOL,
+        {
+            tick: {"ok": 2, "ok_at": 7, "refused_at": 5, "latency_sum": 0.5, "latency_count": 2},
+            tick + 1: {"server_error": 1, "refused_at": 9},
+        },
+    )
+    await store.report(POOL, {tick: {"ok_at": 2, "refused_at": 6, "latency_sum": 0.125}})
+
+    counts = await store.read_ticks(POOL, tick, tick + 1)
+    # Counts add up; ok_at keeps the highest, refused_at the lowest; latency_sum adds
+    # seconds as floats; a zero count is not written (a missing field reads as zero).
+    assert counts == {
+        tick: {
+            "ok": 5,
+            "sent": 4,
+            "ok_at": 7,
+            "refused_at": 5,
+            "latency_sum": pytest.approx(0.875, abs=1e-12),
+            "latency_count": 2,
+        },
+        tick + 1: {"server_error": 1, "refused_at": 9},
+    }
+
+
+async def test_read_ticks_returns_only_ticks_with_counts_in_its_range(backend: Backend) -> None:
+    store = await backend.open()
+    tick = await _tick(store)
+    await store.report(POOL, {tick: {"ok": 1}, tick + 2: {"sent": 2}, tick + 3: {"network": 0}})
+    await store.report("other", {tick + 1: {"ok": 9}})
+
+    assert await store.read_ticks(POOL, tick - 5, tick + 5) == {
+        tick: {"ok": 1},
+        tick + 2: {"sent": 2},
+    }
+    assert await store.read_ticks(POOL, tick + 1, tick + 2) == {tick + 2: {"sent": 2}}
+    assert await store.read_ticks(POOL, tick + 3, tick + 9) == {}  # only a zero count
+    assert await store.read_ticks(POOL, tick + 2, tick) == {}  # an empty range
+    assert await store.read_ticks("unknown", tick, tick + 5) == {}
+
+
+async def test_tick_counts_expire_after_the_tick_ttl(backend: Backend) -> None:
+    store = await backend.open(tick_seconds=0.01, tick_ttl_seconds=0.1)
+    tick = await _tick(store)
+    await store.report(POOL, {tick: {"ok": 1}})
+    assert await store.read_ticks(POOL, tick, tick) == {tick: {"ok": 1}}
+    await asyncio.sleep(0.2)
+    assert await store.read_ticks(POOL, tick, tick) == {}
+
+
+# --- the push ------------------------------------------------------------------------------
+
+
+async def test_a_frequency_429_during_a_rate_probe_puts_the_probe_base_in_force_at_once(
+    backend: Backend,
+) -> None:
+    store = await backend.open(initial_rate=5.0, burst_seconds=0.0)
+    saved = await _save(store, rate="30.0", probe_base="20.0", concurrency="", law="{}")
+    before = await store.now()
+    await store.report(POOL, {await _tick(store): {"sent": 4, "ok": 3, "rate_frequency": 1}})
+    after = await store.now()
+
+    pushed = await store.load_state(POOL)
+    assert pushed is not None
+    assert (pushed["rate"], pushed["probe_base"]) == ("20.0", "")
+    assert before <= float(pushed["pushed_rate"]) <= after
+    assert state_version(pushed) == state_version(saved) + 1
+    # The rest of the state is the law's: the push leaves it alone.
+    assert (pushed["law"], pushed["concurrency"]) == ("{}", "")
+    assert (await store.acquire(POOL, "retry", 60.0, LEASE_TTL)).rate == 20.0
+
+    # The probe is over: another 429 pushes nothing more.
+    await store.report(POOL, {await _tick(store): {"rate_frequency": 2}})
+    assert await store.load_state(POOL) == pushed
+
+
+@pytest.mark.parametrize(
+    ("state", "counts"),
+    [
+        # not probing
+        ({"rate": "30.0", "probe_base": ""}, {"rate_frequency": 3}),
+        ({"rate": "30.0"}, {"rate_frequency": 3}),
+        # probing, but no frequency 429: ok answers, other classes of 429, zero counts
+        ({"rate": "30.0", "probe_base": "20.0"}, {"ok": 5, "sent": 5}),
+        ({"rate": "30.0", "probe_base": "20.0"}, {"rate_quota": 1, "rate_congestion": 1}),
+        ({"rate": "30.0", "probe_base": "20.0"}, {"rate_frequency": 0}),
+        # a 1302 under no cap probe and no exact evidence
+        ({"rate": "30.0", "concurrency": "4", "cap_base": ""}, {"rate_concurrency": 1}),
+    ],
+)
+async def test_answers_that_end_no_probe_and_lower_no_cap_push_nothing(
+    backend: Backend, state: dict[str, str], counts: dict[str, float]
+) -> None:
+    store = await backend.open()
+    saved = await _save(store, **state)
+    await store.report(POOL, {await _tick(store): counts})
+    assert await store.load_state(POOL) == saved
+
+
+async def test_a_429_for_a_pool_without_saved_state_creates_none(backend: Backend) -> None:
+    store = await backend.open(initial_rate=5.0)
+    await store.report(POOL, {await _tick(store): {"rate_frequency": 1, "rate_concurrency": 1}})
+    await store.report(POOL, {await _tick(store): {"rate_concurrency": 1, "refused_at": 3}})
+    assert await store.load_state(POOL) is None
+    admission = await store.acquire(POOL, "a", 60.0, LEASE_TTL)
+    assert (admission.rate, admission.concurrency) == (5.0, None)
+
+
+async def test_a_1302_under_a_cap_in_force_leaves_the_cap_to_the_law(
+    backend: Backend,
+) -> None:
+    # Lowering a cap weighs evidence the store does not have (answers ok at higher counts
+    # a moment ago: the counts crossed at the limit), so the push leaves it alone.
+    store = await backend.open(initial_rate=1000.0)
+    saved = await _save(store, rate="1000", concurrency="8", epoch="3", cap_floor="2")
+    await store.report(POOL, {await _tick(store): {"rate_concurrency": 1, "refused_at": 6}})
+    assert await store.load_state(POOL) == saved
+    admission = await store.acquire(POOL, "a", 60.0, LEASE_TTL)
+    assert (admission.concurrency, admission.epoch) == (8, 3)
+
+
+async def test_the_first_1302_caps_an_uncapped_pool_never_below_the_floor(
+    backend: Backend,
+) -> None:
+    store = await backend.open(initial_rate=1000.0)
+    saved = await _save(store, rate="inf", concurrency="", epoch="3", cap_floor="2")
+    before = await store.now()
+    tick = await _tick(store)
+    # The lowest count of the batch counts.
+    await store.report(
+        POOL, {tick: {"rate_concurrency": 1, "refused_at": 6}, tick + 1: {"refused_at": 5}}
+    )
+    after = await store.now()
+    capped = await store.load_state(POOL)
+    assert capped is not None
+    assert (capped["concurrency"], capped["epoch"]) == ("4", "4")
+    assert before <= float(capped["pushed_cap"]) <= after
+    assert state_version(capped) == state_version(saved) + 1
+    assert (await store.acquire(POOL, "a", 60.0, LEASE_TTL)).concurrency == 4
+
+    floored = await _save(store, rate="inf", concurrency="", epoch="0", cap_floor="2")
+    await store.report(POOL, {await _tick(store): {"rate_concurrency": 1, "refused_at": 1}})
+    lowest = await store.load_state(POOL)
+    assert lowest is not None and lowest["concurrency"] == "2"
+    assert state_version(lowest) == state_version(floored) + 1
+
+
+async def test_a_1302_without_a_cap_sets_one_below_the_count_it_came_at(
+    backend: Backend,
+) -> None:
+    store = await backend.open(initial_rate=1000.0)
+    await _save(store, rate="inf", concurrency="", epoch="0")
+    await store.report(POOL, {await _tick(store): {"rate_concurrency": 2, "refused_at": 10}})
+    capped = await store.load_state(POOL)
+    assert capped is not None
+    # No cap_floor saved: the floor is one.
+    assert (capped["concurrency"], capped["epoch"]) == ("9", "1")
+    assert (await store.acquire(POOL, "a", 60.0, LEASE_TTL)).concurrency == 9
+
+
+@pytest.mark.parametrize("refused_at", [None, 3, 40])
+async def test_a_1302_during_a_cap_probe_puts_the_cap_base_back(
+    backend: Backend, refused_at: int | None
+) -> None:
+    store = await backend.open(initial_rate=1000.0)
+    saved = await _save(store, rate="1000", concurrency="12", cap_base="10", epoch="7")
+    counts: dict[str, float] = {"rate_concurrency": 1, "ok": 3}
+    if refused_at is not None:
+        counts["refused_at"] = refused_at
+    await store.report(POOL, {await _tick(store): counts})
+
+    pushed = await store.load_state(POOL)
+    assert pushed is not None
+    # The probe's base, whatever count the 1302 came at: the probe is over.
+    assert (pushed["concurrency"], pushed["cap_base"], pushed["epoch"]) == ("10", "", "8")
+    assert "pushed_cap" in pushed
+    assert state_version(pushed) == state_version(saved) + 1
+
+
+async def test_a_429_and_a_1302_in_one_report_push_both_with_one_version(
+    backend: Backend,
+) -> None:
+    store = await backend.open(initial_rate=1000.0)
+    saved = await _save(
+        store, rate="40.0", probe_base="30.0", concurrency="6", cap_base="5", epoch="1"
+    )
+    tick = await _tick(store)
+    await store.report(
+        POOL, {tick: {"rate_frequency": 1}, tick + 1: {"rate_concurrency": 1, "refused_at": 4}}
+    )
+    pushed = await store.load_state(POOL)
+    assert pushed is not None
+    assert (pushed["rate"], pushed["concurrency"], pushed["epoch"]) == ("30.0", "5", "2")
+    assert state_version(pushed) == state_version(saved) + 1
+
+
+@pytest.mark.parametrize(
+    ("cap", "base", "refused_at", "floor", "pushed"),
+    [
+        (8, None, 6, 1, None),  # a cap in force is the law's to lower
+        (8, None, 9, 1, None),
+        (None, None, 5, 1, 4),  # no cap yet: one below the count the 1302 came at
+        (None, None, 2, 3, 3),  # never below the floor
+        (3, None, 2, 3, None),
+        (8, None, None, 1, None),  # no exact evidence, no probe: nothing
+        (12, 10, None, 1, 10),  # a probe's base
+        (12, 10, 3, 1, 10),
+    ],
+)
+def test_pushed_cap(
+    cap: int | None, base: int | None, refused_at: int | None, floor: int, pushed: int | None
+) -> None:
+    assert pushed_cap(cap, base, refused_at, floor) == pushed
+
+
+# --- save_state ----------------------------------------------------------------------------
 
 
 async def test_load_state_round_trips_and_a_save_replaces_the_whole_state(
@@ -318,25 +592,75 @@ async def test_load_state_round_trips_and_a_save_replaces_the_whole_state(
 ) -> None:
     store = await backend.open()
     assert await store.load_state(POOL) is None
-    state = {"rate": "2.5", "concurrency": "12.0", "ceiling": "3.125", "probing": "false"}
-    await store.save_state(POOL, state)
-    assert await store.load_state(POOL) == state
+    state = {"rate": "2.5", "concurrency": "12", "limit": "3.125", "probing": ""}
+    assert await store.save_state(POOL, state, 0)
+    assert await store.load_state(POOL) == {**state, "version": "1"}
 
-    await store.save_state(POOL, {"rate": "2.0", "concurrency": "12.0"})
-    assert await store.load_state(POOL) == {"rate": "2.0", "concurrency": "12.0"}
-    await store.save_state(POOL, {})
-    assert await store.load_state(POOL) is None
+    # A version in the fields is the store's to set, not the caller's.
+    assert await store.save_state(POOL, {"rate": "2.0", "version": "99"}, 1)
+    assert await store.load_state(POOL) == {"rate": "2.0", "version": "2"}
+
+
+async def test_save_state_is_compare_and_set_on_the_version(backend: Backend) -> None:
+    one, two = await backend.open(), await backend.open()
+    assert await one.save_state(POOL, {"rate": "3"}, 0)
+    # Two steps loaded version 1: the first save wins, the second changes nothing.
+    assert await two.save_state(POOL, {"rate": "4"}, 1)
+    assert not await one.save_state(POOL, {"rate": "5"}, 1)
+    assert not await one.save_state(POOL, {"rate": "5"}, 0)
+    assert not await one.save_state(POOL, {"rate": "5"}, 3)
+    assert await one.load_state(POOL) == {"rate": "4", "version": "2"}
+
+
+async def test_a_push_between_load_and_save_makes_the_save_fail_and_is_kept(
+    backend: Backend,
+) -> None:
+    store = await backend.open()
+    await _save(store, rate="30.0", probe_base="20.0", concurrency="")
+    loaded = await store.load_state(POOL)
+    assert loaded is not None
+    # A proxy reports the probe's first 429 while the control loop steps the pool.
+    await store.report(POOL, {await _tick(store): {"rate_frequency": 1}})
+    step = {**loaded, "rate": "33.0", "probe_base": "20.0"}
+
+    assert not await store.save_state(POOL, step, state_version(loaded))
+    kept = await store.load_state(POOL)
+    assert kept is not None
+    assert (kept["rate"], kept["probe_base"]) == ("20.0", "")
+    # The next step loads the pushed state and saves over it.
+    assert await store.save_state(POOL, {**kept, "rate": "19.6"}, state_version(kept))
+    final = await store.load_state(POOL)
+    assert final is not None and final["rate"] == "19.6"
+    assert state_version(final) == state_version(loaded) + 2
 
 
 async def test_reset_forgets_state_reservations_and_leases(backend: Backend) -> None:
-    store = await backend.open(initial_rate=1.0, burst_seconds=0.0, initial_concurrency=1)
+    store = await backend.open(initial_rate=1.0, burst_seconds=0.0)
+    await _save(store, rate="0.5", concurrency="1")
     await store.acquire(POOL, "held", 60.0, LEASE_TTL)
-    await store.save_state(POOL, {"rate": "0.5", "concurrency": "1"})
 
     await store.reset(POOL)
     assert await store.load_state(POOL) is None
     fresh = await store.acquire(POOL, "fresh", 60.0, LEASE_TTL)
-    assert (fresh.granted, fresh.wait, fresh.rate) == (True, 0.0, 1.0)
+    assert (fresh.granted, fresh.wait, fresh.rate, fresh.in_flight) == (True, 0.0, 1.0, 1)
+    # After a reset the version starts again: a step that loaded nothing may save.
+    assert await store.save_state(POOL, {"rate": "2"}, 0)
+
+
+async def test_bounds_are_kept_apart_from_the_state_and_survive_a_reset(backend: Backend) -> None:
+    store = await backend.open()
+    assert await store.load_bounds(POOL) == {}
+    await store.save_bounds(POOL, {"min_rate": "2.0", "max_rate": "5.0"})
+    await _save(store, rate="4.0")  # a step replaces the state, not the bounds
+    assert await store.load_bounds(POOL) == {"min_rate": "2.0", "max_rate": "5.0"}
+    await store.reset(POOL)
+    assert await store.load_state(POOL) is None
+    assert await store.load_bounds(POOL) == {"min_rate": "2.0", "max_rate": "5.0"}
+    await store.save_bounds(POOL, {})
+    assert await store.load_bounds(POOL) == {}
+
+
+# --- replicas, leadership, pools, sharing --------------------------------------------------
 
 
 async def test_heartbeat_counts_live_replicas_and_forgets_expired_ones(
@@ -372,7 +696,7 @@ async def test_one_of_two_nodes_leads_renewals_keep_it_and_the_other_takes_over_
 
 
 async def test_pools_lists_the_pools_with_a_recent_acquire(backend: Backend) -> None:
-    store = await backend.open(window_seconds=0.1, window_ttl_seconds=0.3)
+    store = await backend.open(tick_seconds=0.025, tick_ttl_seconds=0.3)
     assert await store.pools() == []
     for pool in ("b", "a"):
         await store.acquire(pool, "lease", 60.0, LEASE_TTL)
@@ -384,20 +708,26 @@ async def test_pools_lists_the_pools_with_a_recent_acquire(backend: Backend) -> 
 
 
 async def test_two_stores_on_one_backend_share_everything(backend: Backend) -> None:
-    config = {"initial_rate": 1.0, "burst_seconds": 0.0, "initial_concurrency": 1}
+    config = {"initial_rate": 1.0, "burst_seconds": 0.0}
     one, two = await backend.open(**config), await backend.open(**config)
+    await _save(one, rate="1.0", concurrency="1", probe_base="0.5")
 
     first = await one.acquire(POOL, "one", 60.0, LEASE_TTL)
     crowded = await two.acquire(POOL, "two", 60.0, LEASE_TTL)
     assert first.granted and crowded.reason == "concurrency"
-    await one.report(POOL, one.config.window_of(first.now), {"ok": 1}, release=["one"])
-    second = await two.acquire(POOL, "two", 60.0, LEASE_TTL, demand=False)
+    tick = one.config.tick_of(first.now)
+    await one.report(POOL, {tick: {"ok": 1}}, release=["one"])
+    second = await two.acquire(POOL, "two", 60.0, LEASE_TTL)
     assert _send_time(second) == pytest.approx(first.now + 1.0, abs=EXACT)
+    assert (await two.read_ticks(POOL, tick, tick))[tick]["ok"] == 1
 
-    window = one.config.window_of(first.now)
-    assert (await two.read_window(POOL, window))["ok"] == 1
-    await two.save_state(POOL, {"rate": "3"})
-    assert await one.load_state(POOL) == {"rate": "3"}
+    # A push made through one store is what the other's next acquire gets.
+    await two.report(POOL, {tick: {"rate_frequency": 1}}, release=["two"])
+    assert (await one.acquire(POOL, "three", 60.0, LEASE_TTL)).rate == 0.5
+    saved = await two.load_state(POOL)
+    assert saved is not None and saved["rate"] == "0.5"
+    assert await two.save_state(POOL, {"rate": "3"}, state_version(saved))
+    assert await one.load_state(POOL) == {"rate": "3", "version": str(state_version(saved) + 1)}
     await one.heartbeat(POOL, "proxy-1", 5.0)
     assert await two.heartbeat(POOL, "proxy-2", 5.0) == 2
     assert await two.pools() == [POOL]
@@ -406,7 +736,7 @@ async def test_two_stores_on_one_backend_share_everything(backend: Backend) -> N
 async def test_concurrent_acquires_from_two_stores_get_distinct_slots_one_interval_apart(
     backend: Backend,
 ) -> None:
-    config = {"initial_rate": 50.0, "burst_seconds": 0.25, "initial_concurrency": 1000}
+    config = {"initial_rate": 50.0, "burst_seconds": 0.25}
     one, two = await backend.open(**config), await backend.open(**config)
     admissions = await asyncio.gather(
         *((one if i % 2 else two).acquire(POOL, f"lease{i}", 10.0, LEASE_TTL) for i in range(200))
@@ -418,7 +748,69 @@ async def test_concurrent_acquires_from_two_stores_get_distinct_slots_one_interv
     # Only the burst (and whatever time passed while the calls ran) goes without a wait.
     elapsed = max(a.now for a in admissions) - min(a.now for a in admissions)
     assert 200 - len(waiting) <= 0.25 / 0.02 + 1 + elapsed / 0.02
-    assert sum((await _window_totals(one, admissions, "demand")).values()) == 200
+    # Each acquire is atomic: every grant saw the leases before it and no other.
+    assert sorted(a.in_flight for a in admissions) == list(range(1, 201))
+
+
+# --- the pure parts of the contract --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "rate"),
+    [
+        (None, 7.0),
+        ("", 7.0),
+        ("2.5", 2.5),
+        ("inf", math.inf),
+        ("0", 7.0),
+        ("-1", 7.0),
+        ("nan", 7.0),
+        ("-inf", 7.0),
+        ("1e400", 7.0),  # overflows to infinity, which only "inf" means
+        ("Infinity", 7.0),
+        ("fast", 7.0),
+    ],
+)
+def test_parse_rate(text: str | None, rate: float) -> None:
+    assert parse_rate(text, 7.0) == rate
+
+
+@pytest.mark.parametrize(
+    ("text", "cap"),
+    [(None, None), ("", None), ("4", 4), ("7.9", 7), ("0", 1), ("nan", None), ("inf", None)],
+)
+def test_parse_cap(text: str | None, cap: int | None) -> None:
+    assert parse_cap(text) == cap
+
+
+@pytest.mark.parametrize(
+    ("saved", "version"),
+    [(None, 0), ({}, 0), ({"rate": "1"}, 0), ({"version": "7"}, 7), ({"version": "x"}, 0)],
+)
+def test_state_version(saved: dict[str, str] | None, version: int) -> None:
+    assert state_version(saved) == version
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"prefix": ""},
+        {"prefix": "a:b"},
+        {"prefix": "{x}"},
+        {"initial_rate": 0.0},
+        {"burst_seconds": -1.0},
+        {"tick_seconds": 0.0},
+        {"tick_seconds": 1.0, "tick_ttl_seconds": 7.0},  # under eight ticks
+    ],
+)
+def test_a_store_config_refuses_what_cannot_work(overrides: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        StoreConfig(**overrides)
+
+
+def test_tick_of_is_the_index_of_the_tick_holding_a_time() -> None:
+    config = StoreConfig(tick_seconds=0.25)
+    assert [config.tick_of(t) for t in (0.0, 0.24, 0.25, 1000.6)] == [0, 0, 1, 4002]
 
 
 # Behaviour of the adapters themselves, outside the shared contract.
@@ -436,12 +828,16 @@ async def test_an_unreachable_redis_raises_store_unavailable_from_every_call() -
         store.ping,
         store.now,
         lambda: store.acquire(POOL, "a", 1.0, LEASE_TTL),
-        lambda: store.report(POOL, 0, {"ok": 1}),
+        lambda: store.report(POOL, {0: {"ok": 1}}),
+        lambda: store.report(POOL, {}, release=["a"]),
+        lambda: store.renew(POOL, ["a"], 1.0),
         lambda: store.heartbeat(POOL, "r", 1.0),
         store.pools,
-        lambda: store.read_window(POOL, 0),
+        lambda: store.read_ticks(POOL, 0, 3),
         lambda: store.load_state(POOL),
-        lambda: store.save_state(POOL, {"rate": "1"}),
+        lambda: store.save_state(POOL, {"rate": "1"}, 0),
+        lambda: store.load_bounds(POOL),
+        lambda: store.save_bounds(POOL, {"max_rate": "1"}),
         lambda: store.replicas(POOL),
         lambda: store.reset(POOL),
         lambda: store.lead("node", 1.0),
@@ -472,8 +868,8 @@ async def test_a_redis_that_stops_answering_raises_store_unavailable_within_the_
 
 def test_every_key_of_a_pool_hashes_to_one_cluster_slot() -> None:
     pool_keys = keys.pool_keys("zaiproxy", "glm-4.6:key-1")
-    names = [pool_keys.state, pool_keys.tat, pool_keys.leases, pool_keys.replicas]
-    names += [pool_keys.window(index) for index in (0, 359_150_172)]
+    names = [pool_keys.state, pool_keys.bounds, pool_keys.tat, pool_keys.leases]
+    names += [pool_keys.replicas, *(pool_keys.tick(index) for index in (0, 7_200_000_000))]
     assert len({key_slot(name.encode()) for name in names}) == 1
     assert key_slot(names[0].encode()) == key_slot(b"glm-4.6:key-1")
 
@@ -496,30 +892,17 @@ class _Clock:
         return self.now
 
 
-async def test_the_memory_store_forgets_expired_windows_leases_and_replicas() -> None:
+async def test_the_memory_store_forgets_expired_ticks_leases_and_replicas() -> None:
     clock = _Clock()
-    store = MemoryStore(StoreConfig(window_seconds=1.0, window_ttl_seconds=2.0), clock=clock)
+    store = MemoryStore(StoreConfig(tick_seconds=0.25, tick_ttl_seconds=2.0), clock=clock)
     for i in range(50):
         await store.acquire("old", f"lease{i}", 60.0, 1.0)
         await store.heartbeat("old", f"replica{i}", 1.0)
-        await store.report("old", i, {"ok": 1})
+        await store.report("old", {store.config.tick_of(clock.now): {"ok": 1}})
         clock.now += 0.01
     assert store.footprint > 100
 
     clock.now += 10.0
     await store.acquire("new", "lease", 60.0, 1.0)
-    assert store.footprint == 3  # the new pool, its window and its lease
+    assert store.footprint == 2  # the new pool and its lease
     assert await store.pools() == ["new"]
-
-
-async def test_bounds_are_kept_apart_from_the_state_and_survive_a_reset(backend: Backend) -> None:
-    store = await backend.open()
-    assert await store.load_bounds(POOL) == {}
-    await store.save_bounds(POOL, {"min_rate": "2.0", "max_rate": "5.0"})
-    await store.save_state(POOL, {"rate": "4.0"})  # a step replaces the state, not the bounds
-    assert await store.load_bounds(POOL) == {"min_rate": "2.0", "max_rate": "5.0"}
-    await store.reset(POOL)
-    assert await store.load_state(POOL) is None
-    assert await store.load_bounds(POOL) == {"min_rate": "2.0", "max_rate": "5.0"}
-    await store.save_bounds(POOL, {})
-    assert await store.load_bounds(POOL) == {}
