@@ -12,6 +12,7 @@ import contextlib
 import gc
 import hmac
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -25,7 +26,7 @@ from prometheus_client import (
 )
 from prometheus_fastapi_instrumentator import Instrumentator
 
-from zai_proxy.limiter.control import ControlLoop
+from zai_proxy.limiter.plane import ControlPlane
 from zai_proxy.limiter.settings import LimiterSettings
 from zai_proxy.limiter.store import LimiterStore
 from zai_proxy.limiter.stores import open_store
@@ -98,6 +99,7 @@ class ProxyApp:
         self.forwarder: Forwarder | None = None
         self.store: LimiterStore | None = None
         self.limiter: ProxyLimiter | None = None
+        self.plane: ControlPlane | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -169,11 +171,10 @@ class ProxyApp:
             asyncio.create_task(trim_when_idle(self.forwarder.pool.is_idle), name="memory-trim")
         )
         if self._run_control:
-            # No limiter service on this store: this process learns the limit itself.
-            loop = ControlLoop(
-                store, limits.params(), state_max_age=limits.rate_limit_state_max_age
-            )
-            tasks.append(asyncio.create_task(loop.run(), name="limiter-control"))
+            # No limiter service on this store: this process learns the limit and paces
+            # the quota itself, as the limiter service would.
+            self.plane = ControlPlane(store, limits)
+            await self.plane.start()
         # Everything built so far lives as long as the process: out of the collector's
         # sight, full collections under load take half as long (bench/limiter_sim: the
         # longest went from 237 to 121 ms), which keeps them clear of REDIS_TIMEOUT.
@@ -185,7 +186,8 @@ class ProxyApp:
         assert limiter is not None
         while True:
             metrics.limiter_rate.set(limiter.rate)
-            metrics.limiter_concurrency.set(limiter.concurrency)
+            cap = limiter.concurrency
+            metrics.limiter_concurrency.set(math.inf if cap is None else cap)
             metrics.limiter_degraded.set(1 if limiter.degraded else 0)
             metrics.limiter_replicas.set(limiter.replicas)
             await asyncio.sleep(GAUGE_SECONDS)
@@ -193,6 +195,8 @@ class ProxyApp:
     async def shutdown(self) -> None:
         """Stop background work, flush the last reports, close connections."""
         await cancel_and_wait(self.lifecycle.tasks)
+        if self.plane is not None:
+            await self.plane.stop()
         if self.limiter is not None:
             with contextlib.suppress(Exception):
                 await self.limiter.flush()

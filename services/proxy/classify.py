@@ -8,7 +8,7 @@ code counts as frequency, as does Anthropic's `rate_limit_error`.
 
 Anthropic's `overloaded_error` (HTTP 529) is classed with 1312 as congestion: both say the
 provider is short of capacity for everyone, so both dialects land in one class that is
-retried with back-off and does not feed the rate (see `zai_proxy.limiter.outcomes`), while
+retried with back-off and does not feed the rate (see `zai_proxy.shared.outcomes`), while
 dashboards still tell "provider overloaded" from "provider broken" (5xx).
 
 Every function here is pure and total: any bytes and any header value give an answer, never

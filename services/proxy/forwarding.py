@@ -44,6 +44,7 @@ from zai_proxy.proxy.limiting import ProxyLimiter, RateLimited
 from zai_proxy.proxy.metrics import UNKNOWN, ProxyMetrics
 from zai_proxy.proxy.retries import RETRYABLE, RetryableAttempt, RetryPolicy, UpstreamAnswer
 from zai_proxy.proxy.routing import Dialect, Route, Router
+from zai_proxy.proxy.told_limits import told_rate
 from zai_proxy.proxy.upstream import (
     UPSTREAM_ERRORS,
     UpstreamFailureLog,
@@ -285,7 +286,6 @@ class Forwarder:
         del body  # the request holds what goes upstream (a copy when usage was injected)
         exchange.model = self.metrics.models(request.model)
 
-        self.limiter.arrived()
         with DisconnectWatch(receive, exchange):
             headers = upstream_request_headers(
                 scope["headers"], route.dialect, self.auth, exchange.request_id
@@ -347,11 +347,13 @@ class Forwarder:
         metrics.queue_wait_child.observe(queue_wait)
         metrics.in_flight.inc()
         outcome = Outcome.NETWORK
+        told: float | None = None
         try:
             async with open_response(
                 self.session, exchange.method, route.url, headers, request.body
             ) as response:
                 status = response.status
+                told = told_rate(response.raw_headers)
                 if status == 429 or status >= 500:
                     answer = await self._read_error(response)
                     outcome = classify_status(status, answer.body)
@@ -380,7 +382,7 @@ class Forwarder:
         finally:
             metrics.in_flight.dec()
             pool.release()
-            await self.limiter.record(ticket, outcome)
+            await self.limiter.record(ticket, outcome, told=told)
 
     async def _read_error(self, response: aiohttp.ClientResponse) -> UpstreamAnswer:
         try:

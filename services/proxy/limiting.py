@@ -1,25 +1,28 @@
-"""The proxy's side of the shared limiter: admission, outcome reports, degraded mode.
+"""The proxy's side of the shared limiter: admission, tick counts, degraded mode.
 
-Per request, ``arrived`` counts it in the window's demand (in memory). Per upstream
-attempt: ``admit`` makes one store round trip (and sleeps the wait it is given);
-``record`` counts the outcome in memory. A wait follows the pool's rate: when an
-answer shows that the rate changed, every request still waiting stretches or shrinks
-what is left of its wait by old rate / new rate, as the store moves its backlog (see
-acquire.lua), so a cut reaches the upstream at once instead of after the longest wait
-already granted; a request whose wait would now end beyond RATE_LIMIT_MAX_WAIT gives up
-and is answered 429 by the proxy. A background task flushes the counts
-(one pipelined report per window) and heartbeats, so nothing but the admission itself is
-on the response path.
+Per upstream attempt: ``admit`` makes one store round trip (and sleeps the wait it is
+given); ``record`` counts the outcome in memory. Counts go into ticks of the store's
+clock (``RATE_LIMIT_TICK``): ``sent`` and ``throttled`` (waited for the rate, or held
+back) in the tick the attempt left or was refused in, ``capped`` when it waited for a
+concurrency slot, outcomes in the tick their answer came back in, with the in-flight
+count an attempt sent without waiting went out at (``ok_at``, ``refused_at``: exact
+evidence of a concurrency limit). A background task flushes the counts and released
+leases every FLUSH_SECONDS in one store call; a 429 is flushed at once, before its retry
+is admitted, so that the store's push (a probe ended, a cap lowered) is in force for it.
 
-If the store cannot be reached, the proxy goes on at its share of the last known rate
-(the rate divided by the replicas that were alive), enforced by a private in-memory store,
-reports itself degraded, and goes back to the shared store within a second of it
-answering again. No request fails because the store is down. One failed call is only a
-suspicion: that request is admitted locally and the background task pings at once; the
-proxy degrades when the ping fails too. A pause of the proxy's own event loop (a full
-garbage collection, a starved CPU) fails every call in flight at the time, and degrading
-on it handed the whole replica to its local limiter, on top of the requests the shared
-store had already scheduled, several times a minute on a busy machine (bench/limiter_sim).
+A wait follows the pool's rate: when an answer shows that the rate changed, every request
+still waiting stretches or shrinks what is left of its wait by old rate / new rate, as the
+store moves its backlog (see acquire.lua), so a cut reaches the upstream at once instead
+of after the longest wait already granted; a request whose wait would now end beyond
+RATE_LIMIT_MAX_WAIT gives up and is answered 429 by the proxy.
+
+If the store cannot be reached, the proxy goes on at its share of the last known limits
+(divided by the replicas that were alive), enforced by a private in-memory store, reports
+itself degraded, and goes back to the shared store within a second of it answering again.
+No request fails because the store is down. One failed call is only a suspicion: that
+request is admitted locally and the background task pings at once; the proxy degrades
+when the ping fails too (a pause of the proxy's own event loop fails every call in flight
+at the time, and degrading on it handed the whole replica to its local limiter).
 """
 
 from __future__ import annotations
@@ -32,20 +35,20 @@ import math
 import random
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
 
 from zai_proxy.limiter.memory_store import MemoryStore
-from zai_proxy.limiter.store import Admission, LimiterStore, StoreError
+from zai_proxy.limiter.store import Admission, LimiterStore, StoreError, state_version
 from zai_proxy.proxy.errors import ProxyError
 from zai_proxy.shared.outcomes import Outcome
 
 log = logging.getLogger("zai_proxy.proxy")
 
-FLUSH_SECONDS = 0.2
+FLUSH_SECONDS = 0.1
 # A finished attempt's lease goes back within this (batched with the others that finish
 # meanwhile): held longer, finished requests would count against the concurrency cap.
-RELEASE_SECONDS = 0.02
+RELEASE_SECONDS = 0.005
 HEARTBEAT_SECONDS = 2.0
 HEARTBEAT_TTL_SECONDS = 6.0
 REJOIN_SECONDS = 0.5
@@ -57,14 +60,14 @@ REJOIN_SECONDS = 0.5
 LEASE_TTL_SECONDS = 10.0
 # Leases of the local store (degraded mode) live and die with this process: not renewed.
 LOCAL_LEASE_TTL_SECONDS = 900.0
-# While a learned cap on concurrency is reached, ask again after this, doubling (with
-# jitter) up to the maximum. The cap counts the requests waiting for their turn too, so
-# under overload it stays full for seconds, and hundreds of requests asking 20 times a
-# second each cost the proxy and Redis more than the traffic they hold back (measured with
-# bench/limiter_sim: 7x the Redis calls, pool exhaustion, the proxy dropping to degraded).
-# The cap at its maximum (nothing learned) is not worth asking again: it bounds the queue.
+# While the learned cap on concurrency is reached, ask again when this replica releases a
+# lease, or after this, doubling (with jitter) up to the maximum: slots other replicas
+# free are found by asking, and hundreds of requests asking 20 times a second each cost
+# the proxy and Redis more than the traffic they hold back.
 CONCURRENCY_POLL_SECONDS = 0.05
-CONCURRENCY_POLL_MAX_SECONDS = 1.0
+CONCURRENCY_POLL_MAX_SECONDS = 0.5
+
+_LIMITED = frozenset({Outcome.RATE_FREQUENCY, Outcome.RATE_CONCURRENCY})
 
 
 class RateLimited(ProxyError):
@@ -80,11 +83,14 @@ class RateLimited(ProxyError):
 
 @dataclass(frozen=True, slots=True)
 class Ticket:
-    """One admitted attempt: its concurrency lease and how long it waited."""
+    """One admitted attempt: its lease, how long it waited, and what it went out under."""
 
     lease: str
     waited: float
     local: bool
+    in_flight: int = 0  # leases in the pool when it was granted, its own included
+    epoch: int = 0  # the cap's epoch it went out under
+    sent_at: float = 0.0  # monotonic
 
 
 class ProxyLimiter:
@@ -106,13 +112,12 @@ class ProxyLimiter:
         self._leases = itertools.count()
         self.degraded = False
         self.rate = store.config.initial_rate
-        self.concurrency = store.config.initial_concurrency
-        # The configured maximum cap (also the start): reached, it is a full queue.
-        self.max_cap = store.config.initial_concurrency
+        self.concurrency: int | None = None
+        self.epoch = 0
         self.replicas = 1
         self._local = MemoryStore(store.config)
         self._offset = 0.0  # store clock minus local clock
-        self._counts: defaultdict[int, Counter[str]] = defaultdict(Counter)
+        self._counts: defaultdict[int, dict[str, float]] = defaultdict(dict)
         self._released: list[str] = []
         # Leases the shared store granted to attempts still running: renewed until released.
         self._held: set[str] = set()
@@ -120,19 +125,21 @@ class ProxyLimiter:
         self._suspect = False  # a store call failed; the next ping decides
         # Set (and replaced) when an answer shows a new rate: wakes the waiting requests.
         self._rate_changed = asyncio.Event()
+        # Set (and replaced) when this replica releases a lease: wakes requests waiting
+        # for a concurrency slot.
+        self._slot_freed = asyncio.Event()
         self._rate_seen_at = -math.inf  # store time of the answer self.rate came from
 
-    def arrived(self) -> None:
-        """Count a request that wants the upstream in this window's demand.
+    def _tick(self) -> dict[str, float]:
+        return self._counts[self.store.config.tick_of(time.time() + self._offset)]
 
-        Counted on arrival, before the worker pool, not by the store at admission: with
-        MAX_WORKERS below what the queue holds, admissions only come as fast as the rate
-        lets workers go, so demand counted there never exceeds the rate and the controller
-        could not tell a saturated window from an idle one (bench/limiter_sim with the
-        default 64 workers: half the windows read as without demand, no climbing).
-        """
-        window = self.store.config.window_of(time.time() + self._offset)
-        self._counts[window]["demand"] += 1
+    def _count(self, name: str, value: float = 1, *, local: bool = False) -> None:
+        """Add to this tick's count. What the local store decided (degraded mode) is left
+        out, as its outcomes are: the shared law hears only of the shared admissions."""
+        if local:
+            return
+        counts = self._tick()
+        counts[name] = counts.get(name, 0) + value
 
     async def admit(self) -> Ticket:
         """Wait for a slot; raise RateLimited when it would take longer than the budget."""
@@ -140,6 +147,7 @@ class ProxyLimiter:
         start = time.monotonic()
         deadline = start + self.max_wait
         poll = CONCURRENCY_POLL_SECONDS
+        capped = False
         while True:
             budget = max(0.0, deadline - time.monotonic())
             admission, local = await self._acquire(lease, budget)
@@ -147,6 +155,7 @@ class ProxyLimiter:
                 if not local:
                     self._held.add(lease)
                 if admission.wait > 0:
+                    self._count("throttled", local=local)
                     try:
                         if local:
                             await asyncio.sleep(admission.wait)
@@ -157,18 +166,25 @@ class ProxyLimiter:
                         # the lease goes back now rather than when it expires.
                         await self.record(Ticket(lease, 0.0, local), None)
                         raise
-                return Ticket(lease, time.monotonic() - start, local)
-            if admission.reason == "concurrency" and admission.concurrency >= self.max_cap:
+                self._count("sent", local=local)
+                now = time.monotonic()
+                waited = now - start if admission.wait > 0 or capped else 0.0
+                return Ticket(lease, waited, local, admission.in_flight, admission.epoch, now)
+            if admission.reason == "rate" or budget < CONCURRENCY_POLL_SECONDS:
+                by_rate = admission.reason == "rate"
+                self._count("throttled" if by_rate else "capped", local=local)
+                limit = "rate" if by_rate else "concurrency"
                 raise RateLimited(
-                    "the proxies' queue is full; the proxy is holding requests back",
-                    retry_after=1.0,
-                )
-            if admission.reason != "concurrency" or budget < CONCURRENCY_POLL_SECONDS:
-                raise RateLimited(
-                    "the upstream's rate limit is reached; the proxy is holding requests back",
+                    f"the upstream's {limit} limit is reached; the proxy is holding requests back",
                     retry_after=max(admission.wait, 1.0),
                 )
-            await asyncio.sleep(min(budget, poll * random.uniform(0.5, 1.0)))
+            if not capped:
+                capped = True
+                self._count("capped", local=local)
+            freed = self._slot_freed
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(budget, poll * random.uniform(0.5, 1.0))):
+                    await freed.wait()
             poll = min(2 * poll, CONCURRENCY_POLL_MAX_SECONDS)
 
     async def _wait_turn(self, lease: str, wait: float, rate: float) -> None:
@@ -177,7 +193,8 @@ class ProxyLimiter:
         while True:
             now = time.monotonic()
             if rate != self.rate:
-                left = max(0.0, end - now) * rate / self.rate
+                left = max(0.0, end - now)
+                left = 0.0 if math.isinf(self.rate) else left * rate / self.rate
                 rate = self.rate
                 if left > self.max_wait:
                     # The store cut the backlog at max_wait from now: this turn is gone
@@ -196,21 +213,16 @@ class ProxyLimiter:
 
     async def _acquire(self, lease: str, budget: float) -> tuple[Admission, bool]:
         """An admission, and whether the local store gave it."""
-        # Demand is counted on arrival (``arrived``), so no acquire counts it again.
         if not self.degraded:
             try:
-                admission = await self.store.acquire(
-                    self.pool, lease, budget, LEASE_TTL_SECONDS, demand=False
-                )
+                admission = await self.store.acquire(self.pool, lease, budget, LEASE_TTL_SECONDS)
             except StoreError:
                 self._suspect = True
                 self._wake.set()
             else:
                 self._learn(admission)
                 return admission, False
-        local = await self._local.acquire(
-            self.pool, lease, budget, LOCAL_LEASE_TTL_SECONDS, demand=False
-        )
+        local = await self._local.acquire(self.pool, lease, budget, LOCAL_LEASE_TTL_SECONDS)
         return local, True
 
     def _learn(self, admission: Admission) -> None:
@@ -219,30 +231,70 @@ class ProxyLimiter:
             return
         self._rate_seen_at = admission.now
         self.concurrency = admission.concurrency
+        self.epoch = admission.epoch
         self._offset = admission.now - time.time()
         if admission.rate != self.rate:
             self.rate = admission.rate
             self._rate_changed.set()
             self._rate_changed = asyncio.Event()
 
-    async def record(self, ticket: Ticket, outcome: Outcome | None) -> None:
-        """Count an attempt's outcome (None: it never reached the upstream) and release its
-        lease; both are sent in the background, the release within RELEASE_SECONDS."""
+    async def record(
+        self, ticket: Ticket, outcome: Outcome | None, *, told: float | None = None
+    ) -> None:
+        """Count an attempt's outcome (None: it never reached the upstream) and the rate its
+        answer's headers told, and release its lease: in the background within
+        RELEASE_SECONDS, or at once after a 429 (so its retry meets what the 429 taught the
+        store)."""
         if ticket.local:
-            await self._local.report(self.pool, 0, {}, release=(ticket.lease,))
+            await self._local.report(self.pool, {}, release=(ticket.lease,))
+            self._free_slot()
             return
+        if told is not None:
+            counts = self._tick()
+            counts["told"] = min(counts.get("told", told), told)
         if outcome is not None:
-            window = self.store.config.window_of(time.time() + self._offset)
-            self._counts[window][outcome.value] += 1
+            self._count(outcome.value)
+            exact = ticket.waited == 0 and ticket.in_flight > 0
+            if outcome is Outcome.OK:
+                self._count("latency_sum", time.monotonic() - ticket.sent_at)
+                self._count("latency_count")
+                if exact and ticket.epoch == self.epoch:
+                    counts = self._tick()
+                    counts["ok_at"] = max(counts.get("ok_at", 0), ticket.in_flight)
+            elif outcome is Outcome.RATE_CONCURRENCY and ticket.in_flight > 0:
+                # The count at grant: exact when the attempt did not wait, an upper bound
+                # of the count it went out at when it did (those ahead may have finished).
+                counts = self._tick()
+                held = counts.get("refused_at")
+                counts["refused_at"] = (
+                    ticket.in_flight if held is None else min(held, ticket.in_flight)
+                )
         self._held.discard(ticket.lease)
         self._released.append(ticket.lease)
-        self._wake.set()
+        if outcome in _LIMITED and not self.degraded:
+            try:
+                await self.flush()
+            except StoreError:
+                self._suspect = True  # the background task pings and decides
+                self._wake.set()
+        else:
+            self._wake.set()
+
+    def _free_slot(self) -> None:
+        self._slot_freed.set()
+        self._slot_freed = asyncio.Event()
 
     async def _share_locally(self) -> float:
         """Set the local store to this replica's share of the last known limits."""
-        share = self.rate / max(1, self.replicas)
-        cap = max(1, self.concurrency // max(1, self.replicas))
-        await self._local.save_state(self.pool, {"rate": repr(share), "concurrency": str(cap)})
+        replicas = max(1, self.replicas)
+        share = self.rate / replicas
+        cap = None if self.concurrency is None else max(1, self.concurrency // replicas)
+        fields = {
+            "rate": "inf" if math.isinf(share) else repr(share),
+            "concurrency": "" if cap is None else str(cap),
+        }
+        held = state_version(await self._local.load_state(self.pool))
+        await self._local.save_state(self.pool, fields, held)
         return share
 
     async def _degrade(self, exc: BaseException) -> None:
@@ -251,9 +303,9 @@ class ProxyLimiter:
         self.degraded = True
         share = await self._share_locally()
         log.warning(
-            "limiter store unreachable (%s): serving at this replica's share, %.3f req/s",
+            "limiter store unreachable (%s): serving at this replica's share, %s req/s",
             type(exc).__name__,
-            share,
+            "no limit" if math.isinf(share) else f"{share:.3f}",
         )
         self._wake.set()
 
@@ -297,15 +349,13 @@ class ProxyLimiter:
                     await asyncio.sleep(RELEASE_SECONDS)
 
     async def flush(self) -> None:
-        """Send the counted outcomes and released leases."""
+        """Send the counted ticks and released leases in one store call."""
         if not self._counts and not self._released:
             return
         counts, released = self._counts, self._released
-        self._counts, self._released = defaultdict(Counter), []
-        # On a store failure this batch is lost: its windows are stepped without it, and
+        self._counts, self._released = defaultdict(dict), []
+        # On a store failure this batch is lost: its ticks are stepped without it, and
         # its leases expire by themselves.
-        windows = sorted(counts) or [self.store.config.window_of(time.time() + self._offset)]
-        for index, window in enumerate(windows):
-            await self.store.report(
-                self.pool, window, counts.get(window, {}), released if index == 0 else ()
-            )
+        await self.store.report(self.pool, counts, released)
+        if released:
+            self._free_slot()

@@ -181,14 +181,14 @@ class ProxyMetrics:
         ).labels(variant)
         self.limiter_rate = Gauge(
             LIMITER_RATE,
-            "Requests/s the shared limiter admits for the pool now.",
+            "Requests/s the shared limiter admits for the pool now (+Inf: no limit).",
             ["variant"],
             multiprocess_mode="mostrecent",
             registry=r,
         ).labels(variant)
         self.limiter_concurrency = Gauge(
             LIMITER_CONCURRENCY,
-            "Cluster-wide cap on concurrent upstream requests now.",
+            "Cluster-wide cap on concurrent upstream requests now (+Inf: none).",
             ["variant"],
             multiprocess_mode="mostrecent",
             registry=r,

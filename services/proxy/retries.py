@@ -6,8 +6,9 @@ reached the client yet. Never retried: quota 429s (1308/1310: the quota will not
 back within a retry), other 4xx and 5xx (passed through untouched). The wait is the
 upstream's own hint (Retry-After, or a hint in the body) when it gives one, else
 exponential back-off with full jitter (tenacity's ``wait_random_exponential``); a hint
-longer than RETRY_MAX_DELAY ends the retries and the answer goes to the client. Every
-retry is admitted by the limiter again.
+longer than RETRY_MAX_DELAY ends the retries and the answer goes to the client. A 1302
+(concurrency) is retried without back-off: the limiter has lowered the cap by then, and
+admits the retry when a slot frees. Every retry is admitted by the limiter again.
 """
 
 from __future__ import annotations
@@ -86,7 +87,10 @@ class RetryPolicy:
         )
 
     def delay(self, failed: RetryableAttempt, attempt: int) -> float:
-        """The wait after failed attempt number ``attempt``: the upstream's hint, else back-off."""
+        """The wait after failed attempt number ``attempt``: the upstream's hint, else
+        back-off; none after a 1302, whose retry waits for a free slot in the limiter."""
+        if failed.outcome is Outcome.RATE_CONCURRENCY:
+            return failed.retry_after or 0.0
         return max(failed.retry_after or 0.0, self._backoff(_Attempt(attempt)))  # type: ignore[arg-type]
 
     def retries(self, before_retry: Callable[[RetryableAttempt], None]) -> AsyncRetrying:
@@ -98,9 +102,10 @@ class RetryPolicy:
 
         def wait(state: RetryCallState) -> float:
             exc = _failure(state)
+            if exc is None:
+                return 0.0
             # The loop's attempt n is the request's attempt n + 1.
-            backoff = self._backoff(_Attempt(state.attempt_number + 1))  # type: ignore[arg-type]
-            return max(exc.retry_after or 0.0 if exc is not None else 0.0, backoff)
+            return self.delay(exc, state.attempt_number + 1)
 
         def retry(exc: BaseException) -> bool:
             return isinstance(exc, RetryableAttempt) and self.retryable(exc)

@@ -27,7 +27,7 @@ from tests.support import (
     wait_until,
 )
 from zai_proxy.limiter.redis_store import RedisStore
-from zai_proxy.limiter.store import StoreConfig
+from zai_proxy.limiter.store import StoreConfig, state_version
 from zai_proxy.simulator.process import SimulatorProcess
 
 POOL = "glm-test"
@@ -60,7 +60,12 @@ def save_rate(server: RedisServer, prefix: str, rate: float) -> None:
     async def save() -> None:
         store = RedisStore.from_url(server.url, StoreConfig(prefix=prefix), socket_timeout=2.0)
         try:
-            await store.save_state(POOL, {"rate": repr(rate), "concurrency": "256"})
+            # Compare-and-set on the version, as the limiter's steps save.
+            version = state_version(await store.load_state(POOL))
+            saved = await store.save_state(
+                POOL, {"rate": repr(rate), "concurrency": "256"}, version
+            )
+            assert saved, "the state moved while it was saved"
         finally:
             await store.close()
 

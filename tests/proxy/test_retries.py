@@ -10,6 +10,8 @@ import httpx
 import pytest
 
 from tests.support import ServiceProcess, free_port, scrape, start_proxy
+from zai_proxy.proxy.retries import RetryableAttempt, RetryPolicy, UpstreamAnswer
+from zai_proxy.shared.outcomes import Outcome
 from zai_proxy.simulator.process import SimulatorProcess
 
 CHAT = {"model": "glm-4.6", "messages": [{"role": "user", "content": "hi"}]}
@@ -201,3 +203,15 @@ def test_the_proxy_answers_429_itself_when_the_limiter_wait_is_over_budget(
         assert answer.json()["error"]["code"] == "proxy_rate_limited"
     assert metrics.value("proxy_rate_limited_total") == len(limited)
     assert metrics.value("proxy_rate_limit_wait_seconds_count") >= 1
+
+
+def test_a_1302_is_retried_without_back_off_and_other_429s_back_off() -> None:
+    # The retry of a 1302 waits for a free slot in the limiter, not for a blind back-off.
+    policy = RetryPolicy(max_retries=3, backoff_base=1.0, backoff_max=8.0)
+    concurrency = RetryableAttempt(Outcome.RATE_CONCURRENCY)
+    frequency = RetryableAttempt(Outcome.RATE_FREQUENCY)
+    assert [policy.delay(concurrency, attempt) for attempt in (1, 2, 3)] == [0.0, 0.0, 0.0]
+    assert max(policy.delay(frequency, 3) for _ in range(50)) > 1.0
+    # A hint the upstream gave is still honoured.
+    hinted = UpstreamAnswer(429, ((b"retry-after", b"2"),), b"")
+    assert policy.delay(RetryableAttempt(Outcome.RATE_CONCURRENCY, answer=hinted), 1) == 2.0
