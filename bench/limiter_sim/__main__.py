@@ -10,12 +10,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from zai_proxy.limiter.controller import DEFAULT_HOLD_MARGIN
+from zai_proxy.limiter.controller import DEFAULT_MARGIN
 
 from . import processes, report
-from .analysis import phases_of
 from .plot import plot
 from .run import RunConfig, RunResult, from_json, run
+from .scenarios import CATALOGUE
 
 DEFAULT_PLOT = Path("docs/img/limiter-sim.png")
 
@@ -23,27 +23,17 @@ DEFAULT_PLOT = Path("docs/img/limiter-sim.png")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.limiter_sim",
-        description="The shared limiter against a hidden limit that changes on a schedule.",
+        description="The shared limiter against hidden limits that change, on real services.",
     )
-    parser.add_argument("--replicas", default="1,4", help="replica counts, one run each")
-    parser.add_argument("--limits", default="40,20,60", help="hidden limit per phase, req/s")
-    parser.add_argument("--phase-seconds", type=float, default=60.0)
-    parser.add_argument("--quick", action="store_true", help="30-s phases and warm-up")
     parser.add_argument(
-        "--warmup", type=float, default=None,
-        help="seconds at the first limit before the measured phases (default: one phase)",
+        "--scenario", action="append", default=[], choices=sorted(CATALOGUE),
+        help="a scenario to run (repeatable; default: bucket-1s)",
     )  # fmt: skip
-    parser.add_argument(
-        "--offered", type=float, default=None, help="req/s offered (default: 2 x max limit)"
-    )
+    parser.add_argument("--all", action="store_true", help="every scenario")
+    parser.add_argument("--replicas", default="1,3,10", help="replica counts, one run each")
     parser.add_argument("--concurrency", type=int, default=2000, help="client's open bound")
-    parser.add_argument("--latency-ms", type=int, default=100, help="upstream answer time")
-    parser.add_argument("--steady-fraction", type=float, default=2 / 3)
+    parser.add_argument("--steady-fraction", type=float, default=0.5)
     parser.add_argument("--max-retries", type=int, default=3, help="the proxies' MAX_RETRIES")
-    parser.add_argument(
-        "--max-workers", type=int, default=1024,
-        help="the proxies' MAX_WORKERS: enough that the limiter, not the pool, holds back",
-    )  # fmt: skip
     parser.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE",
         help="extra environment for the limiter and the proxies (repeatable)",
@@ -70,22 +60,20 @@ def _env(pairs: list[str]) -> dict[str, str]:
 
 
 def _hold_margin(env: dict[str, str]) -> float:
-    return float(env.get("RATE_LIMIT_HOLD_MARGIN", DEFAULT_HOLD_MARGIN))
+    return float(env.get("RATE_LIMIT_HOLD_MARGIN", DEFAULT_MARGIN))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    env = _env(args.env)
     if args.replot:
         saved = json.loads(args.replot.read_text())
-        runs = [from_json(run) for run in saved["runs"]]
-        plot(runs, args.plot, _hold_margin(_env(args.env)))
+        runs = [from_json(r) for r in saved["runs"]]
+        plot(runs, args.plot, _hold_margin(env))
         print(f"plot: {args.plot}")
         return 0
-    limits = [float(x) for x in args.limits.split(",") if x.strip()]
-    phase_seconds = 30.0 if args.quick else args.phase_seconds
-    warmup = phase_seconds if args.warmup is None else args.warmup
-    env = _env(args.env)
-    hold_margin = _hold_margin(env)
+    names = sorted(CATALOGUE) if args.all else (args.scenario or ["bucket-1s"])
+    replica_counts = [int(x) for x in args.replicas.split(",") if x.strip()]
     log = args.log or Path(tempfile.mkstemp(prefix="limiter-sim-", suffix=".log")[1])
     machine = report.machine_info()
     print("machine:", json.dumps(machine))
@@ -94,47 +82,50 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack:
             redis_url = args.redis_url or stack.enter_context(processes.private_redis(log))
-            for replicas in (int(x) for x in args.replicas.split(",") if x.strip()):
-                config = RunConfig(
-                    replicas=replicas,
-                    phases=phases_of(limits, phase_seconds, warmup),
-                    offered=args.offered or 2 * max(limits),
-                    concurrency=args.concurrency,
-                    latency_ms=args.latency_ms,
-                    steady_fraction=args.steady_fraction,
-                    max_retries=args.max_retries,
-                    max_workers=args.max_workers,
-                    env=env,
-                )
-                print(
-                    f"\n== {replicas} replica(s): limits {args.limits} req/s, "
-                    f"{phase_seconds:g} s per phase after {warmup:g} s of warm-up, "
-                    f"offered {config.offered:g} req/s",
-                    flush=True,
-                )
-                result = run(config, redis_url, log)
-                results.append(result)
-                machine.setdefault("load_average_after", []).append(os.getloadavg())
-                print(f"load average after the run: {os.getloadavg()}")
-                print(report.text_table(result))
-                print(report.summary(result), flush=True)
+            for name in names:
+                scenario = CATALOGUE[name]
+                for replicas in replica_counts:
+                    config = RunConfig(
+                        replicas=replicas,
+                        phases=scenario.phases,
+                        offered=scenario.offered,
+                        concurrency=args.concurrency,
+                        latency_ms=scenario.latency_ms,
+                        steady_fraction=args.steady_fraction,
+                        max_retries=args.max_retries,
+                        # Enough workers that the limiter, not the pool, holds back.
+                        max_workers=1024,
+                        env=env,
+                        targets=scenario.targets,
+                        scenario=name,
+                        family=scenario.family,
+                        simulator_args=scenario.simulator_args,
+                        stream=scenario.stream,
+                    )
+                    print(
+                        f"\n== {name}, {replicas} replica(s): offered {config.offered:g} req/s",
+                        flush=True,
+                    )
+                    result = run(config, redis_url, log)
+                    results.append(result)
+                    machine.setdefault("load_average_after", []).append(os.getloadavg())
+                    print(report.text_table(result))
+                    print(report.summary(result), flush=True)
     except KeyboardInterrupt:
         print("\ninterrupted; processes stopped", file=sys.stderr)
         return 130
     if results:
-        print("\n" + report.targets_text(results[0].config.targets, args.steady_fraction))
+        print("\n" + report.matrix(results))
         print("all targets met" if report.all_passed(results) else "some targets missed")
     if results and not args.no_plot:
-        plot(results, args.plot, hold_margin)
+        plot(results, args.plot, _hold_margin(env))
         print(f"plot: {args.plot}")
     if args.json:
         payload = {
             "machine": machine,
-            "targets_text": report.targets_text(results[0].config.targets, args.steady_fraction)
-            if results
-            else "",
             "runs": [r.to_json() for r in results],
             "markdown": [report.markdown_table(r) for r in results],
+            "matrix": report.matrix(results, markdown=True) if results else "",
         }
         args.json.write_text(json.dumps(payload, indent=1, default=str))
         print(f"json: {args.json}")

@@ -31,15 +31,15 @@ SMOOTH_SECONDS = 3
 
 @dataclass(frozen=True)
 class Targets:
-    """The issue's targets."""
+    """The issue's targets (rate limits; concurrency limits take 90% and longer settles)."""
 
-    goodput_share: float = 0.95  # steady state: goodput >= 95% of the hidden limit
+    goodput_share: float = 0.95  # steady state: goodput >= 95% of the capacity
     max_429_ratio: float = 0.02  # steady state: <= 2% of upstream attempts answered 429
     drop_ratio: float = 0.05  # after a drop: 429 ratio back under 5% ...
-    drop_seconds: float = 10.0  # ... within 10 s
+    drop_seconds: float = 5.0  # ... within 5 s
     drop_hold: float = 10.0  # "back under": and staying there this long
-    rise_share: float = 0.90  # after a rise: goodput at 90% of the new limit ...
-    rise_seconds: float = 60.0  # ... within 60 s
+    rise_share: float = 0.90  # after a rise: goodput at 90% of the new capacity ...
+    rise_seconds: float = 10.0  # ... within 10 s
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,14 @@ class Phase:
     index: int
     start: float
     end: float
-    limit: float
+    limit: float  # the hidden limit: requests/s, or requests at once
     warmup: bool = False  # the cold start: learning the first limit, not measured
+    capacity: float | None = None  # requests/s the upstream can accept; None: the limit
+
+    @property
+    def accepts(self) -> float:
+        """Requests/s the upstream can accept in this phase."""
+        return self.limit if self.capacity is None else self.capacity
 
 
 @dataclass
@@ -88,11 +94,28 @@ class PhaseResult:
     margins: dict[str, float] = field(default_factory=dict)
 
 
-def phases_of(limits: Sequence[float], phase_seconds: float, warmup: float) -> list[Phase]:
-    """The schedule as phases of equal length, after a warm-up at the first limit."""
-    phases = [Phase(0, 0.0, warmup, limits[0], warmup=True)] if warmup > 0 else []
+def phases_of(
+    limits: Sequence[float], phase_seconds: float, warmup: float, latency: float | None = None
+) -> list[Phase]:
+    """The schedule as phases of equal length, after a warm-up at the first limit. With a
+    ``latency`` the limits are concurrency limits: the capacity is limit / latency."""
+
+    def capacity(limit: float) -> float | None:
+        return None if latency is None else limit / latency
+
+    phases = (
+        [Phase(0, 0.0, warmup, limits[0], warmup=True, capacity=capacity(limits[0]))]
+        if warmup > 0
+        else []
+    )
     phases += [
-        Phase(i + 1, warmup + i * phase_seconds, warmup + (i + 1) * phase_seconds, limit)
+        Phase(
+            i + 1,
+            warmup + i * phase_seconds,
+            warmup + (i + 1) * phase_seconds,
+            limit,
+            capacity=capacity(limit),
+        )
         for i, limit in enumerate(limits)
     ]
     return phases
@@ -180,7 +203,7 @@ def settle_after_rise(series: Series, phase: Phase, targets: Targets) -> float |
     """Seconds from the change until a 3-s average goodput reaches 90% of the new limit."""
     start, end = math.ceil(phase.start), math.floor(phase.end) - SMOOTH_SECONDS
     for a in range(start, end + 1):
-        if smoothed_goodput(series, a) >= targets.rise_share * phase.limit:
+        if smoothed_goodput(series, a) >= targets.rise_share * phase.accepts:
             return a - phase.start
     return None
 
@@ -198,7 +221,7 @@ def analyse_phase(
     steady_start = math.ceil(phase.end - steady_fraction * (phase.end - phase.start))
     ok, bad = _sums(series, steady_start, math.floor(phase.end))
     span = math.floor(phase.end) - steady_start
-    goodput_share = ok / span / phase.limit if span > 0 else 0.0
+    goodput_share = ok / span / phase.accepts if span > 0 else 0.0
     ratio = bad / (ok + bad) if ok + bad else 0.0
 
     in_phase = [r for r in records if phase.start <= r.done < phase.end]
@@ -254,7 +277,7 @@ def analyse_phase(
 
 @dataclass
 class Decision:
-    """A controller step seen in the samples: when, what, at which rate and ceiling."""
+    """Steps the limiter took in one sampling second, by what they did."""
 
     t: float
     decision: str
@@ -263,12 +286,12 @@ class Decision:
 
 
 def decisions_of(samples: Sequence[Sample]) -> list[Decision]:
-    """Every stepped window (the state's window changed), with the step's decision."""
+    """The decreases, increases and probes of every second (the leader's counters moved)."""
     out: list[Decision] = []
-    window: int | None = None
+    previous: dict[str, float] = {}
     for sample in samples:
-        if sample.window is not None and sample.window != window:
-            if window is not None:
-                out.append(Decision(sample.t, sample.decision, sample.rate, sample.ceiling))
-            window = sample.window
+        for direction, count in sample.decisions.items():
+            if direction != "hold" and count > previous.get(direction, count):
+                out.append(Decision(sample.t, direction, sample.rate, sample.ceiling))
+        previous = dict(sample.decisions) or previous
     return out

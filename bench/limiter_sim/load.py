@@ -26,6 +26,9 @@ import orjson
 BODY = orjson.dumps(
     {"model": "glm-4.6", "messages": [{"role": "user", "content": "Say hello."}], "stream": False}
 )
+STREAM_BODY = orjson.dumps(
+    {"model": "glm-4.6", "messages": [{"role": "user", "content": "Say hello."}], "stream": True}
+)
 CLIENT_TIMEOUT_S = 180.0
 
 
@@ -59,13 +62,21 @@ class LoadClient:
         rate: float,
         concurrency: int,
         latency_ms: int,
+        *,
+        stream: bool = False,
     ) -> None:
         self.urls = urls
         self.sim_url = sim_url
         self.rate = rate
         self.concurrency = concurrency
         self.headers = {"content-type": "application/json", "authorization": "Bearer client"}
-        if latency_ms:
+        self.body = STREAM_BODY if stream else BODY
+        if latency_ms and stream:
+            # A stream holds its upstream slot from the first byte to the last: the answer
+            # time is spread over its chunks.
+            self.headers["x-sim-chunks"] = "5"
+            self.headers["x-sim-chunk-gap-ms"] = str(latency_ms // 5)
+        elif latency_ms:
             self.headers["x-sim-latency-ms"] = str(latency_ms)
         self.result = LoadResult()
         self.open = 0
@@ -104,7 +115,7 @@ class LoadClient:
         status, source, attempts = 0, "error", 0
         try:
             async with session.post(
-                self.urls[replica] + "/v1/chat/completions", data=BODY, headers=headers
+                self.urls[replica] + "/v1/chat/completions", data=self.body, headers=headers
             ) as response:
                 await response.read()
                 status = response.status

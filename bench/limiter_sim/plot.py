@@ -1,4 +1,4 @@
-"""The picture in docs/limiter.md: hidden limit, limiter rate, ceiling, hold line, goodput.
+"""The picture in docs/limiter.md: capacity, limiter rate, learned limit, hold line, goodput.
 
 One panel per run (replica count), with the controller's decisions marked along the top
 and, underneath, the upstream 429 ratio (3-s averages) against the 5% and 2% lines.
@@ -27,6 +27,13 @@ def _steps(times: Sequence[float], values: Sequence[float | None]) -> tuple[list
     return xs, ys
 
 
+def _capacity(run: RunResult, t: float) -> float | None:
+    for phase in run.config.phases:
+        if phase.start <= t < phase.end:
+            return phase.accepts
+    return None
+
+
 def plot(runs: Sequence[RunResult], path: Path, hold_margin: float) -> None:
     """Draw every run into one PNG at ``path``."""
     import matplotlib
@@ -43,20 +50,21 @@ def plot(runs: Sequence[RunResult], path: Path, hold_margin: float) -> None:
         samples = run.samples
         times = [s.t for s in samples]
         series = run.series
-        top.step(*_steps(times, [s.limit for s in samples]), where="post", color="black",
-                 lw=1.6, ls="--", label="hidden limit")  # fmt: skip
+        capacity = [_capacity(run, s.t) for s in samples]
+        top.step(*_steps(times, capacity), where="post", color="black",
+                 lw=1.6, ls="--", label="capacity (hidden limit)")  # fmt: skip
         top.step(*_steps(times, [s.rate for s in samples]), where="post", color="tab:blue",
                  lw=1.4, label="limiter rate")  # fmt: skip
         top.step(*_steps(times, [s.ceiling for s in samples]), where="post",
-                 color="tab:orange", lw=1.2, label="ceiling")  # fmt: skip
+                 color="tab:orange", lw=1.2, label="learned limit")  # fmt: skip
         holds = [None if s.ceiling is None else s.ceiling * (1 - hold_margin) for s in samples]
         top.step(*_steps(times, holds), where="post", color="tab:orange", lw=0.9, ls=":",
-                 label=f"hold line (ceiling x {1 - hold_margin:g})")  # fmt: skip
+                 label=f"hold line (learned x {1 - hold_margin:g})")  # fmt: skip
         last = len(series.seconds) - SMOOTH_SECONDS + 1
         centres = [a + SMOOTH_SECONDS / 2 for a in range(last)]
         top.plot(centres, [smoothed_goodput(series, a) for a in range(last)], color="tab:green",
                  lw=1.0, alpha=0.8, label="goodput (3-s average)")  # fmt: skip
-        ymax = max([p.limit for p in run.config.phases] + [1.0]) * 1.35
+        ymax = max([p.accepts for p in run.config.phases] + [1.0]) * 1.35
         top.set_ylim(0, ymax)
         for decision in run.decisions:
             if decision.decision in MARKERS:
@@ -71,7 +79,8 @@ def plot(runs: Sequence[RunResult], path: Path, hold_margin: float) -> None:
                 top.text(phase.start + 1, ymax * 0.05, "warm-up (cold start)", fontsize=8,
                          color="dimgrey")  # fmt: skip
         top.set_ylabel("requests/s")
-        title = f"{run.config.replicas} replica{'s' if run.config.replicas > 1 else ''}"
+        plural = "s" if run.config.replicas > 1 else ""
+        title = f"{run.config.scenario}, {run.config.replicas} replica{plural}"
         top.set_title(
             f"{title}: offered {run.config.offered:g} req/s; markers: "
             "▼ decrease, ▲ increase (green) / probe (purple)", fontsize=10,

@@ -159,13 +159,16 @@ def proxies(
 
 
 @contextlib.contextmanager
-def simulator(port: int, schedule: str, log_level: str = "warning") -> Iterator[SimulatorProcess]:
-    """The simulated upstream on ``port`` with the hidden limit on ``schedule``.
+def simulator(
+    port: int, limit_args: list[str], log_level: str = "warning"
+) -> Iterator[SimulatorProcess]:
+    """The simulated upstream on ``port`` with the hidden limit ``limit_args`` describe
+    (``--schedule`` or ``--concurrency-schedule``, ``--limit-kind`` and its options).
 
     Its schedule counts from its own start, so it is started last, right before the load.
     """
     # start_simulator passes --port 0 first; argparse takes the last value given.
-    sim = start_simulator("--port", str(port), "--schedule", schedule, "--log-level", log_level)
+    sim = start_simulator("--port", str(port), *limit_args, "--log-level", log_level)
     try:
         yield sim
     finally:

@@ -100,12 +100,46 @@ def targets_text(targets: Targets, steady_fraction: float) -> str:
     """The targets in one paragraph."""
     return (
         f"targets: steady state (last {steady_fraction:.0%} of each phase) goodput >= "
-        f"{targets.goodput_share:.0%} of the hidden limit and <= {targets.max_429_ratio:.0%} "
+        f"{targets.goodput_share:.0%} of the capacity and <= {targets.max_429_ratio:.0%} "
         f"upstream 429s; no upstream 429 reaches a client while retries remain; after a drop "
         f"the 3-s 429 ratio is back under {targets.drop_ratio:.0%} (for {targets.drop_hold:g} s) "
         f"within {targets.drop_seconds:g} s; "
         f"after a rise the 3-s goodput reaches {targets.rise_share:.0%} within "
         f"{targets.rise_seconds:g} s"
+    )
+
+
+def _cell(p: PhaseResult) -> str:
+    missed = [name for name, ok in p.checks.items() if not ok]
+    settle = "" if p.settle is None or p.kind == "same" else f", {p.settle:.0f} s"
+    flag = " MISS " + ",".join(missed) if missed else ""
+    return f"{p.goodput_share:.0%} / {p.ratio_429:.1%}{settle}{flag}"
+
+
+def matrix(runs: Sequence[RunResult], *, markdown: bool = False) -> str:
+    """One row per run: each measured phase as goodput / 429s (, settle), and the misses."""
+    header = [
+        "scenario",
+        "replicas",
+        "same",
+        "drop (halved)",
+        "rise (x3)",
+        "upstream 429s to clients",
+    ]
+    table = []
+    for r in runs:
+        measured = [p for p in r.phases if p.kind != "warm-up"]
+        cells = [_cell(p) for p in measured][:3]
+        to_clients = sum(p.upstream_429_with_retries_left for p in r.phases)
+        table.append([r.config.scenario, str(r.config.replicas), *cells, str(to_clients)])
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in table]
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in [header, *table]) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+        for row in [header, *table]
     )
 
 

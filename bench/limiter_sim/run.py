@@ -45,6 +45,10 @@ class RunConfig:
     max_workers: int
     env: dict[str, str]  # extra environment for the limiter and the proxies
     targets: Targets = field(default_factory=Targets)
+    scenario: str = ""
+    family: str = "rate"  # "rate": the phases' limits are requests/s; "concurrency": at once
+    simulator_args: list[str] = field(default_factory=list)
+    stream: bool = False
 
 
 @dataclass
@@ -104,7 +108,10 @@ async def _drive(
     redis = Redis.from_url(redis_url)
     sampler = Sampler(sim_url, limiter_url, proxy_urls, redis, prefix, processes.POOL)
     sampling = asyncio.create_task(sampler.run())
-    client = LoadClient(proxy_urls, sim_url, config.offered, config.concurrency, config.latency_ms)
+    client = LoadClient(
+        proxy_urls, sim_url, config.offered, config.concurrency, config.latency_ms,
+        stream=config.stream,
+    )  # fmt: skip
     try:
         load = await client.run(stop_at=t0 + config.phases[-1].end)
         await asyncio.sleep(max(0.0, t0 + config.phases[-1].end + TAIL_SECONDS - time.monotonic()))
@@ -128,7 +135,15 @@ def run(config: RunConfig, redis_url: str, log: Path) -> RunResult:
         replicas = stack.enter_context(
             processes.proxies(config.replicas, upstream, shared, proxy_env, log)
         )
-        sim = stack.enter_context(processes.simulator(sim_port, schedule_text(config.phases)))
+        schedule = schedule_text(config.phases)
+        limit_args = (
+            ["--concurrency-schedule", schedule]
+            if config.family == "concurrency"
+            else ["--schedule", schedule]
+        )
+        sim = stack.enter_context(
+            processes.simulator(sim_port, [*limit_args, *config.simulator_args])
+        )
         # The hidden limit's schedule counts from the simulator's start, a moment before
         # its ready line; this is the run's time zero.
         t0 = time.monotonic()

@@ -4,8 +4,8 @@
   in force (the ground truth: goodput and the upstream 429 ratio come from here);
 - the limiter's ``/metrics``: ``limiter_rate``, ``limiter_ceiling``, ``limiter_hold_rate``
   and ``limiter_decisions_total`` by direction;
-- the pool's state hash in Redis: the same rate and ceiling, but exact to the step (the
-  limiter refreshes its gauges only every half window), with the window it was stepped on;
+- the pool's state hash in Redis: the same rate and learned limit, exact to the step (the
+  limiter refreshes its gauges once a second), the concurrency cap, and the last decision;
 - every proxy's ``/metrics``: ``proxy_upstream_errors_total`` by type,
   ``proxy_retry_attempts_total`` by reason, ``proxy_rate_limited_total``,
   ``proxy_limiter_degraded``, summed over the replicas.
@@ -39,12 +39,13 @@ class Sample:
     t: float  # monotonic seconds
     accepted: int = 0
     rejected: dict[str, int] = field(default_factory=dict)  # Z.ai code -> 429s
-    limit: float | None = None  # the hidden limit in force
-    rate: float | None = None  # what acquire enforces (Redis state)
-    ceiling: float | None = None
-    window: int | None = None  # the window the limiter last stepped
+    limit: float | None = None  # the hidden rate limit in force
+    max_concurrency: int | None = None  # the hidden concurrency limit in force
+    rate: float | None = None  # what acquire enforces (Redis state; None: no limit)
+    ceiling: float | None = None  # the learned limit
+    cap: int | None = None  # the concurrency cap in force
+    tick: int | None = None  # the tick the limiter last stepped
     decision: str = ""  # what that step did
-    window_counts: dict[str, int] = field(default_factory=dict)  # that window, as stepped
     metrics_rate: float | None = None  # the limiter's gauges, for comparison
     metrics_ceiling: float | None = None
     metrics_hold: float | None = None
@@ -145,17 +146,16 @@ class Sampler:
             accepted=int(sim["accepted"]),
             rejected={code: int(n) for code, n in sim["rejected_429"].items()},
             limit=_float(sim["limit"]["rate"]),
+            max_concurrency=sim["limit"].get("max_concurrency"),
         )
         if not isinstance(state, BaseException):
             fields = {_text(k): _text(v) for k, v in state.items()}
-            sample.rate = _float(fields.get("rate"))
-            sample.ceiling = _float(fields.get("ceiling"))
-            sample.window = int(fields["window"]) if fields.get("window") else None
-            sample.decision = fields.get("last_decision", "")
-            stepped = self.samples[-1].window if self.samples else None
-            if sample.window is not None and sample.window != stepped:
-                counts = await self.redis.hgetall(self.pool_keys.window(sample.window))
-                sample.window_counts = {_text(k): int(v) for k, v in counts.items()}
+            rate = _float(fields.get("rate"))
+            sample.rate = None if rate is not None and rate == float("inf") else rate
+            sample.ceiling = _float(fields.get("limit"))
+            sample.cap = int(fields["concurrency"]) if fields.get("concurrency") else None
+            sample.tick = int(fields["consumed"]) if fields.get("consumed") else None
+            sample.decision = fields.get("decision", "")
         if not isinstance(limiter_text, BaseException):
             limiter = parse_metrics(limiter_text)
             sample.metrics_rate = _single(limiter, "limiter_rate")
