@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import sys
 import time
@@ -105,7 +106,7 @@ class DemoLoad:
             line = (
                 f"demo {elapsed // 60:02d}:{elapsed % 60:02d}  sent {c['sent']:,}  ok {c['ok']:,}"
                 f"  held back {c['held back']:,}  upstream 429 {c['upstream 429']:,}"
-                f"  limiter {rate}  ceiling {ceiling}  hidden limit {hidden}"
+                f"  limiter {rate}  learned {ceiling}  hidden limit {hidden}"
             )
             print(f"\r{line:<118}", end="", file=sys.stderr, flush=True)
 
@@ -117,7 +118,7 @@ class DemoLoad:
             for family in text_string_to_metric_families(text):
                 for sample in family.samples:
                     if sample.name == "limiter_rate":
-                        rate = f"{sample.value:.1f}/s"
+                        rate = "open" if math.isinf(sample.value) else f"{sample.value:.1f}/s"
                     elif sample.name == "limiter_ceiling":
                         ceiling = f"{sample.value:.1f}/s"
         with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, KeyError):

@@ -9,6 +9,7 @@ the exit status is 0 when every part answered and 1 otherwise.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -76,13 +77,14 @@ def _pools(client: httpx.Client, limiter: Part) -> list[list[str]]:
             pool = sample.labels.get("pool")
             if pool and sample.name in ("limiter_rate", "limiter_ceiling", "limiter_replicas"):
                 figures.setdefault(pool, {})[sample.name] = sample.value
-    rows = [["pool", "rate", "ceiling", "replicas"]]
+    rows = [["pool", "rate", "learned limit", "replicas"]]
     for pool, values in sorted(figures.items()):
         ceiling = values.get("limiter_ceiling")
+        rate = values.get("limiter_rate", 0.0)
         rows.append(
             [
                 pool,
-                f"{values.get('limiter_rate', 0):.2f}/s",
+                "no limit" if math.isinf(rate) else f"{rate:.2f}/s",
                 "-" if ceiling is None else f"{ceiling:.2f}/s",
                 f"{values.get('limiter_replicas', 0):.0f}",
             ]

@@ -223,7 +223,6 @@ def compose(demo: bool, host: str | None = None, port: int | None = None) -> Sta
             zai_target_url=f"{simulator}/api/paas/v4",
             zai_anthropic_url=f"{simulator}/api/anthropic",
         )
-        limits = unless_set(limits, rate_limit_window=2.0, rate_limit_initial=10.0)
         collector = unless_set(collector, database_url=DEMO_DATABASE_URL)
         dashboard = unless_set(dashboard, database_url=DEMO_DATABASE_URL)
     proxy.require_key()

@@ -26,9 +26,9 @@ SHARED = "shared"
 # What a service offers to the others.
 PUBLIC: dict[str, frozenset[str]] = {
     # The proxy embeds the limiter's client: the store it admits from (chosen in `stores`),
-    # the settings, the control loop it runs when no limiter service does, and the
-    # in-memory store of its local fallback while Redis is away.
-    "limiter": frozenset({"settings", "store", "stores", "control", "memory_store"}),
+    # the settings, the control plane (loop and quota pacing) it runs when no limiter
+    # service does, and the in-memory store of its local fallback while Redis is away.
+    "limiter": frozenset({"settings", "store", "stores", "plane", "memory_store"}),
     # Readers of the rollup database: its read side, the snapshot value types, the
     # database settings.
     "collector": frozenset({"history", "snapshot", "settings"}),

@@ -101,6 +101,10 @@ def test_up_serves_proxy_limiter_collector_and_dashboard_and_stops_on_ctrl_c(
             f"{url(env, 'LIMITER')}/state", headers={"authorization": "Bearer admin-secret"}
         ).json()
         assert state["pools"], state
+        assert state["tick_seconds"] == 0.25  # RATE_LIMIT_TICK's default
+        # Ten requests and not one refused: no limit learned, no concurrency cap.
+        for pool in state["pools"].values():
+            assert (pool["ceiling"], pool["concurrency_limit"]) == (None, None), state
 
         def stored_tokens() -> float:
             history = httpx.get(f"{url(env, 'DASHBOARD')}/api/metrics?range=5m").json()
@@ -193,6 +197,7 @@ def test_up_refuses_a_taken_port_with_one_clear_line(tmp_path: Path) -> None:
 def test_up_composes_the_parts_settings_with_its_defaults_only_where_the_environment_is_silent(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from zai_proxy.limiter.controller import DEFAULT_TICK_SECONDS
     from zai_proxy.up import DEMO_DATABASE_URL, DEMO_KEY, compose
 
     for name in list(os.environ):
@@ -206,7 +211,8 @@ def test_up_composes_the_parts_settings_with_its_defaults_only_where_the_environ
     assert production.proxy_port == 9999 and canary.deployment_variant == "canary"
     assert production.zai_target_url.startswith("http://127.0.0.2:")
     assert config.limits.rate_limit_initial == 3  # set: kept
-    assert config.limits.rate_limit_window == 2  # unset: the demo's
+    # Unset, and the demo has no limiter defaults of its own: the limiter's.
+    assert config.limits.rate_limit_tick == DEFAULT_TICK_SECONDS
     assert config.limits.zai_api_key == production.zai_api_key  # the pool is the proxies'
     assert config.limits.limiter_admin_token.get_secret_value() == "mine"
     assert config.dashboard.limiter_admin_token.get_secret_value() == "mine"

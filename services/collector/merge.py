@@ -56,6 +56,7 @@ limiter's quota gauges.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -425,7 +426,7 @@ def _add_limiter(s: Snapshot, variant: str, answered: list[Scrape], limiter: _Li
             for (name, labels), value in scrape.samples.gauges.items()
             if name == gauge and dict(labels).get("variant") == variant
         ]
-        setattr(s, target_field, max(values) if values else None)
+        setattr(s, target_field, _finite(max(values)) if values else None)
 
 
 def _limiter_figures(
@@ -450,7 +451,8 @@ def _limiter_figures(
         return out
     out.present = True
     for name, target_field in _POOL_GAUGES.items():
-        out.gauges[target_field] = pools[chosen].get(name)
+        # +Inf is a limit not in force (no 429 seen, no 1302 seen): stored as none.
+        out.gauges[target_field] = _finite(pools[chosen].get(name))
     out.decisions = dict.fromkeys(_DECISIONS.values(), 0.0)
     for increase in increases:
         for (name, labels), value in increase.counters.items():
@@ -460,6 +462,10 @@ def _limiter_figures(
                 if direction is not None:
                     out.decisions[direction] += value
     return out
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _choose_pool(pools: Mapping[str, Mapping[str, float]], wanted: str | None) -> str | None:

@@ -27,6 +27,17 @@ def _parser() -> argparse.ArgumentParser:
         "--max-concurrency", type=int, default=None, help="hidden cap on requests at once"
     )
     parser.add_argument(
+        "--limit-kind", choices=("bucket", "fixed", "sliding"), default="bucket",
+        help="how the rate is limited (default: a token bucket)",
+    )  # fmt: skip
+    parser.add_argument("--burst", type=float, default=1.0, help="bucket burst, seconds")
+    parser.add_argument("--window", type=float, default=1.0, help="window length, seconds")
+    parser.add_argument(
+        "--concurrency-schedule", default="",
+        help='hidden cap changes as cap@seconds-since-start, e.g. "8@0,4@30,12@60"',
+    )  # fmt: skip
+    parser.add_argument("--noise", type=float, default=0.0, help="share of random 429s")
+    parser.add_argument(
         "--quota-requests",
         default="",
         help='quota windows as window=requests, e.g. "5h=1000,weekly=20000" (default: none)',
@@ -44,6 +55,11 @@ def main(argv: list[str] | None = None) -> None:
             rate_limit=args.rate_limit,
             schedule=parse_schedule(args.schedule),
             max_concurrency=args.max_concurrency,
+            limit_kind=args.limit_kind,
+            burst_seconds=args.burst,
+            window_seconds=args.window,
+            concurrency_schedule=parse_schedule(args.concurrency_schedule),
+            noise=args.noise,
             quota_requests=parse_quota_spec(args.quota_requests),
         )
     except ValueError as exc:

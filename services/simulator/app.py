@@ -75,7 +75,15 @@ class SimulatorApp:
 
     def __init__(self, config: SimulatorConfig) -> None:
         self._limiter = HiddenLimiter(
-            config.rate_limit, config.schedule, config.max_concurrency, config.clock
+            config.rate_limit,
+            config.schedule,
+            config.max_concurrency,
+            config.clock,
+            kind=config.limit_kind,
+            burst=config.burst_seconds,
+            window=config.window_seconds,
+            concurrency_schedule=config.concurrency_schedule,
+            noise=config.noise,
         )
         self._quota = (
             SimulatedQuota(config.quota_requests, config.clock) if config.quota_requests else None

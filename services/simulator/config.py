@@ -5,7 +5,7 @@ import time
 from dataclasses import dataclass
 
 from .quota import QuotaSpec, validate_quota_spec
-from .ratelimit import Schedule, validate_schedule
+from .ratelimit import LIMIT_KINDS, LimitKind, Schedule, validate_schedule
 from .types import Clock
 
 DEFAULT_RECORDED_REQUESTS = 1000
@@ -22,6 +22,16 @@ class SimulatorConfig:
     """(seconds since start, requests per second) steps that change the rate."""
     max_concurrency: int | None = None
     """Requests served at once before answering 429 code 1302 (None: unlimited)."""
+    limit_kind: LimitKind = "bucket"
+    """How the rate is limited: a token bucket, a fixed window or a sliding window."""
+    burst_seconds: float = 1.0
+    """The token bucket's burst, in seconds of the rate (0: one request)."""
+    window_seconds: float = 1.0
+    """The fixed or sliding window's length."""
+    concurrency_schedule: Schedule = ()
+    """(seconds since start, cap) steps that change the concurrency cap."""
+    noise: float = 0.0
+    """Share of requests answered 429 (1305) at random."""
     quota_requests: QuotaSpec = ()
     """(window, capacity in accepted requests) quota windows, e.g. (("5h", 1000),)."""
     recorded_requests: int = DEFAULT_RECORDED_REQUESTS
@@ -37,6 +47,11 @@ class SimulatorConfig:
         ):
             raise ValueError(f"rate_limit must be a number > 0, got {self.rate_limit}")
         validate_schedule(self.schedule)
+        validate_schedule(self.concurrency_schedule)
+        if self.limit_kind not in LIMIT_KINDS:
+            raise ValueError(f"limit_kind must be one of {', '.join(LIMIT_KINDS)}")
+        if not (self.burst_seconds >= 0 and self.window_seconds > 0 and 0 <= self.noise < 1):
+            raise ValueError("need burst_seconds >= 0, window_seconds > 0 and 0 <= noise < 1")
         validate_quota_spec(self.quota_requests)
         if self.max_concurrency is not None and self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")

@@ -492,3 +492,20 @@ def test_a_first_round_inside_the_stored_rows_waits_for_the_next() -> None:
     replica.serve(1)
     [s] = again.merge(12.5, [replica.scrape("r", 15.1)])
     assert (s.ts, s.seconds, s.requests_total) == (10.0, 5.0, 4.0)
+
+
+def test_a_limit_not_in_force_is_stored_as_none_not_infinity() -> None:
+    # No 429 seen: the limiter exports its rate and cap as +Inf; the proxies do too.
+    replica = Replica("v")
+    replica.metrics.limiter_rate.set(float("inf"))
+    replica.metrics.limiter_concurrency.set(float("inf"))
+    registry = CollectorRegistry()
+    limiter = LimiterMetrics(registry)
+    limiter.rate.labels("key-a").set(float("inf"))
+    limiter.concurrency.labels("key-a").set(float("inf"))
+    exposition = generate_latest(registry).decode()
+    for pool in ("key-a", "key-missing"):
+        merger = RoundMerger(5.0, pool=pool)
+        merger.merge(0.0, [replica.scrape("r", 0.0), Scrape.parse("l", 0.0, exposition)])
+        [s] = merger.merge(5.0, [replica.scrape("r", 5.0), Scrape.parse("l", 5.0, exposition)])
+        assert (s.limiter_rate, s.limiter_concurrency) == (None, None)

@@ -165,9 +165,13 @@ def test_the_limiter_state_comes_from_the_real_limiter(main_dashboard: Dashboard
     body = main_dashboard.get("/api/limiter", token=TOKEN).json()
     assert body["available"] is True
     state = body["state"]
-    assert state["pools"] and state["window_seconds"] > 0
+    assert state["pools"] and state["tick_seconds"] > 0
+    assert "window_seconds" not in state
     pool = next(iter(state["pools"].values()))
-    assert {"rate", "ceiling", "hold", "concurrency_limit", "bounds"} <= set(pool)
+    assert {"rate", "limited", "ceiling", "hold", "concurrency_limit", "bounds"} <= set(pool)
+    # No request was ever refused: no learned limit and no cap (null, not a number).
+    assert (pool["ceiling"], pool["concurrency_limit"]) == (None, None)
+    assert pool["limited"] is (pool["rate"] is not None)
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,7 @@ from zai_proxy.collector.models import SNAPSHOT_COLUMNS, from_row, snapshots
 from zai_proxy.collector.snapshot import Snapshot
 from zai_proxy.collector.store import SnapshotStore
 from zai_proxy.limiter import keys
+from zai_proxy.limiter.control import LEASE_TICKS
 from zai_proxy.proxy.limiting import LEASE_TTL_SECONDS
 from zai_proxy.simulator.process import SimulatorProcess
 
@@ -410,9 +411,9 @@ def test_kill_9_of_a_replica_leaves_the_other_serving_and_its_leases_come_back(
 # --- kill -9 of the limiter leader ---------------------------------------------------------
 
 ADMIN = "limiter-admin-token-for-kill-tests"
-LEARNED_RATE, LEARNED_CEILING = 490.0, 500.0  # the hold point of the ceiling
+LEARNED_RATE, LEARNED_LIMIT = 490.0, 500.0  # the hold point of the learned limit
 INITIAL_RATE = 7.0  # what a limiter (or a proxy) starts from without a saved state
-LIMITER_WINDOW = 0.5
+LIMITER_TICK = 0.5
 
 
 def limiter_view(limiter: ServiceProcess, pool: str) -> dict:
@@ -431,13 +432,13 @@ def test_kill_9_of_the_limiter_leader_under_traffic_fails_no_request_and_loses_n
             "REDIS_URL": real_redis_url,
             "REDIS_PREFIX": prefix,
             "RATE_LIMIT_POOL": pool,
-            "RATE_LIMIT_WINDOW": str(LIMITER_WINDOW),
+            "RATE_LIMIT_TICK": str(LIMITER_TICK),
             "RATE_LIMIT_INITIAL": f"{INITIAL_RATE:g}",
             "RATE_LIMIT_MAX": "1000",
         }
         limiter_env = {**shared, "LIMITER_ADMIN_TOKEN": ADMIN}
-        SharedState(real_redis_url, prefix, LIMITER_WINDOW, INITIAL_RATE).save_learned(
-            pool, rate=LEARNED_RATE, ceiling=LEARNED_CEILING
+        SharedState(real_redis_url, prefix, LIMITER_TICK, INITIAL_RATE).save_learned(
+            pool, rate=LEARNED_RATE, limit=LEARNED_LIMIT
         )
         first = stack.enter_context(start_limiter(limiter_env))
         second = stack.enter_context(start_limiter(limiter_env))
@@ -456,16 +457,16 @@ def test_kill_9_of_the_limiter_leader_under_traffic_fails_no_request_and_loses_n
         wait_until(lambda: rates() == [LEARNED_RATE] * 2, timeout=10)
         wait_until(lambda: sorted(leading()) == [False, True], timeout=10)
         leader, follower = (first, second) if leading()[0] else (second, first)
-        stepped = limiter_view(leader, pool)["window"]
-        wait_until(lambda: limiter_view(leader, pool)["window"] >= stepped + 2, timeout=10)
+        stepped = limiter_view(leader, pool)["tick"]
+        wait_until(lambda: limiter_view(leader, pool)["tick"] >= stepped + 2, timeout=10)
 
         leader.signal(signal.SIGKILL)
         leader.process.wait(10)
         killed_at = time.monotonic()
         wait_until(lambda: limiter_view(follower, pool)["leader"], timeout=10)
         takeover = time.monotonic() - killed_at
-        stepped = limiter_view(follower, pool)["window"]
-        wait_until(lambda: limiter_view(follower, pool)["window"] > stepped, timeout=10)
+        stepped = limiter_view(follower, pool)["tick"]
+        wait_until(lambda: limiter_view(follower, pool)["tick"] > stepped, timeout=10)
         rates_after_takeover = rates()
 
         # The killed limiter comes back; once the other one dies too it must lead, and it
@@ -474,25 +475,26 @@ def test_kill_9_of_the_limiter_leader_under_traffic_fails_no_request_and_loses_n
         follower.signal(signal.SIGKILL)
         follower.process.wait(10)
         wait_until(lambda: limiter_view(restarted, pool)["leader"], timeout=10)
-        stepped = limiter_view(restarted, pool)["window"]
-        wait_until(lambda: limiter_view(restarted, pool)["window"] >= stepped + 2, timeout=10)
+        stepped = limiter_view(restarted, pool)["tick"]
+        wait_until(lambda: limiter_view(restarted, pool)["tick"] >= stepped + 2, timeout=10)
         recovered = limiter_view(restarted, pool)
         rates_at_end = rates()
         load.stop()
 
     failed = [a for a in load.answers if a.status != 200]
     print(
-        f"kill -9 of the limiter leader: takeover {takeover:.2f} s (window "
-        f"{LIMITER_WINDOW:g} s); the restarted limiter leads with rate {recovered['rate']:g}, "
-        f"ceiling {recovered['ceiling']:g} (saved {LEARNED_RATE:g}/{LEARNED_CEILING:g}, "
+        f"kill -9 of the limiter leader: takeover {takeover:.2f} s (tick "
+        f"{LIMITER_TICK:g} s); the restarted limiter leads with rate {recovered['rate']:g}, "
+        f"learned limit {recovered['ceiling']:g} (saved {LEARNED_RATE:g}/{LEARNED_LIMIT:g}, "
         f"initial {INITIAL_RATE:g}), decision {recovered['last_decision']}; proxies' rate "
         f"{rates_after_takeover} after the takeover, {rates_at_end} at the end; "
         f"{len(load.answers)} requests, {len(failed)} failed"
     )
     assert len(load.answers) > 100 and not failed, failed[:3]
-    assert takeover < 4 * LIMITER_WINDOW
+    # The lease lives LEASE_TICKS ticks; the follower asks for it every tick.
+    assert takeover < (LEASE_TICKS + 2) * LIMITER_TICK
     assert rates_after_takeover == rates_at_end == [LEARNED_RATE] * 2
-    assert (recovered["rate"], recovered["ceiling"]) == (LEARNED_RATE, LEARNED_CEILING)
+    assert (recovered["rate"], recovered["ceiling"]) == (LEARNED_RATE, LEARNED_LIMIT)
     assert recovered["last_decision"] == "hold"
 
 

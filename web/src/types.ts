@@ -117,14 +117,19 @@ export interface ConfigResponse {
 }
 
 export interface LimiterPool {
-  rate: number
+  /** Requests/s admitted now; null while nothing limits the pool (no 429 seen). */
+  rate: number | null
+  limited: boolean
+  /** The learned limit, requests/s. */
   ceiling: number | null
   hold: number | null
-  concurrency_limit: number
-  clean_windows: number
+  /** The cluster-wide concurrency cap; null until a 1302. */
+  concurrency_limit: number | null
   probing: boolean
+  paused: boolean
   last_decision: string
-  window: number | null
+  concurrency_decision: string
+  tick: number | null
   updated_at: number | null
   replicas: number
 }
@@ -140,7 +145,7 @@ export interface LimiterState {
   node: string
   leader: boolean
   degraded: boolean
-  window_seconds: number
+  tick_seconds: number
   pools: Record<string, LimiterPool>
   quota: {
     windows: QuotaWindowState[]

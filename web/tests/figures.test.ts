@@ -82,7 +82,7 @@ describe('figures', () => {
     const limiter = {
       available: true as const,
       state: {
-        node: 'n', leader: true, degraded: false, window_seconds: 1, pools: {},
+        node: 'n', leader: true, degraded: false, tick_seconds: 0.25, pools: {},
         quota: { windows: [{ name: 'five_hour', used_ratio: 0.5, remaining_ratio: 0.5, reset_at: T0 + 60 }], sample_age_seconds: 1, error: null, rate_cap: null },
       },
     }
