@@ -33,6 +33,10 @@ key                                type    TTL                    written by / r
 ``{prefix}:{pool}:replicas``       zset    the longest heartbeat  ``heartbeat`` (replica ->
                                            TTL; expired members   expiry) / ``heartbeat``,
                                            dropped by heartbeat   limiter (``replicas``)
+``{prefix}:{pool}:freed``          pubsub  none (a channel:       ``report``, ``save_state``,
+                                           nothing is kept)       ``reset`` (slots freed while
+                                                                  a cap is in force) /
+                                                                  proxies (``freed``)
 ``{prefix}:pools``                 zset    tick TTL, renewed      ``acquire`` (pool -> Redis
                                            on every write;        time of registration) /
                                            members older than     limiter (``pools``)
@@ -63,6 +67,7 @@ class PoolKeys:
     leases: str
     replicas: str
     tick_prefix: str  # + tick index
+    freed: str  # the pub/sub channel of slots freed
 
     def tick(self, index: int) -> str:
         """The counter hash of one tick."""
@@ -82,6 +87,7 @@ def pool_keys(prefix: str, pool: str) -> PoolKeys:
         leases=f"{base}:leases",
         replicas=f"{base}:replicas",
         tick_prefix=f"{base}:t:",
+        freed=f"{base}:freed",
     )
 
 

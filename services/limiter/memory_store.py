@@ -8,9 +8,10 @@ state and idle pools are swept at most once per REGISTER_SECONDS.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from zai_proxy.limiter import store as s
@@ -82,6 +83,8 @@ class MemoryStore:
         self._bounds: dict[str, dict[str, str]] = {}  # operator configuration: never expires
         self._leader: tuple[str, float] | None = None  # node, expiry
         self._next_sweep = -math.inf
+        # Pool -> a queue per listener of ``freed``.
+        self._listeners: dict[str, list[asyncio.Queue[int]]] = {}
 
     @property
     def footprint(self) -> int:
@@ -156,11 +159,12 @@ class MemoryStore:
                     held.counts[name] = held.counts.get(name, 0) + value
             limited = limited or counts.get("rate_frequency", 0) > 0
             concurrency_limited = concurrency_limited or counts.get("rate_concurrency", 0) > 0
-        for lease in release:
-            state.leases.pop(lease, None)
+        freed = sum(1 for lease in release if state.leases.pop(lease, None) is not None)
         saved = state.live_state(now)
         if saved and (limited or concurrency_limited):
             _push(saved, now, limited, concurrency_limited, refused_at)
+        if freed and parse_cap(saved.get(s.CONCURRENCY)) is not None:
+            self._announce(pool, freed)
 
     async def renew(self, pool: str, leases: Sequence[str], ttl: float) -> int:
         """Extend leases still held to expire ``ttl`` seconds from now (as renew.lua)."""
@@ -188,6 +192,19 @@ class MemoryStore:
         state.replicas = {name: end for name, end in state.replicas.items() if end > now}
         state.replicas[replica] = now + ttl
         return len(state.replicas)
+
+    async def freed(self, pool: str) -> AsyncIterator[int]:
+        """Slots freed in ``pool`` (as the Redis store publishes them)."""
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        listeners = self._listeners.setdefault(pool, [])
+        listeners.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            listeners.remove(queue)
+            if not listeners:
+                del self._listeners[pool]
 
     async def ping(self) -> None:
         """Always answers: the store is this process."""
@@ -224,10 +241,15 @@ class MemoryStore:
         """Replace the state unless its version moved past ``version`` (as save.lua)."""
         state = self._pool(pool)
         now = self._clock()
-        if state_version(state.live_state(now)) != version:
+        held = state.live_state(now)
+        if state_version(held) != version:
             return False
+        old_cap = parse_cap(held.get(s.CONCURRENCY))
         state.state = {**fields, s.VERSION: str(version + 1)}
         state.state_expiry = now + STATE_TTL_SECONDS
+        new_cap = parse_cap(fields.get(s.CONCURRENCY))
+        if old_cap is not None and (new_cap is None or new_cap > old_cap):
+            self._announce(pool, s.ALL_SLOTS if new_cap is None else new_cap - old_cap)
         return True
 
     async def load_bounds(self, pool: str) -> dict[str, str]:
@@ -248,12 +270,14 @@ class MemoryStore:
         return sum(1 for end in state.replicas.values() if end > now) if state else 0
 
     async def reset(self, pool: str) -> None:
-        """Forget the pool's saved state, its TAT and its leases (ticks and replicas stay)."""
+        """Forget the pool's saved state, its TAT and its leases (ticks and replicas stay);
+        every waiter may go."""
         state = self._pools.get(pool)
         if state is not None:
             state.state = None
             state.tat = state.tat_rate = 0.0
             state.leases.clear()
+        self._announce(pool, s.ALL_SLOTS)
 
     async def lead(self, node: str, ttl: float) -> bool:
         """Take or renew the leader lease for ``ttl`` seconds; True while ``node`` holds it."""
@@ -267,6 +291,10 @@ class MemoryStore:
 
     async def close(self) -> None:
         """Nothing to release."""
+
+    def _announce(self, pool: str, slots: int) -> None:
+        for queue in self._listeners.get(pool, ()):
+            queue.put_nowait(slots)
 
     def _pool(self, pool: str) -> _Pool:
         state = self._pools.get(pool)

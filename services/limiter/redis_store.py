@@ -8,9 +8,10 @@ Redis now" becomes ``StoreUnavailable``, the rest ``StoreError``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from importlib import resources
 from types import TracebackType
 from typing import Literal, cast
@@ -41,6 +42,9 @@ DEFAULT_CONNECT_TIMEOUT = 0.25
 # a load balancer dropped is found before it costs a request.
 DEFAULT_HEALTH_CHECK_INTERVAL = 15.0
 DEFAULT_MAX_CONNECTIONS = 64
+# A listener on the freed channel reads with this timeout, so a dropped subscription is
+# found (and the health check runs) even while nothing is published.
+FREED_READ_SECONDS = 1.0
 
 # Errors that say "Redis cannot serve us now": a refused or broken connection, a timeout,
 # a replica still loading its data set, a former primary that became a read-only replica
@@ -198,7 +202,14 @@ class RedisStore:
         with _translate_errors:
             await self._report(
                 keys=(pool_keys.state, pool_keys.leases),
-                args=(pool_keys.tick_prefix, self._tick_ttl_ms, len(release), *release, *triples),
+                args=(
+                    pool_keys.tick_prefix,
+                    self._tick_ttl_ms,
+                    pool_keys.freed,
+                    len(release),
+                    *release,
+                    *triples,
+                ),
             )
 
     async def renew(self, pool: str, leases: Sequence[str], ttl: float) -> int:
@@ -218,6 +229,22 @@ class RedisStore:
         replicas_key = keys.pool_keys(self.config.prefix, pool).replicas
         with _translate_errors:
             return int(await self._heartbeat(keys=(replicas_key,), args=(replica, ttl)))
+
+    async def freed(self, pool: str) -> AsyncIterator[int]:
+        """Slots freed in ``pool``, as report.lua, save.lua and reset publish them."""
+        channel = keys.pool_keys(self.config.prefix, pool).freed
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            with _translate_errors:
+                await pubsub.subscribe(channel)
+            while True:
+                with _translate_errors:
+                    message = await pubsub.get_message(timeout=FREED_READ_SECONDS)
+                if message is not None and message["type"] == "message":
+                    yield int(message["data"])
+        finally:
+            with contextlib.suppress(redis_errors.RedisError, OSError):
+                await pubsub.aclose()
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""
@@ -264,11 +291,12 @@ class RedisStore:
 
     async def save_state(self, pool: str, fields: Mapping[str, str], version: int) -> bool:
         """Replace the state unless its version moved past ``version`` (save.lua)."""
-        state_key = keys.pool_keys(self.config.prefix, pool).state
+        pool_keys = keys.pool_keys(self.config.prefix, pool)
         pairs = [x for item in fields.items() if item[0] != "version" for x in item]
+        ttl = _millis(STATE_TTL_SECONDS)
         with _translate_errors:
             saved = await self._save(
-                keys=(state_key,), args=(version, _millis(STATE_TTL_SECONDS), *pairs)
+                keys=(pool_keys.state,), args=(version, ttl, pool_keys.freed, s.ALL_SLOTS, *pairs)
             )
         return cast(int, saved) == 1
 
@@ -296,10 +324,14 @@ class RedisStore:
             return int(await self._replicas(keys=(replicas_key,)))
 
     async def reset(self, pool: str) -> None:
-        """Forget the pool's saved state, its TAT and its leases (ticks and replicas stay)."""
+        """Forget the pool's saved state, its TAT and its leases (ticks and replicas stay);
+        every waiter may go."""
         pool_keys = keys.pool_keys(self.config.prefix, pool)
         with _translate_errors:
-            await self._redis.delete(pool_keys.state, pool_keys.tat, pool_keys.leases)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(pool_keys.state, pool_keys.tat, pool_keys.leases)
+                pipe.publish(pool_keys.freed, s.ALL_SLOTS)
+                await pipe.execute()
 
     async def lead(self, node: str, ttl: float) -> bool:
         """Take or renew the leader lease for ``ttl`` seconds; True while ``node`` holds it."""

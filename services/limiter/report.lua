@@ -1,22 +1,27 @@
 -- Add the proxies' tick counts, release leases, and push what a 429 changes at once.
 --
 -- KEYS: state hash, leases zset (in the pool's hash slot)
--- ARGV: tick key prefix, tick_ttl_ms, number of releases R, R lease ids, then triples of
+-- ARGV: tick key prefix, tick_ttl_ms, the pool's freed channel, number of releases R, R
+--       lease ids, then triples of
 --       (tick index, field, value). ok_at keeps the highest value, refused_at and told
 --       the lowest, latency_sum adds floats; the rest add integers.
 -- The push (stores.pushed_cap and memory_store._push say the same): a frequency 429
 -- while the rate probes puts probe_base back in force; a 1302 puts cap_base back, or caps
--- an uncapped pool at one below the lowest in-flight count a 1302 came at. Returns 1.
+-- an uncapped pool at one below the lowest in-flight count a 1302 came at.
+-- While a cap is in force, the number of leases released is published on the freed
+-- channel, so that every replica wakes as many of its requests waiting for a slot.
+-- Returns 1.
 local state_key, leases_key = KEYS[1], KEYS[2]
-local prefix, ttl_ms = ARGV[1], ARGV[2]
-local releases = tonumber(ARGV[3])
-for i = 4, 3 + releases do
-  redis.call('ZREM', leases_key, ARGV[i])
+local prefix, ttl_ms, channel = ARGV[1], ARGV[2], ARGV[3]
+local releases = tonumber(ARGV[4])
+local freed = 0
+for i = 5, 4 + releases do
+  freed = freed + redis.call('ZREM', leases_key, ARGV[i])
 end
 
 local limited, concurrency_limited, refused_at = false, false, nil
 local touched = {}
-local i = 4 + releases
+local i = 5 + releases
 while i + 2 <= #ARGV do
   local key, field, value = prefix .. ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if field == 'ok_at' then
@@ -42,8 +47,16 @@ for key in pairs(touched) do
   redis.call('PEXPIRE', key, ttl_ms)
 end
 
-if not (limited or concurrency_limited) or redis.call('EXISTS', state_key) == 0 then
+local function announce()
+  if freed > 0 then
+    local cap = redis.call('HGET', state_key, 'concurrency')
+    if cap and cap ~= '' then redis.call('PUBLISH', channel, freed) end
+  end
   return 1
+end
+
+if not (limited or concurrency_limited) or redis.call('EXISTS', state_key) == 0 then
+  return announce()
 end
 local clock = redis.call('TIME')
 local now = string.format('%.17g', tonumber(clock[1]) + tonumber(clock[2]) / 1000000)
@@ -73,4 +86,4 @@ end
 if changed then
   redis.call('HINCRBY', state_key, 'version', 1)
 end
-return 1
+return announce()

@@ -14,6 +14,8 @@ Hot path (proxies), one round trip each:
   limits in force), and the first 1302 caps an uncapped pool (see ``pushed_cap``).
 - ``heartbeat``: say this replica is alive; learn how many share the pool.
 - ``renew``: keep the concurrency leases of the attempts still running from expiring.
+- ``freed``: hear, from every replica, how many concurrency slots came free while a cap is
+  in force (leases released, a cap raised or lifted), to wake requests waiting for one.
 
 Control plane (the limiter's leader): ``pools``, ``read_ticks``, ``load_state``,
 ``save_state`` (compare-and-set on ``version``, so a step never overwrites a push made
@@ -28,7 +30,7 @@ Error hierarchy:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -44,6 +46,8 @@ STATE_TTL_SECONDS = 7 * 24 * 3600.0
 # The wait suggested with a concurrency refusal: slots free when leases are released, at
 # any moment, so the caller polls briefly instead of waiting an emission interval.
 CONCURRENCY_RETRY_SECONDS = 0.05
+# What ``freed`` yields when a cap is lifted or the pool reset: every waiter may go.
+ALL_SLOTS = 1_000_000
 # A pool is registered in the pool list at most this often by each store.
 REGISTER_SECONDS = 5.0
 
@@ -184,6 +188,14 @@ class LimiterStore(Protocol):
 
     async def heartbeat(self, pool: str, replica: str, ttl: float) -> int:
         """Mark a replica alive for ``ttl`` seconds; return how many replicas are alive."""
+        ...
+
+    def freed(self, pool: str) -> AsyncIterator[int]:
+        """Until closed: how many concurrency slots each release (by any replica), cap
+        raise or reset freed in ``pool`` while a cap was in force; ALL_SLOTS when the cap
+        was lifted. At most once: what is announced while nobody listens is not kept, so
+        waiters still ask again now and then. Raises StoreUnavailable when the store
+        cannot be reached (the caller listens again later)."""
         ...
 
     async def ping(self) -> None:

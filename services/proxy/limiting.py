@@ -16,6 +16,13 @@ store moves its backlog (see acquire.lua), so a cut reaches the upstream at once
 of after the longest wait already granted; a request whose wait would now end beyond
 RATE_LIMIT_MAX_WAIT gives up and is answered 429 by the proxy.
 
+A request held by the concurrency cap waits in this replica's queue (oldest first) for a
+slot to come free anywhere in the fleet: the store announces every release, cap raise and
+reset while a cap is in force (``LimiterStore.freed``), and each announcement of n slots
+wakes this replica's n oldest waiters, which ask the store again (a waiter that loses the
+slot to another replica keeps its place). Announcements are at most once, so a waiter
+also asks again now and then, less and less often.
+
 If the store cannot be reached, the proxy goes on at its share of the last known limits
 (divided by the replicas that were alive), enforced by a private in-memory store, reports
 itself degraded, and goes back to the shared store within a second of it answering again.
@@ -35,7 +42,7 @@ import math
 import random
 import time
 import uuid
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 
 from zai_proxy.limiter.memory_store import MemoryStore
@@ -60,10 +67,10 @@ REJOIN_SECONDS = 0.5
 LEASE_TTL_SECONDS = 10.0
 # Leases of the local store (degraded mode) live and die with this process: not renewed.
 LOCAL_LEASE_TTL_SECONDS = 900.0
-# While the learned cap on concurrency is reached, ask again when this replica releases a
-# lease, or after this, doubling (with jitter) up to the maximum: slots other replicas
-# free are found by asking, and hundreds of requests asking 20 times a second each cost
-# the proxy and Redis more than the traffic they hold back.
+# While the learned cap on concurrency is reached, ask again when a slot is announced
+# free, or after this, doubling (with jitter) up to the maximum: a lost announcement or an
+# expired lease is found by asking, and hundreds of requests asking 20 times a second each
+# cost the proxy and Redis more than the traffic they hold back.
 CONCURRENCY_POLL_SECONDS = 0.05
 CONCURRENCY_POLL_MAX_SECONDS = 0.5
 
@@ -125,9 +132,8 @@ class ProxyLimiter:
         self._suspect = False  # a store call failed; the next ping decides
         # Set (and replaced) when an answer shows a new rate: wakes the waiting requests.
         self._rate_changed = asyncio.Event()
-        # Set (and replaced) when this replica releases a lease: wakes requests waiting
-        # for a concurrency slot.
-        self._slot_freed = asyncio.Event()
+        # Requests waiting for a concurrency slot, oldest first (see the module docstring).
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._rate_seen_at = -math.inf  # store time of the answer self.rate came from
 
     def _tick(self) -> dict[str, float]:
@@ -170,7 +176,7 @@ class ProxyLimiter:
                 now = time.monotonic()
                 waited = now - start if admission.wait > 0 or capped else 0.0
                 return Ticket(lease, waited, local, admission.in_flight, admission.epoch, now)
-            if admission.reason == "rate" or budget < CONCURRENCY_POLL_SECONDS:
+            if admission.reason == "rate" or budget <= 0:
                 by_rate = admission.reason == "rate"
                 self._count("throttled" if by_rate else "capped", local=local)
                 limit = "rate" if by_rate else "concurrency"
@@ -178,14 +184,43 @@ class ProxyLimiter:
                     f"the upstream's {limit} limit is reached; the proxy is holding requests back",
                     retry_after=max(admission.wait, 1.0),
                 )
+            again = capped
             if not capped:
                 capped = True
                 self._count("capped", local=local)
-            freed = self._slot_freed
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(min(budget, poll * random.uniform(0.5, 1.0))):
-                    await freed.wait()
-            poll = min(2 * poll, CONCURRENCY_POLL_MAX_SECONDS)
+            seconds = min(budget, poll * random.uniform(0.5, 1.0))
+            if not await self._wait_for_slot(seconds, first=again):
+                poll = min(2 * poll, CONCURRENCY_POLL_MAX_SECONDS)
+
+    async def _wait_for_slot(self, seconds: float, *, first: bool) -> bool:
+        """Wait in the queue for a slot to be announced free, at most ``seconds``: at its
+        back, or (``first``: woken before, but the slot went elsewhere) at its front.
+        True when woken by an announcement."""
+        waiter = asyncio.get_running_loop().create_future()
+        if first:
+            self._slot_waiters.appendleft(waiter)
+        else:
+            self._slot_waiters.append(waiter)
+        try:
+            async with asyncio.timeout(seconds):
+                await waiter
+        except TimeoutError:
+            return False
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            with contextlib.suppress(ValueError):
+                self._slot_waiters.remove(waiter)
+        return True
+
+    def _free_slots(self, slots: int) -> None:
+        """Wake the ``slots`` oldest requests waiting for a slot."""
+        waiters = self._slot_waiters
+        while slots > 0 and waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                slots -= 1
 
     async def _wait_turn(self, lease: str, wait: float, rate: float) -> None:
         """Sleep until the granted turn, rescaling what is left whenever the rate changes."""
@@ -247,7 +282,7 @@ class ProxyLimiter:
         store)."""
         if ticket.local:
             await self._local.report(self.pool, {}, release=(ticket.lease,))
-            self._free_slot()
+            self._free_slots(1)
             return
         if told is not None:
             counts = self._tick()
@@ -280,10 +315,6 @@ class ProxyLimiter:
         else:
             self._wake.set()
 
-    def _free_slot(self) -> None:
-        self._slot_freed.set()
-        self._slot_freed = asyncio.Event()
-
     async def _share_locally(self) -> float:
         """Set the local store to this replica's share of the last known limits."""
         replicas = max(1, self.replicas)
@@ -310,7 +341,23 @@ class ProxyLimiter:
         self._wake.set()
 
     async def run(self) -> None:
-        """Flush reports, heartbeat, and rejoin the store after an outage; until cancelled."""
+        """Flush reports, heartbeat, rejoin the store after an outage, and wake waiters
+        when slots are announced free; until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._watch_freed())
+            tasks.create_task(self._report_forever())
+
+    async def _watch_freed(self) -> None:
+        """Wake waiters as the store announces slots freed; listen again after a failure."""
+        while True:
+            try:
+                async for slots in self.store.freed(self.pool):
+                    self._free_slots(slots)
+            except StoreError:
+                pass  # the reporting task finds out whether the store is down
+            await asyncio.sleep(REJOIN_SECONDS)
+
+    async def _report_forever(self) -> None:
         next_heartbeat = 0.0
         while True:
             # Cleared before the work: a release during the flush wakes the next round.
@@ -357,5 +404,3 @@ class ProxyLimiter:
         # On a store failure this batch is lost: its ticks are stepped without it, and
         # its leases expire by themselves.
         await self.store.report(self.pool, counts, released)
-        if released:
-            self._free_slot()

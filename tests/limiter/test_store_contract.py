@@ -12,6 +12,7 @@ no cap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import uuid
@@ -27,6 +28,7 @@ from zai_proxy.limiter import keys
 from zai_proxy.limiter.memory_store import MemoryStore
 from zai_proxy.limiter.redis_store import RedisStore
 from zai_proxy.limiter.store import (
+    ALL_SLOTS,
     CONCURRENCY_RETRY_SECONDS,
     Admission,
     LimiterStore,
@@ -634,6 +636,71 @@ async def test_a_push_between_load_and_save_makes_the_save_fail_and_is_kept(
     assert state_version(final) == state_version(loaded) + 2
 
 
+class _Listener:
+    """What a store's ``freed`` announces, heard by a task of its own."""
+
+    def __init__(self, store: LimiterStore) -> None:
+        self.heard: asyncio.Queue[int] = asyncio.Queue()
+        self._task = asyncio.create_task(self._listen(store))
+
+    async def _listen(self, store: LimiterStore) -> None:
+        async for slots in store.freed(POOL):
+            await self.heard.put(slots)
+
+    async def next(self) -> int:
+        return await asyncio.wait_for(self.heard.get(), 5.0)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+async def _listening(backend: Backend, store: LimiterStore) -> _Listener:
+    """A listener on another store of the backend, once it hears (a subscription is not
+    in force the moment it is asked for): it is sent releases of a lease under a cap of
+    one until one is heard."""
+    listener = _Listener(await backend.open(initial_rate=1000.0))
+    await _save(store, rate="1000", concurrency="1")
+    async with asyncio.timeout(5.0):
+        while True:
+            assert (await store.acquire(POOL, "sync", 60.0, LEASE_TTL)).granted
+            await store.report(POOL, {}, release=["sync"])
+            with contextlib.suppress(TimeoutError):
+                assert await asyncio.wait_for(listener.heard.get(), 0.05) == 1
+                break
+    while not listener.heard.empty():
+        assert listener.heard.get_nowait() == 1
+    return listener
+
+
+async def test_freed_announces_released_slots_raised_and_lifted_caps_and_resets_to_every_store(
+    backend: Backend,
+) -> None:
+    store = await backend.open(initial_rate=1000.0)
+    listener = await _listening(backend, store)
+    try:
+        await _save(store, rate="1000", concurrency="3")
+        assert await listener.next() == 2  # the cap rose from 1 to 3
+        await _acquire_many(store, 3)
+        await store.report(POOL, {}, release=["lease0", "lease1", "gone"])
+        assert await listener.next() == 2  # two leases held, one never was
+        await store.report(POOL, {}, release=["lease0"])  # already released: nothing
+        await _save(store, rate="1000", concurrency="2")  # lowered: nothing
+        await store.report(POOL, {}, release=["lease2"])
+        assert await listener.next() == 1
+        await _save(store, rate="1000", concurrency="")  # lifted: every waiter may go
+        assert await listener.next() == ALL_SLOTS
+        held = await store.acquire(POOL, "uncapped", 60.0, LEASE_TTL)
+        await store.report(POOL, {}, release=["uncapped"])  # no cap: nobody waits
+        assert held.granted
+        await store.reset(POOL)
+        assert await listener.next() == ALL_SLOTS
+        assert listener.heard.empty()
+    finally:
+        await listener.close()
+
+
 async def test_reset_forgets_state_reservations_and_leases(backend: Backend) -> None:
     store = await backend.open(initial_rate=1.0, burst_seconds=0.0)
     await _save(store, rate="0.5", concurrency="1")
@@ -841,6 +908,7 @@ async def test_an_unreachable_redis_raises_store_unavailable_from_every_call() -
         lambda: store.replicas(POOL),
         lambda: store.reset(POOL),
         lambda: store.lead("node", 1.0),
+        lambda: anext(store.freed(POOL)),
     ]
     for call in calls:
         with pytest.raises(StoreUnavailable):

@@ -1,4 +1,5 @@
-"""The proxy's side of the limiter, in process: a ProxyLimiter on a MemoryStore, real time.
+"""The proxy's side of the limiter, in process: a ProxyLimiter on a MemoryStore (and, where
+replicas meet, on a real Redis), real time.
 
 Waits are kept under two seconds and checked against what they would have been without the
 behaviour under test, with margins of hundreds of milliseconds for a loaded machine.
@@ -11,6 +12,7 @@ import contextlib
 import inspect
 import math
 import time
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
@@ -19,7 +21,14 @@ import pytest
 
 from zai_proxy.limiter import store as s
 from zai_proxy.limiter.memory_store import MemoryStore
-from zai_proxy.limiter.store import Admission, StoreConfig, StoreUnavailable, state_version
+from zai_proxy.limiter.redis_store import RedisStore
+from zai_proxy.limiter.store import (
+    Admission,
+    LimiterStore,
+    StoreConfig,
+    StoreUnavailable,
+    state_version,
+)
 from zai_proxy.proxy import limiting
 from zai_proxy.proxy.limiting import ProxyLimiter, RateLimited, Ticket
 from zai_proxy.shared.outcomes import Outcome
@@ -34,7 +43,7 @@ def config(**overrides: Any) -> StoreConfig:
     return StoreConfig(tick_seconds=3600.0, tick_ttl_seconds=8 * 3600.0, **overrides)
 
 
-async def save(store: MemoryStore, **fields: str) -> None:
+async def save(store: LimiterStore, **fields: str) -> None:
     """Put a rate, cap or probe in force, as the control loop's step would."""
     version = state_version(await store.load_state(POOL))
     assert await store.save_state(POOL, fields, version)
@@ -406,6 +415,87 @@ async def test_a_request_at_the_cap_is_admitted_as_soon_as_this_replica_frees_a_
     assert isinstance(ticket, Ticket)
     # Woken by the release (batched within RELEASE_SECONDS), not by its next poll.
     assert admitted_at - released < 0.15
+
+
+@pytest.fixture
+def no_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waiters for a slot never ask again by themselves: only an announcement wakes them."""
+    monkeypatch.setattr(limiting, "CONCURRENCY_POLL_SECONDS", 30.0)
+    monkeypatch.setattr(limiting, "CONCURRENCY_POLL_MAX_SECONDS", 30.0)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def two_replicas(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[tuple[LimiterStore, LimiterStore]]:
+    """The store as two replicas see it: one MemoryStore, or two clients of a real Redis."""
+    if request.param == "memory":
+        memory = MemoryStore(config(initial_rate=1000.0))
+        yield memory, memory
+        return
+    url = request.getfixturevalue("real_redis_url")
+    shared = config(initial_rate=1000.0, prefix=f"test{uuid.uuid4().hex[:12]}")
+    stores = (RedisStore.from_url(url, shared), RedisStore.from_url(url, shared))
+    try:
+        yield stores
+    finally:
+        await stores[0].reset(POOL)
+        for store in stores:
+            await store.close()
+
+
+async def test_a_slot_another_replica_frees_wakes_the_oldest_waiter_at_once(
+    no_polls: None, two_replicas: tuple[LimiterStore, LimiterStore]
+) -> None:
+    first, second = two_replicas
+    await save(first, rate="1000", concurrency="1")
+    holder = ProxyLimiter(first, POOL, max_wait=10.0, replica="a")
+    waiting = ProxyLimiter(second, POOL, max_wait=10.0, replica="b")
+    async with running(holder), running(waiting):
+        held = await holder.admit()
+        oldest = asyncio.create_task(turn(waiting))
+        await wait_for(lambda: len(waiting._slot_waiters) == 1)
+        newest = asyncio.create_task(turn(waiting))
+        await wait_for(lambda: len(waiting._slot_waiters) == 2)
+
+        released = time.monotonic()
+        await holder.record(held, Outcome.OK)
+        admitted_at, ticket = await oldest
+        assert isinstance(ticket, Ticket)
+        assert admitted_at - released < 0.15  # the announcement, not a poll 30 s away
+        await asyncio.sleep(0.2)
+        assert not newest.done()  # one slot freed, one waiter woken
+
+        released = time.monotonic()
+        await waiting.record(ticket, Outcome.OK)
+        admitted_at, later = await newest
+    assert isinstance(later, Ticket)
+    assert admitted_at - released < 0.15
+
+
+async def test_a_raised_cap_wakes_as_many_waiters_as_it_adds_slots(no_polls: None) -> None:
+    store = MemoryStore(config(initial_rate=1000.0))
+    await save(store, rate="1000", concurrency="1")
+    limiter = ProxyLimiter(store, POOL, max_wait=10.0)
+    async with running(limiter):
+        await limiter.admit()
+        waiters: list[asyncio.Task[tuple[float, Ticket | RateLimited]]] = []
+
+        def queued() -> bool:
+            return len(limiter._slot_waiters) == len(waiters)
+
+        for _ in range(3):
+            waiters.append(asyncio.create_task(turn(limiter)))
+            await wait_for(queued)
+        raised = time.monotonic()
+        await save(store, rate="1000", concurrency="3")  # the law raised the cap by two
+        done, _ = await asyncio.wait(waiters, timeout=1.0)
+        assert [w in done for w in waiters] == [True, True, False]  # oldest first
+        assert all(admitted - raised < 0.15 for admitted, _ in (w.result() for w in done))
+        await save(store, rate="1000", concurrency="")  # lifted: every waiter goes
+        admitted_at, last = await waiters[2]
+    assert isinstance(last, Ticket)
+    assert admitted_at - raised < 1.5
 
 
 async def test_at_the_cap_a_request_polls_less_and_less_often_then_gets_a_proxy_429() -> None:
