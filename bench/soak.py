@@ -55,10 +55,10 @@ the run itself could not be made):
                median, and within 8 of the post-warm-up start once the load has ended
                (idle keep-alive connections are allowed to close first).
   Redis        at most the key schema's bound at any time (zai_proxy.limiter.keys: 7
-               fixed keys and one counter hash per window for the window TTL, plus 2),
+               fixed keys and one counter hash per tick for the tick TTL, plus 2),
                every key but ``bounds`` (operator configuration) carries a TTL, and once
-               the window keys have turned over (after the window TTL) the count and
-               the members do not grow.
+               the tick keys have turned over (after the tick TTL) the count and the
+               members do not grow.
   requests     no unexpected answer at all.
 
 The simulator's memory is printed but not judged (it keeps bounded request records).
@@ -73,6 +73,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import platform
 import random
@@ -106,8 +107,8 @@ REDIS_MEMBER_GROWTH = 0.25  # share of the first-third median, plus REDIS_MEMBER
 REDIS_MEMBER_SLACK = 20
 KEYS_WITHOUT_TTL = (":bounds",)  # operator configuration, see zai_proxy.limiter.keys
 
-WINDOW_S = 5.0  # RATE_LIMIT_WINDOW, set explicitly so that the key bound is known
-WINDOW_TTL_S = max(120.0, 4 * WINDOW_S)  # LimiterSettings.store_config()
+TICK_S = 0.25  # RATE_LIMIT_TICK (the default), set explicitly so that the key bound is known
+TICK_TTL_S = max(60.0, 8 * TICK_S)  # LimiterSettings.store_config()
 READ_TIMEOUT_S = 2.0  # UPSTREAM_READ_TIMEOUT: what the stall kind runs into
 CLIENT_TIMEOUT_S = 30.0  # between two reads
 HUNG_S = 60.0  # a whole exchange longer than this is a hung request
@@ -152,7 +153,7 @@ LIMITER_ENV = {
     "RATE_LIMIT_INITIAL": "2000",
     "RATE_LIMIT_MIN": "1000",
     "RATE_LIMIT_MAX": "10000",
-    "RATE_LIMIT_WINDOW": str(WINDOW_S),
+    "RATE_LIMIT_TICK": str(TICK_S),
     "CONCURRENCY_LIMIT_MIN": "512",
     "CONCURRENCY_LIMIT_MAX": "512",
 }
@@ -422,9 +423,9 @@ async def redis_figures(redis: Redis, prefix: str) -> tuple[int, int, list[str],
 
 
 def families(keys: list[bytes]) -> list[str]:
-    """Key names with the window index written as ``*``: what kinds of key there are."""
+    """Key names with the tick index written as ``*``: what kinds of key there are."""
     names = {key.decode() for key in keys}
-    return sorted({name.rsplit(":", 1)[0] + ":*" if ":w:" in name else name for name in names})
+    return sorted({name.rsplit(":", 1)[0] + ":*" if ":t:" in name else name for name in names})
 
 
 async def metric_series(client: httpx.AsyncClient, url: str) -> int:
@@ -608,8 +609,8 @@ def judge(
         problems += [f"{process.name}: {problem}" for problem in mine]
         summary[process.name] = {"pid": process.pid, "rss_mb": rss, "fds": fds, "ok": not mine}
 
-    bound = REDIS_FIXED_KEYS + int(WINDOW_TTL_S / WINDOW_S) + 1 + REDIS_KEY_SLACK
-    turned = [row for row in kept if row["t"] >= WINDOW_TTL_S + 2 * WINDOW_S]
+    bound = REDIS_FIXED_KEYS + math.ceil(TICK_TTL_S / TICK_S) + 1 + REDIS_KEY_SLACK
+    turned = [row for row in kept if row["t"] >= TICK_TTL_S + 2 * TICK_S]
     keys = trend(kept, "redis.keys")
     members = trend(kept, "redis.members")
     keys["max"] = max(row["redis.keys"] for row in rows)
@@ -624,7 +625,7 @@ def judge(
     if turned_over:
         after = trend(turned, "redis.keys")
         if after["growth"] > REDIS_KEY_SLACK:
-            mine.append(f"keys grew by {after['growth']:.0f} after the window TTL")
+            mine.append(f"keys grew by {after['growth']:.0f} after the tick TTL")
         after = trend(turned, "redis.members")
         allowed = REDIS_MEMBER_GROWTH * after["first_third"] + REDIS_MEMBER_SLACK
         if after["growth"] > allowed:
@@ -685,7 +686,7 @@ def table(result: dict[str, Any]) -> str:
         "",
         f"redis {result['redis_prefix']}:*  keys start {keys['start']:.0f} end {keys['end']:.0f} "
         f"max {keys['max']:.0f} (bound {redis['bound']}), members start {members['start']:.0f} "
-        f"end {members['end']:.0f} max {members['max']:.0f}; growth judged after the window "
+        f"end {members['end']:.0f} max {members['max']:.0f}; growth judged after the tick "
         f"TTL: {'yes' if redis['growth_judged'] else 'no (run too short)'}; "
         f"{'ok' if redis['ok'] else 'NOT OK'}",
         "redis keys seen: " + ", ".join(redis["families"]),
