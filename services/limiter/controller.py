@@ -74,6 +74,8 @@ PROBE_STEP_SECONDS = 0.5
 PROBE_HOLD_SECONDS = 1.0
 # Cuts weighed below this remember the limit before them (see _cut).
 MEMORY_WEIGHT = 0.9
+# Ticks of ok answers kept for Little's law: two round trips of up to ten seconds.
+ANSWER_TICKS = 80
 # Little's law's estimate of a full upstream is rounded up past this share of slack (the
 # gaps between an answer and the next attempt on its slot).
 _LITTLE_SLACK = 0.05
@@ -601,11 +603,19 @@ def _restore_rate(s: RateState, params: Params) -> RateState:
 
 
 def _count_answers(s: CapState, ticks: Sequence[Tick]) -> CapState:
-    """Keep the last second of ok answers, for Little's law (see _step_cap)."""
+    """Keep the last ANSWER_TICKS of ok answers, for Little's law (see _step_cap)."""
     answers = s.answers
     for tick in ticks:
-        answers = (*answers[-(RECENT_TICKS // 2 - 1) :], tick.ok)
+        answers = (*answers[-(ANSWER_TICKS - 1) :], tick.ok)
     return replace(s, answers=answers)
+
+
+def _answer_rate(answers: Sequence[int], round_trip: float, params: Params) -> float:
+    """Ok answers per second over the last two round trips (at least a second): a window
+    shorter than the round trip sees answers that come back together as a rate."""
+    span = max(RECENT_TICKS // 2, math.ceil(2 * round_trip / params.tick_seconds))
+    recent = answers[-span:]
+    return sum(recent) / (len(recent) * params.tick_seconds)
 
 
 def _step_cap(
@@ -636,7 +646,7 @@ def _step_cap(
             # Little's law: refusing, the upstream is full, and what it holds is what it
             # answers per second times how long each takes. Counts of leases overstate
             # it while attempts wait for the rate; this does not.
-            answered = sum(s.answers) / (len(s.answers) * params.tick_seconds)
+            answered = _answer_rate(s.answers, round_trip, params)
             full = max(
                 params.min_concurrency, math.ceil(answered * round_trip * (1 + _LITTLE_SLACK))
             )

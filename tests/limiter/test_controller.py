@@ -290,6 +290,19 @@ def test_a_cap_probe_waits_for_an_ok_at_the_probe_count() -> None:
     assert raised.cap.cap == 11 and raised.cap.base == 9
 
 
+def test_little_s_law_counts_answers_over_two_round_trips_not_the_last_second() -> None:
+    # Eight slots, answers every 2 s that come back together: the last second saw none.
+    state = replace(law.initial_state(P, 0.0), cap=CapState(cap=16), round_trip=2.0)
+    for k in range(16):
+        ok = 8 if k % 8 == 1 else 0
+        tick = Tick(start=k * T, ok=ok, latency_sum=2.0 * ok, latency_count=ok)
+        state = law.step(state, [tick], (k + 1) * T + 0.15, P)
+    refused = Tick(start=16 * T, concurrency_limited=1)
+    state = law.step(state, [refused], 17 * T + 0.15, P)
+    # 16 answers in 4 s times 2 s, plus the slack: 9, not the 1 a one-second window gives.
+    assert state.cap.cap == 9 and state.cap_decision is Decision.DECREASE
+
+
 # --- the saved form ----------------------------------------------------------------------
 
 
@@ -384,6 +397,7 @@ MEETS = [
     "rate/bucket-1s x1",
     "rate/bucket-1s x10",
     "concurrency/0.2s x3",
+    "concurrency/1s x3",
     "no-limit/2000 req/s offered",
     "storm/a handful at idle",
     "storm/15 s under load",
