@@ -5,8 +5,9 @@ given); ``record`` counts the outcome in memory. Counts go into ticks of the sto
 clock (``RATE_LIMIT_TICK``): ``sent`` and ``throttled`` (waited for the rate, or held
 back) in the tick the attempt left or was refused in, ``capped`` when it waited for a
 concurrency slot, outcomes in the tick their answer came back in, with the in-flight
-count an attempt sent without waiting went out at (``ok_at``, ``refused_at``: exact
-evidence of a concurrency limit). A background task flushes the counts and released
+count an attempt sent the moment it was granted went out at (``ok_at``, ``refused_at``:
+exact evidence of a concurrency limit; a wait for a slot comes before the grant, so it
+keeps the count exact, a wait for the rate after it does not). A background task flushes the counts and released
 leases every FLUSH_SECONDS in one store call; a 429 is flushed at once, before its retry
 is admitted, so that the store's push (a probe ended, a cap lowered) is in force for it.
 
@@ -98,6 +99,9 @@ class Ticket:
     in_flight: int = 0  # leases in the pool when it was granted, its own included
     epoch: int = 0  # the cap's epoch it went out under
     sent_at: float = 0.0  # monotonic
+    # Sent the moment it was granted (no wait for the rate after its lease): in_flight is
+    # then the count it went out at. A wait for a slot comes before the grant and keeps it.
+    exact: bool = False
 
 
 class ProxyLimiter:
@@ -175,7 +179,15 @@ class ProxyLimiter:
                 self._count("sent", local=local)
                 now = time.monotonic()
                 waited = now - start if admission.wait > 0 or capped else 0.0
-                return Ticket(lease, waited, local, admission.in_flight, admission.epoch, now)
+                return Ticket(
+                    lease,
+                    waited,
+                    local,
+                    admission.in_flight,
+                    admission.epoch,
+                    now,
+                    exact=admission.wait == 0,
+                )
             if admission.reason == "rate" or budget <= 0:
                 by_rate = admission.reason == "rate"
                 self._count("throttled" if by_rate else "capped", local=local)
@@ -289,7 +301,7 @@ class ProxyLimiter:
             counts["told"] = min(counts.get("told", told), told)
         if outcome is not None:
             self._count(outcome.value)
-            exact = ticket.waited == 0 and ticket.in_flight > 0
+            exact = ticket.exact and ticket.in_flight > 0
             if outcome is Outcome.OK:
                 self._count("latency_sum", time.monotonic() - ticket.sent_at)
                 self._count("latency_count")

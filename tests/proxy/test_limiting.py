@@ -246,6 +246,30 @@ async def test_an_ok_answer_under_an_older_cap_or_after_a_wait_is_no_evidence_of
     assert (counts["ok"], counts["ok_at"]) == (5, new.in_flight)
 
 
+async def test_an_ok_answer_after_a_wait_for_a_slot_is_evidence_of_the_cap(
+    no_polls: None,
+) -> None:
+    # Under a full cap every attempt waits for a slot; it is granted when one frees and
+    # goes out at once, at the count acquire gave it: exact, as the cap probes need.
+    store = MemoryStore(config(initial_rate=1000.0))
+    await save(store, rate="1000", concurrency="2", epoch="1")
+    limiter = ProxyLimiter(store, POOL, max_wait=5.0)
+    async with running(limiter):
+        start = time.time()
+        older = [await limiter.admit() for _ in range(2)]
+        await save(store, rate="1000", concurrency="2", epoch="2")
+        queued = asyncio.create_task(limiter.admit())
+        await wait_for(lambda: len(limiter._slot_waiters) == 1)
+        await limiter.record(older[0], Outcome.OK)
+        ticket = await queued
+        assert ticket.waited > 0 and ticket.exact and (ticket.epoch, ticket.in_flight) == (2, 2)
+        await limiter.record(ticket, Outcome.OK)
+        await limiter.record(older[1], Outcome.OK)
+        await limiter.flush()
+    counts = await counts_since(store, start)
+    assert (counts["ok"], counts["ok_at"]) == (3, 2)
+
+
 async def test_a_1302_counts_its_lowest_in_flight_count_and_caps_an_open_pool_at_once() -> None:
     store = MemoryStore(config(initial_rate=1000.0))
     await save(store, rate="1000", concurrency="", cap_floor="1")
