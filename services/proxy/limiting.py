@@ -7,9 +7,10 @@ back) in the tick the attempt left or was refused in, ``capped`` when it waited 
 concurrency slot, outcomes in the tick their answer came back in, with the in-flight
 count an attempt sent the moment it was granted went out at (``ok_at``, ``refused_at``:
 exact evidence of a concurrency limit; a wait for a slot comes before the grant, so it
-keeps the count exact, a wait for the rate after it does not). A background task flushes the counts and released
-leases every FLUSH_SECONDS in one store call; a 429 is flushed at once, before its retry
-is admitted, so that the store's push (a probe ended, a cap lowered) is in force for it.
+keeps the count exact, a wait for the rate after it does not). A background task
+flushes the counts and released leases every FLUSH_SECONDS in one store call; a 429 is
+flushed at once, before its retry is admitted, so that the store's push (a probe ended, a
+cap lowered) is in force for it.
 
 A wait follows the pool's rate: when an answer shows that the rate changed, every request
 still waiting stretches or shrinks what is left of its wait by old rate / new rate, as the
