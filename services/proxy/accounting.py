@@ -31,6 +31,7 @@ from zai_proxy.proxy.usage import (
     openai_usage,
     request_fields,
     request_text,
+    request_token_ids,
 )
 
 # Routes that spend tokens; others (count_tokens, models, files) are not counted.
@@ -195,12 +196,14 @@ class Accounting:
         usage = Usage()
         if request.info is not None:
             if request.info.parsed is not None:
-                text, messages = request_text(dialect, request.info.parsed)
+                text, messages, token_ids = _request_text_of(dialect, request.info.parsed)
             else:
                 # Parsing and walking a large body is slow (a second per million messages):
                 # on a thread the loop keeps serving, as the interpreter switches every 5 ms.
-                text, messages = await asyncio.to_thread(_request_text, dialect, request.body)
-            usage.input = await self.estimator.count_async(text)
+                text, messages, token_ids = await asyncio.to_thread(
+                    _request_text, dialect, request.body
+                )
+            usage.input = await self.estimator.count_async(text) + token_ids
             if messages:
                 usage.input = self.estimator.estimate_input_from_count(usage.input, messages)
         if output_text or overflow_chars:
@@ -212,9 +215,15 @@ class Accounting:
         return usage
 
 
-def _request_text(dialect: Dialect, body: Body) -> tuple[str, int]:
-    """The text of a request body kept unparsed, for an estimate."""
+def _request_text_of(dialect: Dialect, parsed: dict) -> tuple[str, int, int]:
+    """A request's text, its number of messages and the tokens it gives as token ids."""
+    text, messages = request_text(dialect, parsed)
+    return text, messages, request_token_ids(dialect, parsed)
+
+
+def _request_text(dialect: Dialect, body: Body) -> tuple[str, int, int]:
+    """`_request_text_of` a request body kept unparsed, for an estimate."""
     info = request_fields(body)
     if info is None or info.parsed is None:
-        return "", 0
-    return request_text(dialect, info.parsed)
+        return "", 0, 0
+    return _request_text_of(dialect, info.parsed)
