@@ -5,6 +5,8 @@ import math
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from zai_proxy.simulator.tools import ToolCall, example, output_tokens, tool_calls
 
@@ -243,3 +245,43 @@ def test_exact_usage_headers_still_win_over_the_tool_count(client: httpx.Client)
     answer = client.post(MESSAGES, json=anthropic_request(),
                          headers={"x-sim-completion-tokens": "9"}).json()  # fmt: skip
     assert answer["usage"]["output_tokens"] == 9
+
+
+# What orjson can parse a request body into (it reads a larger integer as a float).
+JSON = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=30,
+)
+SCHEMA_KEYS = st.sampled_from(
+    ["type", "properties", "items", "enum", "const", "anyOf", "oneOf", "minimum", "maximum",
+     "minItems"]
+)  # fmt: skip
+SCHEMAS = st.recursive(
+    st.dictionaries(SCHEMA_KEYS, JSON, max_size=4),
+    lambda inner: st.dictionaries(
+        SCHEMA_KEYS, inner | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_size=4
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(schema=SCHEMAS | JSON, choice=JSON)
+def test_any_schema_or_tool_choice_gives_json_object_arguments_or_no_call(
+    schema: object, choice: object
+) -> None:
+    for dialect, tool in (
+        ("openai", {"type": "function", "function": {"name": "t", "parameters": schema}}),
+        ("anthropic", {"name": "t", "input_schema": schema}),
+    ):
+        request = {"messages": ASK, "tools": [tool], "tool_choice": choice}
+        for call in tool_calls(dialect, request):  # type: ignore[arg-type]
+            assert call.name == "t"
+            assert isinstance(json.loads(call.arguments), dict)
