@@ -50,6 +50,7 @@ __all__ = [
     "request_fields",
     "request_text",
     "request_token_ids",
+    "tail_usage",
 ]
 
 DEFAULT_MAX_TEXT_CHARS = 262_144
@@ -313,6 +314,56 @@ class AnthropicStreamAccount(_TextAccount):
         self._fresh = max(self._fresh, _count(usage.get("input_tokens")))
         self._written = max(self._written, _count(usage.get("cache_creation_input_tokens")))
         self._read = max(self._read, _count(usage.get("cache_read_input_tokens")))
+
+
+_USAGE_KEY = b'"usage"'
+_QUOTE, _BACKSLASH, _OPEN, _CLOSE = 0x22, 0x5C, 0x7B, 0x7D
+
+
+def _object_from(data: bytes | bytearray, start: int) -> bytes | None:
+    """The JSON object whose `{` is at `start`, found by its balanced braces, or None when
+    it does not end within `data`."""
+    depth = 0
+    in_string = escaped = False
+    for end in range(start, len(data)):
+        byte = data[end]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == _BACKSLASH:
+                escaped = True
+            elif byte == _QUOTE:
+                in_string = False
+        elif byte == _QUOTE:
+            in_string = True
+        elif byte == _OPEN:
+            depth += 1
+        elif byte == _CLOSE:
+            depth -= 1
+            if depth == 0:
+                return bytes(data[start : end + 1])
+    return None
+
+
+def tail_usage(dialect: Dialect, tail: bytes | bytearray) -> Usage | None:
+    """Usage from the last bytes of a JSON answer too large to parse whole (a long
+    embeddings list): both dialects write `usage` after the output. The last `"usage"` key
+    is the answer's own: inside a string the quotes around the word would be escaped."""
+    at = tail.rfind(_USAGE_KEY)
+    if at < 0:
+        return None
+    start = tail.find(b"{", at + len(_USAGE_KEY))
+    if start < 0 or tail[at + len(_USAGE_KEY) : start].strip() != b":":
+        return None
+    found = _object_from(tail, start)
+    if found is None:
+        return None
+    try:
+        usage = orjson.loads(found)
+    except orjson.JSONDecodeError:
+        return None
+    body = {"usage": usage}
+    return anthropic_usage(body) if dialect == "anthropic" else openai_usage(body)
 
 
 def _field_max(a: Usage, b: Usage) -> Usage:

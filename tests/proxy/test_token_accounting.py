@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from tests.support import ServiceProcess, scrape, start_proxy
+from zai_proxy.proxy.accounting import MAX_JSON_BODY
 from zai_proxy.proxy.tokens import TokenEstimator, load_encoding
 from zai_proxy.proxy.usage import anthropic_output_text, openai_output_text, request_text
 from zai_proxy.simulator.process import SimulatorProcess
@@ -331,3 +332,14 @@ def test_embeddings_without_usage_estimate_texts_and_count_token_arrays_exactly(
     counted = tokens(offline_proxy, model, source="estimate")
     assert counted["input"] == estimator.count("a sentence to embed") + 6
     assert counted["output"] == 0
+
+
+def test_an_answer_too_large_to_parse_whole_is_counted_from_its_tail(proxy: ServiceProcess) -> None:
+    model = f"embedding-big-{uuid.uuid4().hex[:6]}"
+    body = {"model": model, "input": [f"text {n}" for n in range(300)], "encoding_format": "float"}
+    response = httpx.post(f"{proxy.url}/v1/embeddings", json=body, timeout=60)
+    assert len(response.content) > MAX_JSON_BODY
+    answer = response.json()
+    assert len(answer["data"]) == 300
+    assert tokens(proxy, model)["input"] == answer["usage"]["prompt_tokens"]
+    assert tokens(proxy, model, source="estimate")["input"] == 0

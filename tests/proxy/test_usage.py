@@ -22,6 +22,7 @@ from zai_proxy.proxy.usage import (
     request_fields,
     request_text,
     request_token_ids,
+    tail_usage,
 )
 from zai_proxy.simulator import anthropic as sim_anthropic
 from zai_proxy.simulator import openai as sim_openai
@@ -911,3 +912,36 @@ def test_deeply_nested_values_do_not_raise() -> None:
     assert request_text(
         "openai", {"messages": [{"role": "user", "content": "x"}], "tools": [deep]}
     ) == ("x", 1)
+
+
+@pytest.mark.parametrize(
+    ("dialect", "tail", "usage"),
+    [
+        ("openai", b'0.1,0.2]}],"model":"e","usage":{"prompt_tokens":8,"total_tokens":8}}',
+         Usage(input=8)),
+        ("openai", b'"usage": {"prompt_tokens": 5, "completion_tokens": 2,\n'
+                   b' "prompt_tokens_details": {"cached_tokens": 1}}\n}\n',
+         Usage(input=5, output=2, cache_read=1)),
+        ("anthropic", b'"}],"usage":{"input_tokens":3,"cache_read_input_tokens":4,'
+                      b'"output_tokens":9}}', Usage(input=7, output=9, cache_read=4)),
+        # A later mention inside a string is escaped, so the answer's own key is found.
+        ("openai", b'"usage":{"prompt_tokens":1},"x":"say \\"usage\\": {}"}', Usage(input=1)),
+        ("openai", b'"usage":{"prompt_tokens":1,"s":"}{"}}', Usage(input=1)),
+        ("openai", b'"usage":{"prompt_tokens":', None),
+        ("openai", b'"usage":null}', None),
+        ("openai", b'"usage" "x" {"prompt_tokens":1}', None),
+        ("openai", b'"usage":{"prompt_tokens":1,]}', None),
+        ("openai", b"no usage here", None),
+        ("openai", b"", None),
+    ],
+)  # fmt: skip
+def test_usage_is_read_from_the_tail_of_an_answer_too_large_to_parse(
+    dialect: Any, tail: bytes, usage: Usage | None
+) -> None:
+    assert tail_usage(dialect, tail) == usage
+
+
+@given(st.binary(max_size=200))
+def test_any_tail_reads_as_usage_or_none_without_raising(tail: bytes) -> None:
+    found = tail_usage("openai", b'"usage":{' + tail)
+    assert found is None or isinstance(found, Usage)
