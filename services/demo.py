@@ -2,8 +2,9 @@
 
 It offers more than the simulated upstream accepts, so the limiter has something to learn,
 spreads it 3:1 over the production and canary proxies, mixes plain and streamed OpenAI
-and Anthropic requests with realistic token counts, and prints one progress line a
-second: what was sent and answered, and the limiter's rate against the hidden limit.
+and Anthropic requests with realistic token counts (a fifth of them offering a tool, which
+the simulated model calls, and a few embeddings), and prints one progress line a second:
+what was sent and answered, and the limiter's rate against the hidden limit.
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ OFFERED_RATE = 60.0
 MAX_IN_FLIGHT = 400
 PROGRESS_SECONDS = 1.0
 MODELS = ("glm-4.6", "glm-4.6", "glm-4.6", "glm-4.5-air")
+TOOL_SHARE = 0.2
+EMBEDDINGS_SHARE = 0.05
+_REPORT_SCHEMA = {
+    "type": "object",
+    "properties": {"incident": {"type": "string"}, "severity": {"enum": ["low", "high"]}},
+}
+OPENAI_TOOLS = [
+    {"type": "function", "function": {"name": "file_report", "parameters": _REPORT_SCHEMA}}
+]
+ANTHROPIC_TOOLS = [{"name": "file_report", "input_schema": _REPORT_SCHEMA}]
 
 
 class DemoLoad:
@@ -70,6 +81,8 @@ class DemoLoad:
         }
         if anthropic:
             body["max_tokens"] = 1024
+        if rnd.random() < TOOL_SHARE:
+            body["tools"] = ANTHROPIC_TOOLS if anthropic else OPENAI_TOOLS
         completion = rnd.randint(40, 900)
         headers = {
             "x-sim-prompt-tokens": str(rnd.randint(300, 6000)),
@@ -80,6 +93,8 @@ class DemoLoad:
             "x-sim-chunk-gap-ms": "15" if stream else "0",
         }
         path = "/v1/messages" if anthropic else "/v1/chat/completions"
+        if not anthropic and rnd.random() < EMBEDDINGS_SHARE:
+            path, body = "/v1/embeddings", {"model": "embedding-3", "input": ["incident"] * 8}
         self.counts["sent"] += 1
         try:
             async with session.post(base + path, json=body, headers=headers) as response:

@@ -31,6 +31,8 @@ from zai_proxy.proxy.usage import (
     openai_usage,
     request_fields,
     request_text,
+    request_token_ids,
+    tail_usage,
 )
 
 # Routes that spend tokens; others (count_tokens, models, files) are not counted.
@@ -42,8 +44,10 @@ _USAGE_OPTIONAL = frozenset({"/v1/chat/completions", "/v1/completions"})
 # `"usage":null` with its comma, also when pretty-printed over several `data:` lines.
 _USAGE_NULL = re.compile(rb'"usage"\s*:\s*null\s*,(?:\s|data:)*|,(?:\s|data:)*"usage"\s*:\s*null')
 _INCLUDE_USAGE = b'"stream_options":{"include_usage":true},'
-# Non-streamed answers larger than this are passed on without a usage read.
+# Non-streamed answers up to this size are parsed whole for their usage; of a larger one
+# only the last USAGE_TAIL_BYTES are kept, where the usage object sits.
 MAX_JSON_BODY = 8 * 1024 * 1024
+USAGE_TAIL_BYTES = 64 * 1024
 # Request bodies from this size on are not kept parsed; their text for an estimate is
 # collected on a thread.
 OFFLOAD_BODY_BYTES = 256 * 1024
@@ -128,6 +132,24 @@ class StreamTap:
         return obj if isinstance(obj, dict) else None
 
 
+class JsonBody:
+    """A non-streamed JSON answer as it passes, kept for its usage: whole up to
+    MAX_JSON_BODY, beyond that only its tail."""
+
+    __slots__ = ("cut", "data")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.cut = False
+
+    def feed(self, chunk: bytes) -> None:
+        data = self.data
+        data += chunk
+        if len(data) > MAX_JSON_BODY:
+            self.cut = True
+            del data[:-USAGE_TAIL_BYTES]
+
+
 class Accounting:
     """Per-request token accounting; one instance per process."""
 
@@ -187,6 +209,13 @@ class Accounting:
         usage = openai_usage(obj)
         return usage, "" if usage else openai_output_text(obj)
 
+    def usage_of_json(self, dialect: Dialect, body: JsonBody) -> tuple[Usage | None, str]:
+        """Usage and output text of a JSON answer read chunk by chunk; of one too large to
+        parse whole, the usage in its tail (and no text: an estimate counts input only)."""
+        if body.cut:
+            return tail_usage(dialect, body.data), ""
+        return self.usage_of_body(dialect, bytes(body.data))
+
     async def estimate(
         self, dialect: Dialect, request: Request, output_text: str, overflow_chars: int = 0
     ) -> Usage:
@@ -195,12 +224,14 @@ class Accounting:
         usage = Usage()
         if request.info is not None:
             if request.info.parsed is not None:
-                text, messages = request_text(dialect, request.info.parsed)
+                text, messages, token_ids = _request_text_of(dialect, request.info.parsed)
             else:
                 # Parsing and walking a large body is slow (a second per million messages):
                 # on a thread the loop keeps serving, as the interpreter switches every 5 ms.
-                text, messages = await asyncio.to_thread(_request_text, dialect, request.body)
-            usage.input = await self.estimator.count_async(text)
+                text, messages, token_ids = await asyncio.to_thread(
+                    _request_text, dialect, request.body
+                )
+            usage.input = await self.estimator.count_async(text) + token_ids
             if messages:
                 usage.input = self.estimator.estimate_input_from_count(usage.input, messages)
         if output_text or overflow_chars:
@@ -212,9 +243,15 @@ class Accounting:
         return usage
 
 
-def _request_text(dialect: Dialect, body: Body) -> tuple[str, int]:
-    """The text of a request body kept unparsed, for an estimate."""
+def _request_text_of(dialect: Dialect, parsed: dict) -> tuple[str, int, int]:
+    """A request's text, its number of messages and the tokens it gives as token ids."""
+    text, messages = request_text(dialect, parsed)
+    return text, messages, request_token_ids(dialect, parsed)
+
+
+def _request_text(dialect: Dialect, body: Body) -> tuple[str, int, int]:
+    """`_request_text_of` a request body kept unparsed, for an estimate."""
     info = request_fields(body)
     if info is None or info.parsed is None:
-        return "", 0
-    return request_text(dialect, info.parsed)
+        return "", 0, 0
+    return _request_text_of(dialect, info.parsed)

@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from zai_proxy.proxy.accesslog import AccessLog
-from zai_proxy.proxy.accounting import MAX_JSON_BODY, Accounting, Body, Request, StreamTap
+from zai_proxy.proxy.accounting import Accounting, Body, JsonBody, Request, StreamTap
 from zai_proxy.proxy.admission import BodyBudget, WorkerPool
 from zai_proxy.proxy.auth import ANONYMOUS, ClientKeys
 from zai_proxy.proxy.classify import classify_status
@@ -440,7 +440,7 @@ class Forwarder:
             and status < 300
             and "json" in content_type
         )
-        json_body = bytearray()
+        json_body = JsonBody() if read_json else None
 
         exchange.status = status
         await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -449,8 +449,8 @@ class Forwarder:
         try:
             while chunk:
                 out = tap.feed(chunk) if tap is not None else chunk
-                if read_json and len(json_body) + len(chunk) <= MAX_JSON_BODY:
-                    json_body += chunk
+                if json_body is not None:
+                    json_body.feed(chunk)
                 if out:
                     if exchange.ttfb is None:
                         exchange.ttfb = time.perf_counter() - exchange.start
@@ -466,9 +466,9 @@ class Forwarder:
         exchange.size += len(tail)
         exchange.finished = True
         await send({"type": "http.response.body", "body": tail, "more_body": False})
-        if json_body:
-            exchange.body_usage, exchange.output_text = self.accounting.usage_of_body(
-                route.dialect, bytes(json_body)
+        if json_body is not None and json_body.data:
+            exchange.body_usage, exchange.output_text = self.accounting.usage_of_json(
+                route.dialect, json_body
             )
 
     async def _respond_whole(

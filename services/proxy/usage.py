@@ -18,10 +18,14 @@ Conventions (one `Usage` shape for both dialects):
   on any JSON value shape.
 
 Output text (for estimating output tokens when the upstream reports no usage) is every
-piece the model generated: message text, reasoning, tool call arguments. A stream
-accountant keeps at most ``max_text_chars`` of it and counts the rest in
-``overflow_chars``, so memory stays bounded on an endless stream and the estimator can
-extrapolate.
+piece the model generated: message text, reasoning, tool call names and arguments, one
+part after another with a newline between parts, streamed or not (so a streamed answer is
+estimated as its non-streamed form is). A stream accountant keeps at most
+``max_text_chars`` of it and counts the rest in ``overflow_chars``, so memory stays
+bounded on an endless stream and the estimator can extrapolate.
+
+Input given as token ids (an embeddings ``input`` or a completions ``prompt`` of token
+arrays) is counted exactly by ``request_token_ids``: a text estimate cannot read it.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ __all__ = [
     "openai_usage",
     "request_fields",
     "request_text",
+    "request_token_ids",
+    "tail_usage",
 ]
 
 DEFAULT_MAX_TEXT_CHARS = 262_144
@@ -153,10 +159,22 @@ def anthropic_usage(obj: object) -> Usage | None:
     )
 
 
+# Which part of an answer a streamed piece belongs to; a new part starts on a new line, as
+# the non-streamed text joins its parts. Tool call (or content block) i has two parts.
+_CONTENT = 0
+_REASONING = 1
+_FUNCTION_CALL = 2
+_FIRST_TOOL_PART = 3
+
+
+def _index(value: object) -> int:
+    return value if type(value) is int and value >= 0 else 0
+
+
 class _TextAccount:
     """Bounded collection of streamed output text, shared by both dialects."""
 
-    __slots__ = ("_kept", "_max", "_parts", "overflow_chars")
+    __slots__ = ("_kept", "_max", "_part", "_parts", "overflow_chars")
 
     def __init__(self, max_text_chars: int) -> None:
         if max_text_chars < 0:
@@ -164,11 +182,16 @@ class _TextAccount:
         self._max = max_text_chars
         self._parts: list[str] = []
         self._kept = 0
+        self._part = _CONTENT
         self.overflow_chars = 0
 
-    def _add(self, text: object) -> None:
+    def _add(self, text: object, part: int = _CONTENT) -> None:
         if type(text) is not str or not text:
             return
+        if part != self._part:
+            self._part = part
+            if self._kept or self.overflow_chars:
+                text = "\n" + text
         room = self._max - self._kept
         size = len(text)
         if size <= room:
@@ -210,14 +233,16 @@ class OpenAIStreamAccount(_TextAccount):
                 continue
             delta = choice.get("delta")
             if type(delta) is dict:
-                self._add(delta.get("reasoning_content"))
-                self._add(delta.get("reasoning"))
+                self._add(delta.get("reasoning_content"), _REASONING)
+                self._add(delta.get("reasoning"), _REASONING)
                 self._add(delta.get("content"))
                 for call in _list(delta.get("tool_calls")):
-                    function = _dict(_dict(call).get("function"))
-                    self._add(function.get("name"))
-                    self._add(function.get("arguments"))
-                self._add(_dict(delta.get("function_call")).get("arguments"))
+                    call = _dict(call)
+                    function = _dict(call.get("function"))
+                    part = _FIRST_TOOL_PART + 2 * _index(call.get("index"))
+                    self._add(function.get("name"), part)
+                    self._add(function.get("arguments"), part + 1)
+                self._add(_dict(delta.get("function_call")).get("arguments"), _FUNCTION_CALL)
             else:
                 self._add(choice.get("text"))
 
@@ -254,9 +279,11 @@ class AnthropicStreamAccount(_TextAccount):
         kind = event.get("type")
         if kind == "content_block_delta":
             delta = _dict(event.get("delta"))
-            self._add(delta.get("text"))
-            self._add(delta.get("thinking"))
-            self._add(delta.get("partial_json"))
+            # A block's name (tool_use) is its first part, its text (or input) the second.
+            part = 2 * _index(event.get("index")) + 1
+            self._add(delta.get("text"), part)
+            self._add(delta.get("thinking"), part)
+            self._add(delta.get("partial_json"), part)
         elif kind == "message_start":
             usage = _dict(_dict(event.get("message")).get("usage"))
             self._take_input(usage)
@@ -273,9 +300,10 @@ class AnthropicStreamAccount(_TextAccount):
                 self._output = _count(usage.get("output_tokens"))
         elif kind == "content_block_start":
             block = _dict(event.get("content_block"))
-            self._add(block.get("text"))
-            self._add(block.get("thinking"))
-            self._add(block.get("name"))
+            part = 2 * _index(event.get("index"))
+            self._add(block.get("name"), part)
+            self._add(block.get("text"), part + 1)
+            self._add(block.get("thinking"), part + 1)
 
     def _take_input(self, usage: dict[str, Any]) -> None:
         if not _has_count(
@@ -286,6 +314,56 @@ class AnthropicStreamAccount(_TextAccount):
         self._fresh = max(self._fresh, _count(usage.get("input_tokens")))
         self._written = max(self._written, _count(usage.get("cache_creation_input_tokens")))
         self._read = max(self._read, _count(usage.get("cache_read_input_tokens")))
+
+
+_USAGE_KEY = b'"usage"'
+_QUOTE, _BACKSLASH, _OPEN, _CLOSE = 0x22, 0x5C, 0x7B, 0x7D
+
+
+def _object_from(data: bytes | bytearray, start: int) -> bytes | None:
+    """The JSON object whose `{` is at `start`, found by its balanced braces, or None when
+    it does not end within `data`."""
+    depth = 0
+    in_string = escaped = False
+    for end in range(start, len(data)):
+        byte = data[end]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == _BACKSLASH:
+                escaped = True
+            elif byte == _QUOTE:
+                in_string = False
+        elif byte == _QUOTE:
+            in_string = True
+        elif byte == _OPEN:
+            depth += 1
+        elif byte == _CLOSE:
+            depth -= 1
+            if depth == 0:
+                return bytes(data[start : end + 1])
+    return None
+
+
+def tail_usage(dialect: Dialect, tail: bytes | bytearray) -> Usage | None:
+    """Usage from the last bytes of a JSON answer too large to parse whole (a long
+    embeddings list): both dialects write `usage` after the output. The last `"usage"` key
+    is the answer's own: inside a string the quotes around the word would be escaped."""
+    at = tail.rfind(_USAGE_KEY)
+    if at < 0:
+        return None
+    start = tail.find(b"{", at + len(_USAGE_KEY))
+    if start < 0 or tail[at + len(_USAGE_KEY) : start].strip() != b":":
+        return None
+    found = _object_from(tail, start)
+    if found is None:
+        return None
+    try:
+        usage = orjson.loads(found)
+    except orjson.JSONDecodeError:
+        return None
+    body = {"usage": usage}
+    return anthropic_usage(body) if dialect == "anthropic" else openai_usage(body)
 
 
 def _field_max(a: Usage, b: Usage) -> Usage:
@@ -431,6 +509,25 @@ def request_text(dialect: Dialect, body: object) -> tuple[str, int]:
     else:
         messages = _openai_request(body, out)
     return _joined(out), messages
+
+
+def _token_array(value: object) -> int:
+    """The length of a list of token ids, or 0 for anything else."""
+    items = _list(value)
+    return len(items) if items and all(type(item) is int for item in items) else 0
+
+
+def request_token_ids(dialect: Dialect, body: object) -> int:
+    """Input tokens a request gives as token ids: an OpenAI embeddings `input` or a
+    completions `prompt` that is a token array or a list of them."""
+    if dialect != "openai" or type(body) is not dict:
+        return 0
+    total = 0
+    for key in ("input", "prompt"):
+        given = body.get(key)
+        tokens = _token_array(given)
+        total += tokens if tokens else sum(map(_token_array, _list(given)))
+    return total
 
 
 def _loads_large(body: bytes | bytearray) -> object:

@@ -1,12 +1,14 @@
 """Anthropic Messages answers: the message object, the typed SSE event stream, token counts."""
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
 
 from .behaviour import Usage
 from .sse import SseFormat
+from .text import split_text
+from .tools import ToolCall
 
 _PING = {"type": "ping"}
 _BLOCK_START = {
@@ -28,15 +30,33 @@ def usage_object(usage: Usage, output_tokens: int) -> dict[str, int]:
     }
 
 
-def message(ident: str, model: str, text: str, usage: Usage | None) -> bytes:
-    """A non-streamed `message` object."""
+def tool_use_id(ident: str, index: int) -> str:
+    """The id of a message's `index`-th tool_use block."""
+    return f"toolu_{ident.rpartition('_')[2]}_{index}"
+
+
+def message(
+    ident: str, model: str, text: str, usage: Usage | None, calls: Sequence[ToolCall] = ()
+) -> bytes:
+    """A non-streamed `message` object: one text block, or one tool_use block per call."""
+    content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+    if calls:
+        content = [
+            {
+                "type": "tool_use",
+                "id": tool_use_id(ident, index),
+                "name": call.name,
+                "input": call.input,
+            }
+            for index, call in enumerate(calls)
+        ]
     body: dict[str, Any] = {
         "id": ident,
         "type": "message",
         "role": "assistant",
         "model": model,
-        "content": [{"type": "text", "text": text}],
-        "stop_reason": "end_turn",
+        "content": content,
+        "stop_reason": "tool_use" if calls else "end_turn",
         "stop_sequence": None,
     }
     if usage is not None:
@@ -67,6 +87,30 @@ class EventStream:
             yield event(_delta(piece), b"content_block_delta")
         yield from self._tail(usage)
 
+    def tool_events(
+        self, calls: Sequence[ToolCall], pieces: int, usage: Usage | None
+    ) -> Iterator[bytes]:
+        """The opening events, then per call a tool_use block whose input arrives as
+        `input_json_delta` fragments, then the closing events (stop_reason tool_use)."""
+        event = self._fmt.event
+        yield event({"type": "message_start", "message": self._start(usage)}, b"message_start")
+        for index, call in enumerate(calls):
+            block = {
+                "type": "tool_use",
+                "id": tool_use_id(self._ident, index),
+                "name": call.name,
+                "input": {},
+            }
+            start = {"type": "content_block_start", "index": index, "content_block": block}
+            yield event(start, b"content_block_start")
+            if index == 0:
+                yield event(_PING, b"ping")
+            for piece in split_text(call.arguments, pieces):
+                if piece:
+                    yield event(_json_delta(index, piece), b"content_block_delta")
+            yield event({"type": "content_block_stop", "index": index}, b"content_block_stop")
+        yield from self._end(usage, "tool_use")
+
     def content_event(self, text: str) -> bytes:
         """One framed text delta, built once and repeated by `bulk_events`."""
         return self._fmt.event(_delta(text), b"content_block_delta")
@@ -78,7 +122,7 @@ class EventStream:
             yield event
         yield from self._tail(usage)
 
-    def _head(self, usage: Usage | None) -> Iterator[bytes]:
+    def _start(self, usage: Usage | None) -> dict[str, Any]:
         start: dict[str, Any] = {
             "id": self._ident,
             "type": "message",
@@ -91,17 +135,23 @@ class EventStream:
         if usage is not None:
             # Anthropic reports a placeholder output count at the start, the real one at the end.
             start["usage"] = usage_object(usage, 1)
+        return start
+
+    def _head(self, usage: Usage | None) -> Iterator[bytes]:
         event = self._fmt.event
-        yield event({"type": "message_start", "message": start}, b"message_start")
+        yield event({"type": "message_start", "message": self._start(usage)}, b"message_start")
         yield event(_BLOCK_START, b"content_block_start")
         yield event(_PING, b"ping")
 
     def _tail(self, usage: Usage | None) -> Iterator[bytes]:
+        yield self._fmt.event(_BLOCK_STOP, b"content_block_stop")
+        yield from self._end(usage, "end_turn")
+
+    def _end(self, usage: Usage | None, stop_reason: str) -> Iterator[bytes]:
         event = self._fmt.event
-        yield event(_BLOCK_STOP, b"content_block_stop")
         delta: dict[str, Any] = {
             "type": "message_delta",
-            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
         }
         if usage is not None:
             delta["usage"] = {"output_tokens": usage.completion}
@@ -114,4 +164,12 @@ def _delta(text: str) -> dict[str, Any]:
         "type": "content_block_delta",
         "index": 0,
         "delta": {"type": "text_delta", "text": text},
+    }
+
+
+def _json_delta(index: int, partial_json: str) -> dict[str, Any]:
+    return {
+        "type": "content_block_delta",
+        "index": index,
+        "delta": {"type": "input_json_delta", "partial_json": partial_json},
     }

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from . import anthropic, openai
+from . import anthropic, embeddings, openai, tools
 from .behaviour import (
     DEFAULT_BEHAVIOUR,
     HEADER_PREFIX,
@@ -21,7 +21,7 @@ from .behaviour import (
     parse_behaviour,
 )
 from .config import SimulatorConfig
-from .errors import HIDDEN_LIMIT_BODIES, bad_request, status_error, zai_error
+from .errors import HIDDEN_LIMIT_BODIES, bad_request, not_found, status_error, zai_error
 from .failures import FailFirstCounter
 from .quota import NO_QUOTA, SimulatedQuota
 from .ratelimit import HiddenLimiter
@@ -44,7 +44,9 @@ class Route(enum.Enum):
     CHAT = "chat"
     MESSAGES = "messages"
     COUNT_TOKENS = "count_tokens"
+    EMBEDDINGS = "embeddings"
     MODELS = "models"
+    MODEL = "model"
     QUOTA = "quota"
     ECHO = "echo"
 
@@ -58,16 +60,20 @@ def route_for(method: str, path: str) -> Route:
             return Route.MESSAGES
         if path.endswith("/v1/messages/count_tokens"):
             return Route.COUNT_TOKENS
+        if path.endswith("/embeddings"):
+            return Route.EMBEDDINGS
     elif method == "GET":
         if path.endswith("/models"):
             return Route.MODELS
+        if path.rpartition("/")[0].endswith("/models"):
+            return Route.MODEL
         if path.endswith(QUOTA_PATH):
             return Route.QUOTA
     return Route.ECHO
 
 
-# The routes the hidden limit and /_sim/stats apply to.
-_GENERATION = frozenset({Route.CHAT, Route.MESSAGES})
+# The routes the hidden limit, the quota and /_sim/stats apply to.
+_GENERATION = frozenset({Route.CHAT, Route.MESSAGES, Route.EMBEDDINGS})
 
 
 class SimulatorApp:
@@ -92,7 +98,8 @@ class SimulatorApp:
         self._recorder = RequestRecorder(config.recorded_requests)
         self._failures = FailFirstCounter(config.fail_first_keys)
         self._ids = itertools.count(1)
-        self._models = openai.model_list(int(time.time()))
+        self._created = int(time.time())
+        self._models = openai.model_list(self._created)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -190,11 +197,20 @@ class SimulatorApp:
             await self._chat(body, behaviour, send)
         elif route is Route.MESSAGES:
             await self._messages(body, behaviour, send)
+        elif route is Route.EMBEDDINGS:
+            await self._embeddings(body, behaviour, send)
         elif route is Route.COUNT_TOKENS:
             prompt = len(body) // 4 if behaviour.prompt_tokens is None else behaviour.prompt_tokens
             await _send_fixed(send, anthropic.count_tokens(prompt), behaviour)
         elif route is Route.MODELS:
             await _send_fixed(send, self._models, behaviour)
+        elif route is Route.MODEL:
+            name = scope["path"].rpartition("/")[2]
+            found = openai.model(name, self._created)
+            if found is None:
+                await send_body(send, 404, not_found(f"the model {name!r} does not exist"))
+            else:
+                await _send_fixed(send, found, behaviour)
         elif route is Route.QUOTA:
             answer = NO_QUOTA if self._quota is None else self._quota.to_json()
             await _send_fixed(send, answer, behaviour)
@@ -226,15 +242,20 @@ class SimulatorApp:
         ident = f"chatcmpl-sim{next(self._ids)}"
         created = int(time.time())
         streamed = request.get("stream") is True or behaviour.stream_bytes is not None
+        calls = [] if behaviour.stream_bytes else _calls("openai", request, behaviour)
+        completion = tools.output_tokens(calls) if calls else word_count(behaviour.text)
         if not streamed:
-            usage = behaviour.usage_for(len(body), word_count(behaviour.text))
-            answer = openai.completion(ident, created, model, behaviour.text, usage)
+            usage = behaviour.usage_for(len(body), completion)
+            answer = openai.completion(ident, created, model, behaviour.text, usage, calls)
             await _send_fixed(send, answer, behaviour)
             return
         fmt = _format(behaviour)
         include_usage = behaviour.usage and _include_usage(request)
         chunks = openai.ChunkStream(fmt, ident, created, model, include_usage)
-        if behaviour.stream_bytes is None:
+        if calls:
+            usage = behaviour.usage_for(len(body), completion)
+            events = chunks.tool_events(calls, behaviour.chunks, usage)
+        elif behaviour.stream_bytes is None:
             usage = behaviour.usage_for(len(body), word_count(behaviour.text))
             events = chunks.events(split_text(behaviour.text, behaviour.chunks), usage)
         else:
@@ -253,14 +274,19 @@ class SimulatorApp:
         model = _model(request)
         ident = f"msg_sim{next(self._ids)}"
         streamed = request.get("stream") is True or behaviour.stream_bytes is not None
+        calls = [] if behaviour.stream_bytes else _calls("anthropic", request, behaviour)
+        completion = tools.output_tokens(calls) if calls else word_count(behaviour.text)
         if not streamed:
-            usage = behaviour.usage_for(len(body), word_count(behaviour.text))
-            answer = anthropic.message(ident, model, behaviour.text, usage)
+            usage = behaviour.usage_for(len(body), completion)
+            answer = anthropic.message(ident, model, behaviour.text, usage, calls)
             await _send_fixed(send, answer, behaviour)
             return
         fmt = _format(behaviour)
         stream = anthropic.EventStream(fmt, ident, model)
-        if behaviour.stream_bytes is None:
+        if calls:
+            usage = behaviour.usage_for(len(body), completion)
+            events = stream.tool_events(calls, behaviour.chunks, usage)
+        elif behaviour.stream_bytes is None:
             usage = behaviour.usage_for(len(body), word_count(behaviour.text))
             events = stream.events(split_text(behaviour.text, behaviour.chunks), usage)
         else:
@@ -270,6 +296,23 @@ class SimulatorApp:
             usage = behaviour.usage_for(len(body), word_count(text) * count)
             events = stream.bulk_events(event, count, usage)
         await send_stream(send, events, behaviour, fmt)
+
+    async def _embeddings(self, body: bytes, behaviour: Behaviour, send: Send) -> None:
+        request = _parse_request(body)
+        if request is None:
+            await send_body(send, 400, bad_request("the request body is not a JSON object"))
+            return
+        try:
+            asked = embeddings.parse_request(request)
+        except embeddings.EmbeddingRequestError as exc:
+            await send_body(send, 400, bad_request(str(exc)))
+            return
+        prompt: int | None = None
+        if behaviour.usage:
+            prompt = behaviour.prompt_tokens
+            if prompt is None:
+                prompt = sum(map(embeddings.input_tokens, asked.inputs))
+        await _send_fixed(send, embeddings.answer(asked, prompt), behaviour)
 
     async def _control(self, scope: Scope, path: str, send: Send) -> None:
         method = scope["method"]
@@ -346,6 +389,12 @@ def _parse_request(body: bytes) -> dict[str, Any] | None:
 def _model(request: dict[str, Any]) -> str:
     model = request.get("model")
     return model if isinstance(model, str) and model else DEFAULT_MODEL
+
+
+def _calls(
+    dialect: tools.Dialect, request: dict[str, Any], behaviour: Behaviour
+) -> list[tools.ToolCall]:
+    return tools.tool_calls(dialect, request, behaviour.tool_calls)
 
 
 def _include_usage(request: dict[str, Any]) -> bool:

@@ -56,6 +56,7 @@ class Behaviour:
     fail_first: int | None = None
     key: str | None = None
     empty: bool = False
+    tool_calls: int = 1
 
     @property
     def scripts_error(self) -> bool:
@@ -181,6 +182,7 @@ _FIELDS: dict[bytes, tuple[str, Callable[[str], Any]]] = {
     b"x-sim-fail-first": ("fail_first", _count),
     b"x-sim-key": ("key", _text),
     b"x-sim-empty": ("empty", _flag),
+    b"x-sim-tool-calls": ("tool_calls", _positive),
 }
 
 

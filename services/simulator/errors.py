@@ -65,5 +65,12 @@ def bad_request(message: str) -> bytes:
     )
 
 
+def not_found(message: str) -> bytes:
+    """An OpenAI-style 404 body, for a resource the simulator does not have."""
+    return orjson.dumps(
+        {"error": {"message": message, "type": "invalid_request_error", "code": "404"}}
+    )
+
+
 # The hidden limit's answers never change, so they are built once.
 HIDDEN_LIMIT_BODIES = {code: zai_error(code, "openai") for code in (1302, 1305)}

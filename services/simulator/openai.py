@@ -1,14 +1,16 @@
 """OpenAI chat-completions answers: the JSON object, the SSE chunk stream and the model list."""
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import orjson
 
 from .behaviour import Usage
 from .sse import SseFormat
+from .text import split_text
+from .tools import ToolCall
 
-MODELS = ("glm-4.6", "glm-4.5", "glm-4.5-air", "glm-4.5-flash")
+MODELS = ("glm-4.6", "glm-4.5", "glm-4.5-air", "glm-4.5-flash", "embedding-3")
 DONE = b"[DONE]"
 
 
@@ -23,8 +25,31 @@ def usage_object(usage: Usage) -> dict[str, Any]:
     }
 
 
-def completion(ident: str, created: int, model: str, text: str, usage: Usage | None) -> bytes:
-    """A non-streamed `chat.completion` object."""
+def call_id(ident: str, index: int) -> str:
+    """The id of a completion's `index`-th tool call."""
+    return f"call_{ident.rpartition('-')[2]}_{index}"
+
+
+def completion(
+    ident: str,
+    created: int,
+    model: str,
+    text: str,
+    usage: Usage | None,
+    calls: Sequence[ToolCall] = (),
+) -> bytes:
+    """A non-streamed `chat.completion` object: the text, or the tool calls (no text)."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if calls:
+        message["content"] = None
+        message["tool_calls"] = [
+            {
+                "id": call_id(ident, index),
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments},
+            }
+            for index, call in enumerate(calls)
+        ]
     body: dict[str, Any] = {
         "id": ident,
         "object": "chat.completion",
@@ -33,8 +58,8 @@ def completion(ident: str, created: int, model: str, text: str, usage: Usage | N
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop",
+                "message": message,
+                "finish_reason": "tool_calls" if calls else "stop",
             }
         ],
     }
@@ -69,6 +94,29 @@ class ChunkStream:
             yield self._fmt.event(self._chunk(delta, None))
         yield from self._tail(usage)
 
+    def tool_events(
+        self, calls: Sequence[ToolCall], pieces: int, usage: Usage | None
+    ) -> Iterator[bytes]:
+        """Each call as OpenAI streams it (index, id and name first, then its arguments in
+        `pieces` fragments), then the end of the stream."""
+        role: dict[str, Any] | None = {"role": "assistant", "content": None}
+        for index, call in enumerate(calls):
+            opening = {
+                "index": index,
+                "id": call_id(self._ident, index),
+                "type": "function",
+                "function": {"name": call.name, "arguments": ""},
+            }
+            delta: dict[str, Any] = {"tool_calls": [opening]}
+            if role is not None:
+                delta, role = {**role, **delta}, None
+            yield self._fmt.event(self._chunk(delta, None))
+            for piece in split_text(call.arguments, pieces):
+                if piece:
+                    fragment = {"index": index, "function": {"arguments": piece}}
+                    yield self._fmt.event(self._chunk({"tool_calls": [fragment]}, None))
+        yield from self._tail(usage, "tool_calls")
+
     def content_event(self, text: str) -> bytes:
         """One framed content event, built once and repeated by `bulk_events`."""
         return self._fmt.event(self._chunk({"content": text}, None))
@@ -80,8 +128,8 @@ class ChunkStream:
             yield event
         yield from self._tail(usage)
 
-    def _tail(self, usage: Usage | None) -> Iterator[bytes]:
-        yield self._fmt.event(self._chunk({}, "stop"))
+    def _tail(self, usage: Usage | None, finish_reason: str = "stop") -> Iterator[bytes]:
+        yield self._fmt.event(self._chunk({}, finish_reason))
         if self._include_usage and usage is not None:
             yield self._fmt.event(
                 {
@@ -95,7 +143,7 @@ class ChunkStream:
             )
         yield self._fmt.event(DONE)
 
-    def _chunk(self, delta: dict[str, str], finish_reason: str | None) -> dict[str, Any]:
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
         chunk: dict[str, Any] = {
             "id": self._ident,
             "object": "chat.completion.chunk",
@@ -108,14 +156,15 @@ class ChunkStream:
         return chunk
 
 
+def _model(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "z-ai"}
+
+
 def model_list(created: int) -> bytes:
     """An OpenAI `list` of the models the simulator pretends to serve."""
-    return orjson.dumps(
-        {
-            "object": "list",
-            "data": [
-                {"id": name, "object": "model", "created": created, "owned_by": "z-ai"}
-                for name in MODELS
-            ],
-        }
-    )
+    return orjson.dumps({"object": "list", "data": [_model(name, created) for name in MODELS]})
+
+
+def model(name: str, created: int) -> bytes | None:
+    """One served model, as `GET .../models/<name>` answers it; None when it is not served."""
+    return orjson.dumps(_model(name, created)) if name in MODELS else None

@@ -1,4 +1,5 @@
-"""Counters of the generation endpoints (chat completions, messages) for /_sim/stats."""
+"""Counters of the generation endpoints (chat completions, messages, embeddings) for
+/_sim/stats."""
 
 import orjson
 

@@ -10,8 +10,9 @@ import orjson
 import pytest
 
 from tests.support import ServiceProcess, scrape, start_proxy
+from zai_proxy.proxy.accounting import MAX_JSON_BODY
 from zai_proxy.proxy.tokens import TokenEstimator, load_encoding
-from zai_proxy.proxy.usage import request_text
+from zai_proxy.proxy.usage import anthropic_output_text, openai_output_text, request_text
 from zai_proxy.simulator.process import SimulatorProcess
 
 USAGE_HEADERS = {
@@ -241,3 +242,104 @@ def test_unparseable_bodies_are_counted_not_failed(proxy: ServiceProcess) -> Non
     )
     assert response.status_code == 400
     assert scrape(proxy.url).value("proxy_request_unparseable_total") == before + 1
+
+
+WEATHER_SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string"}, "days": {"type": "integer", "minimum": 2}},
+}
+OPENAI_TOOLS = [{"type": "function", "function": {"name": "weather", "parameters": WEATHER_SCHEMA}}]
+ANTHROPIC_TOOLS = [{"name": "weather", "input_schema": WEATHER_SCHEMA}]
+
+
+def tool_request(dialect: str, model: str, stream: bool) -> tuple[str, dict]:
+    if dialect == "openai":
+        return "/v1/chat/completions", {**chat(model, stream), "tools": OPENAI_TOOLS}
+    body = {**chat(model, stream), "tools": ANTHROPIC_TOOLS, "max_tokens": 100}
+    return "/v1/messages", body
+
+
+@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_call_answers_are_counted_from_their_usage(
+    proxy: ServiceProcess, dialect: str, stream: bool
+) -> None:
+    model = f"glm-tools-{uuid.uuid4().hex[:6]}"
+    path, body = tool_request(dialect, model, stream)
+    headers = {"x-sim-prompt-tokens": "321", "x-sim-completion-tokens": "45",
+               "x-sim-tool-calls": "2", "x-sim-chunks": "6"}  # fmt: skip
+    response = httpx.post(f"{proxy.url}{path}", json=body, headers=headers)
+    assert response.status_code == 200
+    if dialect == "openai" and stream:
+        # The injected usage chunk is gone; every tool call fragment arrived.
+        payloads, done = stream_text(response)
+        assert done and all("usage" not in payload for payload in payloads)
+        arguments = "".join(
+            call["function"].get("arguments", "")
+            for payload in payloads
+            for call in payload["choices"][0]["delta"].get("tool_calls", [])
+        )
+        assert arguments.count("sim city") == 1  # one weather tool offered: one call
+    counted = tokens(proxy, model)
+    assert (counted["input"], counted["output"]) == (321, 45)
+
+
+@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+def test_tool_calls_without_usage_are_estimated_alike_streamed_or_not(
+    offline_proxy: ServiceProcess, dialect: str
+) -> None:
+    estimator = TokenEstimator(load_encoding("cl100k_base"))
+    outputs = []
+    for stream in (False, True):
+        model = f"glm-tools-est-{uuid.uuid4().hex[:6]}"
+        path, body = tool_request(dialect, model, stream)
+        response = httpx.post(f"{offline_proxy.url}{path}", json=body,
+                              headers={"x-sim-usage": "none", "x-sim-chunks": "5"})  # fmt: skip
+        assert response.status_code == 200
+        if not stream:
+            answer = response.json()
+            text = (
+                openai_output_text(answer) if dialect == "openai" else anthropic_output_text(answer)
+            )
+            assert "weather" in text and "sim city" in text
+        counted = tokens(offline_proxy, model, source="estimate")
+        prompt, messages = request_text(dialect, body)  # type: ignore[arg-type]
+        assert counted["input"] == estimator.estimate_input(prompt, messages)
+        outputs.append(counted["output"])
+    assert outputs[0] == outputs[1] == estimator.count(text)
+
+
+def test_embeddings_usage_is_counted_as_input_only(proxy: ServiceProcess) -> None:
+    model = f"embedding-{uuid.uuid4().hex[:6]}"
+    body = {"model": model, "input": ["first text", "second one"], "encoding_format": "base64"}
+    response = httpx.post(f"{proxy.url}/v1/embeddings", json=body)
+    answer = response.json()
+    assert len(answer["data"]) == 2
+    assert answer["usage"]["prompt_tokens"] > 0
+    counted = tokens(proxy, model)
+    assert (counted["input"], counted["output"]) == (answer["usage"]["prompt_tokens"], 0)
+
+
+def test_embeddings_without_usage_estimate_texts_and_count_token_arrays_exactly(
+    offline_proxy: ServiceProcess,
+) -> None:
+    estimator = TokenEstimator(load_encoding("cl100k_base"))
+    model = f"embedding-est-{uuid.uuid4().hex[:6]}"
+    body = {"model": model, "input": ["a sentence to embed", [1, 2, 3, 4], [5, 6]]}
+    response = httpx.post(f"{offline_proxy.url}/v1/embeddings", json=body,
+                          headers={"x-sim-usage": "none"})  # fmt: skip
+    assert len(response.json()["data"]) == 3
+    counted = tokens(offline_proxy, model, source="estimate")
+    assert counted["input"] == estimator.count("a sentence to embed") + 6
+    assert counted["output"] == 0
+
+
+def test_an_answer_too_large_to_parse_whole_is_counted_from_its_tail(proxy: ServiceProcess) -> None:
+    model = f"embedding-big-{uuid.uuid4().hex[:6]}"
+    body = {"model": model, "input": [f"text {n}" for n in range(300)], "encoding_format": "float"}
+    response = httpx.post(f"{proxy.url}/v1/embeddings", json=body, timeout=60)
+    assert len(response.content) > MAX_JSON_BODY
+    answer = response.json()
+    assert len(answer["data"]) == 300
+    assert tokens(proxy, model)["input"] == answer["usage"]["prompt_tokens"]
+    assert tokens(proxy, model, source="estimate")["input"] == 0

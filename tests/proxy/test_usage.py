@@ -21,7 +21,14 @@ from zai_proxy.proxy.usage import (
     openai_usage,
     request_fields,
     request_text,
+    request_token_ids,
+    tail_usage,
 )
+from zai_proxy.simulator import anthropic as sim_anthropic
+from zai_proxy.simulator import openai as sim_openai
+from zai_proxy.simulator.sse import PLAIN
+from zai_proxy.simulator.text import split_text
+from zai_proxy.simulator.tools import tool_calls
 
 OPENAI_TOOL_CALL_RESPONSE: dict[str, Any] = orjson.loads(
     b"""{
@@ -369,8 +376,8 @@ def test_anthropic_usage_adds_cache_reads_and_writes_into_input(
     ("stream", "usage", "text"),
     [
         (OPENAI_STREAM, Usage(input=19, output=3), "Hello there!"),
-        (OPENAI_TOOL_STREAM, None, 'get_weather{"location":"Paris"}'),
-        (GLM_STREAM, Usage(input=9, output=14), "The user says hi.Hi!"),
+        (OPENAI_TOOL_STREAM, None, 'get_weather\n{"location":"Paris"}'),
+        (GLM_STREAM, Usage(input=9, output=14), "The user says hi.\nHi!"),
         (LEGACY_STREAM, None, "This is a test"),
     ],
 )
@@ -398,7 +405,7 @@ def test_openai_stream_account_keeps_the_largest_cumulative_usage_seen() -> None
         (
             ANTHROPIC_STREAM,
             Usage(input=2620, output=89, cache_read=2048, cache_write=100),
-            'Weather needs a tool.Let me check.get_weather{"location": "San Francisco, CA"}',
+            'Weather needs a tool.\nLet me check.\nget_weather\n{"location": "San Francisco, CA"}',
         ),
         (ZAI_ANTHROPIC_STREAM, Usage(input=2258, output=56, cache_read=1024), "Hello!"),
     ],
@@ -470,6 +477,44 @@ def test_a_piece_that_straddles_the_limit_is_cut_and_the_rest_counted() -> None:
 def test_a_negative_text_limit_is_refused() -> None:
     with pytest.raises(ValueError, match="max_text_chars"):
         OpenAIStreamAccount(max_text_chars=-1)
+
+
+def _simulated(dialect: str, calls: int, chunks: int, text: str) -> tuple[object, bytes]:
+    """The simulator's non-streamed answer and its stream for the same reply."""
+    tools = [
+        {"name": f"tool_{n}", "input_schema": {"properties": {"q": {}, "n": {"type": "integer"}}}}
+        for n in range(calls)
+    ]
+    if dialect == "openai":
+        request = {"tools": [{"type": "function", "function": {"name": t["name"],
+                   "parameters": t["input_schema"]}} for t in tools]}  # fmt: skip
+    else:
+        request = {"tools": tools}
+    made = tool_calls(dialect, request, count=calls)  # type: ignore[arg-type]
+    pieces = split_text(text, chunks)
+    if dialect == "openai":
+        body = orjson.loads(sim_openai.completion("chatcmpl-sim1", 0, "m", text, None, made))
+        stream = sim_openai.ChunkStream(PLAIN, "chatcmpl-sim1", 0, "m", include_usage=False)
+        events = stream.tool_events(made, chunks, None) if made else stream.events(pieces, None)
+    else:
+        body = orjson.loads(sim_anthropic.message("msg_sim1", "m", text, None, made))
+        flow = sim_anthropic.EventStream(PLAIN, "msg_sim1", "m")
+        events = flow.tool_events(made, chunks, None) if made else flow.events(pieces, None)
+    return body, b"".join(events)
+
+
+@pytest.mark.parametrize("dialect", ["openai", "anthropic"])
+@pytest.mark.parametrize(("calls", "chunks"), [(0, 1), (0, 7), (1, 1), (1, 9), (3, 4)])
+def test_a_streamed_answer_has_the_text_of_its_non_streamed_form(
+    dialect: str, calls: int, chunks: int
+) -> None:
+    body, stream = _simulated(dialect, calls, chunks, "Some words to say.")
+    account = OpenAIStreamAccount() if dialect == "openai" else AnthropicStreamAccount()
+    run_stream(account, stream, chunk_size=23)
+    whole = openai_output_text(body) if dialect == "openai" else anthropic_output_text(body)
+    assert account.output_text() == whole
+    if calls:
+        assert whole.count("tool_") == calls and '"q":' in whole
 
 
 @pytest.mark.parametrize(
@@ -619,6 +664,27 @@ ANTHROPIC_TOOL = {
     "description": "Get the current weather",
     "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}},
 }
+
+
+@pytest.mark.parametrize(
+    ("dialect", "body", "tokens"),
+    [
+        ("openai", {"input": [101, 7, 2023]}, 3),
+        ("openai", {"input": [[1, 2], [3], [4, 5, 6]]}, 6),
+        ("openai", {"input": ["text", [1, 2]]}, 2),
+        ("openai", {"prompt": [[9, 9], [9]]}, 3),
+        ("openai", {"input": "text only"}, 0),
+        ("openai", {"input": [1, "x"]}, 0),
+        ("openai", {"input": [True, False]}, 0),
+        ("openai", {"input": []}, 0),
+        ("anthropic", {"input": [1, 2]}, 0),
+        ("openai", [1, 2], 0),
+    ],
+)
+def test_token_ids_in_a_request_are_counted_exactly(
+    dialect: Any, body: object, tokens: int
+) -> None:
+    assert request_token_ids(dialect, body) == tokens
 
 
 @pytest.mark.parametrize(
@@ -846,3 +912,36 @@ def test_deeply_nested_values_do_not_raise() -> None:
     assert request_text(
         "openai", {"messages": [{"role": "user", "content": "x"}], "tools": [deep]}
     ) == ("x", 1)
+
+
+@pytest.mark.parametrize(
+    ("dialect", "tail", "usage"),
+    [
+        ("openai", b'0.1,0.2]}],"model":"e","usage":{"prompt_tokens":8,"total_tokens":8}}',
+         Usage(input=8)),
+        ("openai", b'"usage": {"prompt_tokens": 5, "completion_tokens": 2,\n'
+                   b' "prompt_tokens_details": {"cached_tokens": 1}}\n}\n',
+         Usage(input=5, output=2, cache_read=1)),
+        ("anthropic", b'"}],"usage":{"input_tokens":3,"cache_read_input_tokens":4,'
+                      b'"output_tokens":9}}', Usage(input=7, output=9, cache_read=4)),
+        # A later mention inside a string is escaped, so the answer's own key is found.
+        ("openai", b'"usage":{"prompt_tokens":1},"x":"say \\"usage\\": {}"}', Usage(input=1)),
+        ("openai", b'"usage":{"prompt_tokens":1,"s":"}{"}}', Usage(input=1)),
+        ("openai", b'"usage":{"prompt_tokens":', None),
+        ("openai", b'"usage":null}', None),
+        ("openai", b'"usage" "x" {"prompt_tokens":1}', None),
+        ("openai", b'"usage":{"prompt_tokens":1,]}', None),
+        ("openai", b"no usage here", None),
+        ("openai", b"", None),
+    ],
+)  # fmt: skip
+def test_usage_is_read_from_the_tail_of_an_answer_too_large_to_parse(
+    dialect: Any, tail: bytes, usage: Usage | None
+) -> None:
+    assert tail_usage(dialect, tail) == usage
+
+
+@given(st.binary(max_size=200))
+def test_any_tail_reads_as_usage_or_none_without_raising(tail: bytes) -> None:
+    found = tail_usage("openai", b'"usage":{' + tail)
+    assert found is None or isinstance(found, Usage)

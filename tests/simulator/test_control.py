@@ -65,10 +65,11 @@ def test_stats_count_generation_requests_and_reset(client: httpx.Client) -> None
     client.post("/v1/chat/completions", json={})
     client.post("/v1/messages", json={})
     client.post("/v1/messages", json={}, headers={"x-sim-status": "500"})
+    client.post("/v1/embeddings", json={"input": "x"})
     client.get("/v1/models")
     stats = client.get("/_sim/stats").json()
-    assert stats["requests"] == 3
-    assert stats["accepted"] == 3
+    assert stats["requests"] == 4
+    assert stats["accepted"] == 4
     assert stats["scripted_errors"] == 1
     assert stats["rejected_429"] == {}
     assert stats["in_flight"] == 0

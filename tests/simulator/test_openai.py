@@ -97,3 +97,11 @@ def test_the_model_list_is_an_openai_list(client: httpx.Client) -> None:
     answer = client.get("/api/paas/v4/models").json()
     assert answer["object"] == "list"
     assert {"glm-4.6", "glm-4.5"} <= {model["id"] for model in answer["data"]}
+
+
+def test_one_model_is_answered_by_its_id_and_an_unknown_one_is_404(client: httpx.Client) -> None:
+    listed = client.get("/api/paas/v4/models").json()["data"]
+    assert client.get(f"/api/paas/v4/models/{listed[0]['id']}").json() == listed[0]
+    missing = client.get("/api/paas/v4/models/no-such-model")
+    assert missing.status_code == 404
+    assert "no-such-model" in missing.json()["error"]["message"]
