@@ -110,7 +110,7 @@ Point = create_model(
     variant=(str, Field(...)),
     models=(dict[str, ModelPoint], Field(...)),  # type: ignore[valid-type]
     **{name: (Histogram, Field(...)) for name in BUCKETS},  # type: ignore[call-overload]
-    **{name: (hint, Field(...)) for name, hint in _POINT_TYPES.items()},  # type: ignore[call-overload]
+    **{name: (hint, Field(...)) for name, hint in _POINT_TYPES.items()},
 )
 
 
