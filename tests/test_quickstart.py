@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_make_run_on_a_fresh_clone_brings_up_proxy_and_dashboard(tmp_path: Path) -> None:
     if shutil.which("npm") is None or shutil.which("make") is None:
-        pytest.fail("the quick start needs make and npm (Node 20) on the PATH")
+        pytest.fail("the quick start needs make and npm (Node 20.19+ or 22.12+) on the PATH")
     clone = tmp_path / "zai-proxy"
     subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
     ports = {name: str(free_port()) for name in ("PROXY", "LIMITER", "COLLECTOR", "DASHBOARD")}
