@@ -136,7 +136,7 @@ def test_up_serves_proxy_limiter_collector_and_dashboard_and_stops_on_ctrl_c(
 
 
 def test_demo_shows_traffic_tokens_both_variants_and_the_limiter_learning(tmp_path: Path) -> None:
-    env = stack_env(tmp_path)
+    env = stack_env(tmp_path, ACCESS_LOG_FILE=str(tmp_path / "access.log"))
     with running("demo", env) as (process, log):
         wait_http(f"{url(env, 'DASHBOARD')}/healthz", timeout=40, process=process)
 
