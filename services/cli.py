@@ -129,13 +129,13 @@ def _run_up(args: argparse.Namespace) -> int:
     """--host: where every part listens; --port: the proxy's port."""
     from zai_proxy.up import run
 
-    return run(demo=False, host=args.host, port=args.port)
+    return run(demo=False, host=args.host, port=args.port, access_log=args.access_log)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from zai_proxy.up import run
 
-    return run(demo=True, host=args.host, port=args.port)
+    return run(demo=True, host=args.host, port=args.port, access_log=args.access_log)
 
 
 def _port(cli: int | None, configured: int) -> int:
@@ -157,6 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
         command.set_defaults(run=run)
         if name == "proxy":
             command.add_argument("--processes", type=int, help="worker processes (PROXY_PROCESSES)")
+        if name in ("up", "demo"):
+            default = "a file the banner names" if name == "demo" else "the terminal"
+            command.add_argument(
+                "--access-log",
+                metavar="FILE",
+                help=f"append the access log to FILE, '-': the terminal (ACCESS_LOG_FILE; "
+                f"default: {default})",
+            )
 
     service("proxy", "the data plane (:8080)", _run_proxy)
     service("limiter", "the rate limiter control plane (:8090)", _run_limiter)

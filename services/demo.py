@@ -3,8 +3,11 @@
 It offers more than the simulated upstream accepts, so the limiter has something to learn,
 spreads it 3:1 over the production and canary proxies, mixes plain and streamed OpenAI
 and Anthropic requests with realistic token counts (a fifth of them offering a tool, which
-the simulated model calls, and a few embeddings), and prints one progress line a second:
-what was sent and answered, and the limiter's rate against the hidden limit.
+the simulated model calls, and a few embeddings), and shows a progress line: what was
+sent and answered, and the limiter's rate against the hidden limit. On a terminal it is
+one line redrawn in place every second (progress.ProgressLine); otherwise (a pipe, a
+file, CI) a plain line every PLAIN_PROGRESS_SECONDS. The demo's access log goes to a file
+(up.DEMO_ACCESS_LOG), so nothing else writes a line a request to the terminal.
 """
 
 from __future__ import annotations
@@ -20,10 +23,14 @@ from collections import Counter
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from zai_proxy.progress import ProgressLine
+
 # Requests per second offered: above the highest hidden limit of the demo schedule.
 OFFERED_RATE = 60.0
 MAX_IN_FLIGHT = 400
 PROGRESS_SECONDS = 1.0
+# Without a terminal a line cannot be redrawn: a plain line this often instead.
+PLAIN_PROGRESS_SECONDS = 5.0
 MODELS = ("glm-4.6", "glm-4.6", "glm-4.6", "glm-4.5-air")
 TOOL_SHARE = 0.2
 EMBEDDINGS_SHARE = 0.05
@@ -38,9 +45,17 @@ ANTHROPIC_TOOLS = [{"name": "file_report", "input_schema": _REPORT_SCHEMA}]
 
 
 class DemoLoad:
-    """Sends the demo's requests and prints its progress line."""
+    """Sends the demo's requests and shows its progress: redrawn on `line` (a terminal),
+    else in plain lines on stderr."""
 
-    def __init__(self, proxies: list[str], *, simulator: str, limiter: str) -> None:
+    def __init__(
+        self,
+        proxies: list[str],
+        *,
+        simulator: str,
+        limiter: str,
+        line: ProgressLine | None = None,
+    ) -> None:
         self.proxies = proxies
         self.simulator = simulator
         self.limiter = limiter
@@ -48,6 +63,8 @@ class DemoLoad:
         self.started = time.monotonic()
         self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self._random = random.Random(7)
+        self.line = line
+        self._last = ""
 
     async def run(self) -> None:
         """Offer load until cancelled."""
@@ -67,7 +84,10 @@ class DemoLoad:
                 progress.cancel()
                 for task in pending:
                     task.cancel()
-                print(file=sys.stderr)
+                if self.line is not None:
+                    self.line.end()  # leave the last figures standing
+                elif self._last:
+                    print(self._last, file=sys.stderr, flush=True)  # the last figures
 
     async def _one(self, session: aiohttp.ClientSession) -> None:
         rnd = self._random
@@ -113,17 +133,22 @@ class DemoLoad:
             self._slots.release()
 
     async def _progress(self, session: aiohttp.ClientSession) -> None:
+        shown = time.monotonic()
         while True:
             await asyncio.sleep(PROGRESS_SECONDS)
             rate, ceiling, hidden = await self._figures(session)
             elapsed = int(time.monotonic() - self.started)
             c = self.counts
-            line = (
+            self._last = (
                 f"demo {elapsed // 60:02d}:{elapsed % 60:02d}  sent {c['sent']:,}  ok {c['ok']:,}"
                 f"  held back {c['held back']:,}  upstream 429 {c['upstream 429']:,}"
                 f"  limiter {rate}  learned {ceiling}  hidden limit {hidden}"
             )
-            print(f"\r{line:<118}", end="", file=sys.stderr, flush=True)
+            if self.line is not None:
+                self.line.show(self._last)
+            elif time.monotonic() - shown >= PLAIN_PROGRESS_SECONDS:
+                shown = time.monotonic()
+                print(self._last, file=sys.stderr, flush=True)
 
     async def _figures(self, session: aiohttp.ClientSession) -> tuple[str, str, str]:
         rate = ceiling = hidden = "-"

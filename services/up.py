@@ -7,7 +7,9 @@ before anything starts, so a taken port is a one-line error rather than a half-s
 system; Ctrl-C (or SIGTERM) stops every part, the proxy draining first.
 
 ``demo`` adds a simulated upstream with a hidden rate limit that changes over time, a
-canary proxy beside the production one, and a synthetic load with a progress line.
+canary proxy beside the production one, and a synthetic load with a progress line; its
+access log goes to a file (DEMO_ACCESS_LOG) unless ACCESS_LOG_FILE or --access-log says
+otherwise ('-': the terminal), so that the progress line stays readable.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from zai_proxy.collector.settings import CollectorSettings
 from zai_proxy.dashboard_api.settings import DashboardSettings
 from zai_proxy.limiter.settings import LimiterSettings
 from zai_proxy.limiter.stores import open_store
+from zai_proxy.progress import ProgressLine
+from zai_proxy.proxy.accesslog import to_terminal
 from zai_proxy.proxy.settings import ProxySettings
 
 # A background job that runs beside the servers (the demo load).
@@ -44,6 +48,9 @@ DEMO_SCHEDULE = ((0.0, 30.0), (90.0, 15.0), (180.0, 45.0))
 DEMO_QUOTA = (("5h", 200_000), ("weekly", 2_000_000))
 DEMO_KEY = "sk-demo-not-a-real-key"
 DEMO_DATABASE_URL = "sqlite+aiosqlite:///./zai-proxy-demo.db"
+# Beside the demo's database, in the working directory: ~60 lines a second would bury the
+# progress line on the terminal.
+DEMO_ACCESS_LOG = "zai-proxy-demo-access.log"
 
 
 class StackSettings(BaseSettings):
@@ -206,15 +213,20 @@ class StackConfig:
         return [f"http://{self.host}:{proxy.proxy_port}" for proxy in self.proxies]
 
 
-def compose(demo: bool, host: str | None = None, port: int | None = None) -> StackConfig:
-    """Every part's settings from the environment, the command line's --host and --port
-    (where every part listens / the proxy's port) and the stack's defaults."""
+def compose(
+    demo: bool, host: str | None = None, port: int | None = None, access_log: str | None = None
+) -> StackConfig:
+    """Every part's settings from the environment, the command line's --host, --port and
+    --access-log (where every part listens / the proxy's port / where its access log goes)
+    and the stack's defaults."""
     stack = StackSettings()
     host = host or stack.up_host
     proxy, limits = ProxySettings(), LimiterSettings()
     collector, dashboard = CollectorSettings(), DashboardSettings()
     if port is not None:
         proxy = proxy.model_copy(update={"proxy_port": port})
+    if access_log is not None:
+        proxy = proxy.model_copy(update={"access_log_file": access_log})
     if demo:
         simulator = f"http://{host}:{stack.demo_simulator_port}"
         proxy = unless_set(
@@ -222,6 +234,7 @@ def compose(demo: bool, host: str | None = None, port: int | None = None) -> Sta
             zai_api_key=SecretStr(DEMO_KEY),
             zai_target_url=f"{simulator}/api/paas/v4",
             zai_anthropic_url=f"{simulator}/api/anthropic",
+            access_log_file=DEMO_ACCESS_LOG,
         )
         collector = unless_set(collector, database_url=DEMO_DATABASE_URL)
         dashboard = unless_set(dashboard, database_url=DEMO_DATABASE_URL)
@@ -249,8 +262,11 @@ def compose(demo: bool, host: str | None = None, port: int | None = None) -> Sta
     return StackConfig(stack, host, proxies, limits, collector, dashboard, demo)
 
 
-def _stack(config: StackConfig) -> tuple[list[Part], list[Job], list[str]]:
-    """Build every part from its settings (demo: with its simulated upstream and load)."""
+def _stack(
+    config: StackConfig, line: ProgressLine | None = None
+) -> tuple[list[Part], list[Job], list[tuple[str, str]]]:
+    """Build every part from its settings (demo: with its simulated upstream and load, its
+    progress redrawn on `line` when given)."""
     from zai_proxy.collector import migrate
     from zai_proxy.collector.app import build_app as collector_app
     from zai_proxy.dashboard_api.app import build_app as dashboard_app
@@ -288,7 +304,11 @@ def _stack(config: StackConfig) -> tuple[list[Part], list[Job], list[str]]:
              service_config(dashboard_app(dashboard), host, dashboard.dashboard_port), ""),
     ]  # fmt: skip
     extra: list[Job] = []
-    notes = [f"upstream   {config.proxies[0].zai_target_url}"]
+    # The demo's upstream is one of its parts, listed above: no row of its own here.
+    notes = [] if config.demo else [("upstream", config.proxies[0].zai_target_url)]
+    proxy = config.proxies[0]
+    if proxy.access_log and not to_terminal(proxy.access_log_file):
+        notes.append(("access log", str(Path(proxy.access_log_file).resolve())))
     if config.demo:
         from zai_proxy.demo import DemoLoad
         from zai_proxy.simulator.app import build_app as simulator_app
@@ -300,13 +320,13 @@ def _stack(config: StackConfig) -> tuple[list[Part], list[Job], list[str]]:
         port = config.stack.demo_simulator_port
         parts.append(
             Part("upstream (simulated)", service_config(simulator, host, port, lifespan="off"),
-                 "hidden limit 30 → 15 → 45 req/s")
+                 "hidden limit 30 → 15 → 45 req/s, no key, no network")
         )  # fmt: skip
         load = DemoLoad(
-            config.proxy_urls, simulator=config.simulator_url, limiter=config.limiter_url
-        )
+            config.proxy_urls, simulator=config.simulator_url, limiter=config.limiter_url,
+            line=line,
+        )  # fmt: skip
         extra.append(load.run)
-        notes = ["upstream   simulated (no key, no network)"]
     return parts, extra, notes
 
 
@@ -319,28 +339,37 @@ def _where(database_url: str | None) -> str:
     return database_url.split("@")[-1]
 
 
-def banner(parts: list[Part], notes: list[str]) -> str:
-    """What listens where, and where the data lives."""
+def banner(parts: list[Part], notes: list[tuple[str, str]]) -> str:
+    """What listens where, and where the data (and the access log) goes."""
     lines = [f"zai-proxy {__version__} is up"]
     for part in parts:
         url = f"http://{part.host}:{part.port}"
         lines.append(f"  {part.name:<22} {url:<24} {part.note}".rstrip())
-    lines += [f"  {note}" for note in notes]
+    lines += [f"  {label:<22} {value}" for label, value in notes]
     lines.append("Ctrl-C stops everything.")
     return "\n".join(lines)
 
 
-def run(demo: bool = False, host: str | None = None, port: int | None = None) -> int:
+def run(
+    demo: bool = False,
+    host: str | None = None,
+    port: int | None = None,
+    access_log: str | None = None,
+) -> int:
     """Compose every part's settings, build the stack, print the banner, serve until stopped."""
     from zai_proxy.shared.logs import configure_logging
 
-    config = compose(demo, host, port)
-    configure_logging(config.proxies[0].log_level)
-    parts, extra, notes = _stack(config)
+    config = compose(demo, host, port, access_log)
+    # On a terminal the demo's progress line is redrawn in place, and whatever else goes to
+    # stderr (the log) is written above it rather than glued to its end.
+    line = ProgressLine(sys.stderr) if demo and sys.stderr.isatty() else None
+    with contextlib.redirect_stderr(line) if line is not None else contextlib.nullcontext():
+        configure_logging(config.proxies[0].log_level)
+        parts, extra, notes = _stack(config, line)
 
-    def announce() -> None:
-        print(banner(parts, notes), file=sys.stderr, flush=True)
+        def announce() -> None:
+            print(banner(parts, notes), file=sys.stderr, flush=True)
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(serve(parts, extra, announce))
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(parts, extra, announce))
     return 0

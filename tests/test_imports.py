@@ -3,8 +3,8 @@
 Each service (`services/<name>/`) may import its own modules, the shared package
 (`zai_proxy.shared`) and `zai_proxy.__version__`, and of another service only the modules
 that service offers to others (PUBLIC). The shared package imports no service at all. The
-top-level modules (`cli`, `up`, `demo`, `status`, `configuration`) compose the services and
-may import any of them; no service imports them.
+top-level modules (`cli`, `up`, `demo`, `progress`, `status`, `configuration`) compose the
+services and may import any of them; no service imports them.
 """
 
 from __future__ import annotations

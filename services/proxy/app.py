@@ -145,7 +145,7 @@ class ProxyApp:
         limiter = self.limiter = ProxyLimiter(
             store, limits.pool(), max_wait=limits.rate_limit_max_wait
         )
-        access_log = AccessLog() if s.access_log else None
+        access_log = AccessLog(path=s.access_log_file) if s.access_log else None
         self.forwarder = Forwarder(
             router=Router(s.zai_target_url, s.zai_anthropic_url),
             auth=UpstreamAuth(s.zai_api_key.get_secret_value()),

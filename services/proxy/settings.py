@@ -121,6 +121,11 @@ class ProxySettings(BaseSettings):
         description="Bearer token /metrics requires (the collector sends it); unset: open.",
     )
     access_log: bool = Field(default=True, description="Log one line per proxied request.")
+    access_log_file: str = Field(
+        default="",
+        description="File the access log is appended to; unset or '-': stderr "
+        "(the demo's default: ./zai-proxy-demo-access.log).",
+    )
     log_level: str = Field(default="INFO", description="Log level of every service.")
     proxy_port: int = Field(default=8080, ge=0, le=65535, description="Proxy listen port.")
     proxy_host: str = Field(default="0.0.0.0", description="Proxy listen address.")
