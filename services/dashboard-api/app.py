@@ -172,7 +172,6 @@ def build_app(
                 "end": found.end,
                 "step": found.step,
                 "series": found.series,
-                "summary": found.summary,
             }
         )
 
