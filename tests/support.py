@@ -30,6 +30,18 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def interrupt(process: subprocess.Popen, timeout: float = 20.0) -> None:
+    """Stop a command as Ctrl-C does, if it still runs; kill it after ``timeout``."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def wait_http(url: str, timeout: float = 20.0, process: subprocess.Popen | None = None) -> None:
     """Wait until a URL answers (any status), or fail."""
     deadline = time.monotonic() + timeout

@@ -20,7 +20,7 @@ from typing import IO
 
 import httpx
 
-from tests.support import wait_until
+from tests.support import interrupt, wait_until
 from tests.test_up import stack_env, url
 from zai_proxy.up import DEMO_ACCESS_LOG
 
@@ -72,13 +72,7 @@ def demo(
     try:
         yield process, output
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        interrupt(process)
 
 
 def access_lines(path: Path) -> list[str]:

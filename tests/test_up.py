@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import TEST_KEY, free_port, scrape, wait_http, wait_until
+from tests.support import TEST_KEY, free_port, interrupt, scrape, wait_http, wait_until
 from zai_proxy.simulator.process import SimulatorProcess, start_simulator
 
 
@@ -56,13 +56,7 @@ def running(command: str, env: dict[str, str]) -> Iterator[tuple[subprocess.Pope
     try:
         yield process, log
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        interrupt(process)
 
 
 def url(env: dict[str, str], service: str) -> str:
