@@ -130,7 +130,7 @@ def test_redis_keys_stay_within_the_schema_and_all_expire(summary: dict[str, Any
     redis = summary["redis"]
     assert redis["keys"]["max"] <= redis["bound"], redis
     assert redis["without_ttl"] == []
-    assert any(":w:" in family for family in redis["families"])  # the limiter was used
+    assert any(":t:" in family for family in redis["families"])  # the limiter was used (ticks)
 
 
 def test_no_log_line_shows_the_upstream_key_or_a_traceback(summary: dict[str, Any]) -> None:
