@@ -26,7 +26,10 @@ moves no total backwards and makes no spike:
   end of the round, so its rates are averages over the downtime, not a spike.
 
 Rates are increases over the round's interval. Histograms are merged bucket by bucket over
-every series of a variant (all paths and models) before percentiles are read. Gauges of a
+every series of a variant (all paths and models) before percentiles are read; the request
+duration by its ``origin`` label: ``upstream`` into ``latency_buckets``, ``proxy`` into
+``refusal_wait_buckets``, ``client`` (left before any answer) into neither. A duration
+series without ``origin`` (a proxy from before ADR 0017) counts as ``upstream``. Gauges of a
 variant are summed over its replicas (in flight, queued, workers, degraded replicas).
 
 Requests by status: ``requests_total`` counts every answer (499 included); ``2xx`` is
@@ -296,6 +299,8 @@ class RoundMerger:
                     s.retries_total += value
                 elif name == proxy_metrics.RATE_LIMITED:
                     s.proxy_rate_limited_total += value
+                elif name == proxy_metrics.REFUSALS:
+                    s.refusals_total += value
         for model, figures in models.items():
             figures.cost_usd = self.prices.cost(
                 model,
@@ -379,16 +384,23 @@ def _add_request(s: Snapshot, status: str, value: float) -> None:
 def _add_histograms(s: Snapshot, variant: str, counted: list[_Increase]) -> None:
     latency: list[Buckets] = []
     ttfb: list[Buckets] = []
+    refusal_wait: list[Buckets] = []
     for increase in counted:
         for (name, labels), buckets in increase.histograms.items():
-            if dict(labels).get("variant") != variant:
+            label = dict(labels)
+            if label.get("variant") != variant:
                 continue
             if name == proxy_metrics.REQUEST_DURATION:
-                latency.append(buckets)
+                origin = label.get("origin", proxy_metrics.ORIGIN_UPSTREAM)
+                if origin == proxy_metrics.ORIGIN_UPSTREAM:
+                    latency.append(buckets)
+                elif origin == proxy_metrics.ORIGIN_PROXY:
+                    refusal_wait.append(buckets)
             elif name == proxy_metrics.TIME_TO_FIRST_BYTE:
                 ttfb.append(buckets)
     s.latency_buckets = _nonempty(merge_buckets(*latency))
     s.ttfb_buckets = _nonempty(merge_buckets(*ttfb))
+    s.refusal_wait_buckets = _nonempty(merge_buckets(*refusal_wait))
 
 
 def _nonempty(buckets: Buckets) -> Buckets:

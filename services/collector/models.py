@@ -81,6 +81,7 @@ class SnapshotRow(Base):
     upstream_429_congestion_total: Mapped[float]
     retries_total: Mapped[float]
     proxy_rate_limited_total: Mapped[float]
+    refusals_total: Mapped[float] = mapped_column(server_default="0")
     limiter_increases_total: Mapped[float]
     limiter_decreases_total: Mapped[float]
     limiter_probes_total: Mapped[float]
@@ -97,8 +98,12 @@ class SnapshotRow(Base):
     ttfb_p50: Mapped[float | None]
     ttfb_p95: Mapped[float | None]
     ttfb_p99: Mapped[float | None]
+    refusal_wait_p50: Mapped[float | None]
+    refusal_wait_p95: Mapped[float | None]
+    refusal_wait_p99: Mapped[float | None]
     latency_buckets: Mapped[dict[str, Any]]
     ttfb_buckets: Mapped[dict[str, Any]]
+    refusal_wait_buckets: Mapped[dict[str, Any]] = mapped_column(server_default="{}")
 
     in_flight: Mapped[float]
     in_flight_max: Mapped[float]
@@ -149,7 +154,7 @@ baselines = cast(Table, TargetBaseline.__table__)
 # Snapshot's fields in the order ``from_row`` expects them (select ``SNAPSHOT_COLUMNS``).
 SNAPSHOT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Snapshot))
 SNAPSHOT_COLUMNS = tuple(snapshots.c[name] for name in SNAPSHOT_FIELDS)
-_BUCKET_FIELDS = ("latency_buckets", "ttfb_buckets")
+_BUCKET_FIELDS = ("latency_buckets", "ttfb_buckets", "refusal_wait_buckets")
 # A set: rows written before a ModelFigures field was removed still decode.
 _MODEL_FIELDS = frozenset(f.name for f in fields(ModelFigures))
 INF_KEY = "+Inf"  # the bucket bound as Prometheus spells it

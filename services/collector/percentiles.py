@@ -75,6 +75,25 @@ def merge_buckets(*bucket_maps: Mapping[float, float]) -> dict[float, float]:
     return merged
 
 
+def thin_buckets(buckets: Mapping[float, float]) -> dict[float, float]:
+    """The buckets without the bounds that change no quantile and no merge.
+
+    A bound whose count equals both its neighbours' (the count below the lowest bound is
+    0) lies inside a run of empty buckets: no rank falls in either bucket beside it, and
+    ``merge_buckets`` gives it back the count of the next lower bound, which is its own.
+    Only the quantile at q = 0 of a histogram whose lowest buckets are empty can change
+    (Prometheus's 0/0 becomes the lowest kept bound's start, 0).
+    """
+    bounds = sorted(buckets)
+    kept: dict[float, float] = {}
+    for i, bound in enumerate(bounds):
+        below = buckets[bounds[i - 1]] if i else 0.0
+        above = buckets[bounds[i + 1]] if i + 1 < len(bounds) else None
+        if not (math.isfinite(bound) and below == buckets[bound] == above):
+            kept[bound] = buckets[bound]
+    return kept
+
+
 def _without_precision_errors(counts: list[float]) -> list[float]:
     fixed = counts[:]
     previous = fixed[0]

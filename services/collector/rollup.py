@@ -43,6 +43,7 @@ TOTALS = (
     "upstream_429_congestion_total",
     "retries_total",
     "proxy_rate_limited_total",
+    "refusals_total",
     "limiter_increases_total",
     "limiter_decreases_total",
     "limiter_probes_total",
@@ -59,11 +60,20 @@ DERIVED = (
     "ttfb_p50",
     "ttfb_p95",
     "ttfb_p99",
+    "refusal_wait_p50",
+    "refusal_wait_p95",
+    "refusal_wait_p99",
 )
 GAUGES = ("in_flight", "queued", "workers", "worker_utilization", "degraded_replicas")
 OPTIONAL_GAUGES = ("limiter_rate", "limiter_ceiling", "limiter_hold", "limiter_concurrency")
 MAXIMA = ("replicas", "in_flight_max")
-BUCKETS = ("latency_buckets", "ttfb_buckets")
+# Each percentile family and the buckets it is read from.
+HISTOGRAMS = {
+    "latency": "latency_buckets",
+    "ttfb": "ttfb_buckets",
+    "refusal_wait": "refusal_wait_buckets",
+}
+BUCKETS = tuple(HISTOGRAMS.values())
 LAST = ("quota_used", "quota_reset_at")
 KEYS = ("ts", "seconds", "variant")
 
@@ -106,9 +116,9 @@ def derive(snapshot: Snapshot, covered: float | None = None) -> Snapshot:
     # Requests still in flight when a round ends can put a 429 in one round and its request
     # in the next, so a short interval may count more 429s than finished attempts.
     s.upstream_429_ratio = min(1.0, upstream_429s(s) / attempts) if attempts > 0 else 0.0
-    for suffix, q in PERCENTILES:
-        setattr(s, f"latency_{suffix}", quantile(s.latency_buckets, q))
-        setattr(s, f"ttfb_{suffix}", quantile(s.ttfb_buckets, q))
+    for family, buckets in HISTOGRAMS.items():
+        for suffix, q in PERCENTILES:
+            setattr(s, f"{family}_{suffix}", quantile(getattr(s, buckets), q))
     return s
 
 

@@ -8,9 +8,17 @@ downsamples into a coarser resolution (5 s → 1 min → 1 h):
   else averaged weighted by ``seconds``;
 - gauges (in-flight, limiter rate, ceiling, ...): averaged weighted by ``seconds``, except
   the ``*_max`` ones (maximum) and ``replicas`` (maximum);
-- latency percentiles: re-derived from the merged histogram buckets (``latency_buckets``
-  and ``ttfb_buckets`` hold the interval's bucket increments, cumulative per upper bound),
-  so a 1 h p99 is a true p99 of the hour, within histogram resolution.
+- latency percentiles: re-derived from the merged histogram buckets (``latency_buckets``,
+  ``ttfb_buckets`` and ``refusal_wait_buckets`` hold the interval's bucket increments,
+  cumulative per upper bound), so a 1 h p99 is a true p99 of the hour, within histogram
+  resolution (ADR 0017).
+
+Three latency populations, never mixed: ``latency_*`` is the whole duration of requests
+the upstream answered (``origin="upstream"``: its answer was passed on, errors included);
+``ttfb_*`` is the time to the first body byte of those same answers; ``refusal_wait_*``
+is how long the requests the proxy answered itself (``origin="proxy"``, counted in
+``refusals_total``) waited for that answer. Rows written before ADR 0017 hold every
+request in ``latency_buckets`` and no refusal figures.
 """
 
 from __future__ import annotations
@@ -64,6 +72,7 @@ class Snapshot:
     upstream_429_congestion_total: float = 0.0
     retries_total: float = 0.0
     proxy_rate_limited_total: float = 0.0  # 429s the proxy made itself
+    refusals_total: float = 0.0  # every answer the proxy made itself (its 429s included)
     limiter_increases_total: float = 0.0
     limiter_decreases_total: float = 0.0
     limiter_probes_total: float = 0.0
@@ -75,15 +84,19 @@ class Snapshot:
     tokens_out_per_s: float = 0.0
     upstream_429_ratio: float = 0.0  # upstream 429s / upstream attempts
 
-    # latency, from merged histograms (seconds); None when no request finished
+    # latency, from merged histograms (seconds); None when no request of the kind finished
     latency_p50: float | None = None
     latency_p95: float | None = None
     latency_p99: float | None = None
     ttfb_p50: float | None = None
     ttfb_p95: float | None = None
     ttfb_p99: float | None = None
+    refusal_wait_p50: float | None = None
+    refusal_wait_p95: float | None = None
+    refusal_wait_p99: float | None = None
     latency_buckets: Buckets = field(default_factory=dict)
     ttfb_buckets: Buckets = field(default_factory=dict)
+    refusal_wait_buckets: Buckets = field(default_factory=dict)
 
     # gauges
     in_flight: float = 0.0

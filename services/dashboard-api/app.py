@@ -172,6 +172,7 @@ def build_app(
                 "end": found.end,
                 "step": found.step,
                 "series": found.series,
+                "summary": found.summary,
             }
         )
 

@@ -1,9 +1,13 @@
 """What the dashboard sends: snapshots as JSON points, rounds of them, and their schemas.
 
-A point is a stored ``Snapshot`` with every scalar field, the quota maps and the
-per-model figures, without the raw histogram buckets (the percentiles are derived from
-them already). The pydantic models exist for the OpenAPI schema; the endpoints build
-plain dictionaries (``point``), which is several times faster for a few hundred points.
+A point is a stored ``Snapshot`` with every scalar field, the quota maps, the per-model
+figures and its three latency histograms, thinned (``percentiles.thin_buckets``: only the
+bounds a quantile or a merge can need) as ``{"count": n, "buckets": [[le, cumulative],
+...]}`` with finite bounds only (``count`` is the +Inf bucket). The web UI merges the
+histograms of the points of a range and reads its percentiles from them, as the
+collector does (ADR 0017). The pydantic models exist for the OpenAPI schema; the
+endpoints build plain dictionaries (``point``), several times faster for a few hundred
+points.
 """
 
 from __future__ import annotations
@@ -15,11 +19,21 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from zai_proxy.collector.snapshot import ModelFigures, Snapshot
+from zai_proxy.collector.percentiles import thin_buckets
+from zai_proxy.collector.rollup import BUCKETS
+from zai_proxy.collector.snapshot import Buckets, ModelFigures, Snapshot
 
-HIDDEN = frozenset({"latency_buckets", "ttfb_buckets"})
-POINT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Snapshot) if f.name not in HIDDEN)
+POINT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Snapshot) if f.name not in BUCKETS)
 _MODEL_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ModelFigures))
+
+
+def histogram(buckets: Buckets) -> dict[str, Any]:
+    """A point's histogram: ``{"count": n, "buckets": [[le, cumulative], ...]}``."""
+    thin = thin_buckets(buckets)
+    return {
+        "count": buckets.get(math.inf, 0.0),
+        "buckets": [[bound, count] for bound, count in thin.items() if math.isfinite(bound)],
+    }
 
 
 def point(snapshot: Snapshot) -> dict[str, Any]:
@@ -30,6 +44,8 @@ def point(snapshot: Snapshot) -> dict[str, Any]:
         model: {name: getattr(figures, name) for name in _MODEL_FIELDS}
         for model, figures in snapshot.models.items()
     }
+    for name in BUCKETS:
+        out[name] = histogram(getattr(snapshot, name))
     return out
 
 
@@ -68,6 +84,15 @@ def rounds_of(snapshots: typing.Iterable[Snapshot]) -> list[Round]:
 # --- schemas (OpenAPI) ---------------------------------------------------------------
 
 _HINTS = typing.get_type_hints(Snapshot)
+
+
+class Histogram(BaseModel):
+    """Cumulative histogram buckets of a point (seconds), thinned; ``count`` is +Inf's."""
+
+    count: float
+    buckets: list[tuple[float, float]] = Field(description="[upper bound, cumulative count]")
+
+
 ModelPoint = create_model(
     "ModelPoint",
     __doc__="One model's share of a point's interval (totals).",
@@ -84,7 +109,8 @@ Point = create_model(
     ),
     variant=(str, Field(...)),
     models=(dict[str, ModelPoint], Field(...)),  # type: ignore[valid-type]
-    **{name: (hint, Field(...)) for name, hint in _POINT_TYPES.items()},  # type: ignore[call-overload]
+    **{name: (Histogram, Field(...)) for name in BUCKETS},  # type: ignore[call-overload]
+    **{name: (hint, Field(...)) for name, hint in _POINT_TYPES.items()},
 )
 
 
@@ -97,6 +123,10 @@ class MetricsAnswer(BaseModel):
     end: float = Field(description="End of the requested window: now.")
     step: int = Field(description="Seconds per point.")
     series: dict[str, list[Point]]  # type: ignore[valid-type]
+    summary: dict[str, Point | None] = Field(  # type: ignore[valid-type]
+        description="Each variant's whole range as one point: totals summed, percentiles "
+        "from the merged histograms (the figures the dashboard's headline shows)."
+    )
 
 
 class VariantStatus(BaseModel):

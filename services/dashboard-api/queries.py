@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from zai_proxy.collector.history import ALL_VARIANTS, DEFAULT_MAX_POINTS, SnapshotHistory
+from zai_proxy.collector.rollup import downsample
+from zai_proxy.collector.snapshot import Snapshot
 from zai_proxy.dashboard_api.points import Round, point, rounds_of
 
 RangeName = Literal["5m", "15m", "1h", "6h", "24h", "7d"]
@@ -41,6 +43,7 @@ class Series:
     end: float
     step: int
     series: dict[str, list[dict[str, Any]]]
+    summary: dict[str, dict[str, Any] | None]
 
 
 class HistoryReader:
@@ -75,9 +78,15 @@ class HistoryReader:
         rows = await self.history.query(variant, start, end, max_points=DEFAULT_MAX_POINTS, now=now)
         names = await self.variants() if variant == ALL_VARIANTS else [variant]
         series: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        by_variant: dict[str, list[Snapshot]] = {name: [] for name in names}
         for snapshot in rows:
             series.setdefault(snapshot.variant, []).append(point(snapshot))
-        return Series(start, end, plan.step, series)
+            by_variant.setdefault(snapshot.variant, []).append(snapshot)
+        summary = {
+            name: point(downsample(found, start, span)) if found else None
+            for name, found in by_variant.items()
+        }
+        return Series(start, end, plan.step, series, summary)
 
     async def latest(self) -> dict[str, dict[str, Any] | None]:
         """The newest point of every variant."""

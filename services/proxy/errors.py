@@ -27,6 +27,7 @@ import orjson
 # request's broken body itself: the application then hears that the client left, and
 # counts this status instead of 499.
 REFUSED_STATUS = "zai_proxy.refused_status"
+REFUSED_CODE = "zai_proxy.refused_code"  # and that refusal's code, for the metrics
 
 
 class ProxyError(Exception):

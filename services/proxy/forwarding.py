@@ -25,6 +25,7 @@ from zai_proxy.proxy.admission import BodyBudget, WorkerPool
 from zai_proxy.proxy.auth import ANONYMOUS, ClientKeys
 from zai_proxy.proxy.classify import classify_status
 from zai_proxy.proxy.errors import (
+    REFUSED_CODE,
     REFUSED_STATUS,
     MethodNotAllowed,
     Overloaded,
@@ -53,6 +54,7 @@ from zai_proxy.proxy.upstream import (
 )
 from zai_proxy.proxy.usage import Usage
 from zai_proxy.shared.outcomes import Outcome
+from zai_proxy.shared.proxy_metrics import ORIGIN_CLIENT, ORIGIN_PROXY, ORIGIN_UPSTREAM
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -88,6 +90,7 @@ class Exchange:
     status: int = 0
     size: int = 0
     ttfb: float | None = None
+    origin: str = ""  # who answered (ORIGINS); empty until an answer begins
     started: bool = False
     finished: bool = False
     disconnected: bool = False
@@ -252,6 +255,8 @@ class Forwarder:
                     exchange.disconnected = True
                 else:
                     exchange.status = refused  # the connection layer answered it
+                    exchange.origin = ORIGIN_PROXY
+                    self.metrics.refusal(scope.get(REFUSED_CODE, "proxy_error"))
             except asyncio.CancelledError:
                 if not exchange.disconnected:
                     raise
@@ -442,7 +447,7 @@ class Forwarder:
         )
         json_body = JsonBody() if read_json else None
 
-        exchange.status = status
+        exchange.status, exchange.origin = status, ORIGIN_UPSTREAM
         await send({"type": "http.response.start", "status": status, "headers": headers})
         exchange.started = True
         chunk = first
@@ -491,7 +496,7 @@ class Forwarder:
         headers = client_response_headers(
             response.raw_headers, exchange.request_id, keep_length=True
         )
-        exchange.status = status
+        exchange.status, exchange.origin = status, ORIGIN_UPSTREAM
         await send({"type": "http.response.start", "status": status, "headers": headers})
         exchange.started = True
         exchange.ttfb = time.perf_counter() - exchange.start
@@ -511,7 +516,7 @@ class Forwarder:
             hint = answer.retry_hint()
             if hint is not None:
                 headers.append((b"retry-after", b"%d" % max(1, math.ceil(hint))))
-        exchange.status = answer.status
+        exchange.status, exchange.origin = answer.status, ORIGIN_UPSTREAM
         await send({"type": "http.response.start", "status": answer.status, "headers": headers})
         exchange.started = True
         exchange.ttfb = time.perf_counter() - exchange.start
@@ -527,7 +532,8 @@ class Forwarder:
                 exchange.finished = True
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
-        exchange.status = err.status
+        exchange.status, exchange.origin = err.status, ORIGIN_PROXY
+        self.metrics.refusal(err.code)
         body = err.body(exchange.dialect)
         headers = [*err.headers(), (b"x-request-id", exchange.request_id.encode())]
         await send({"type": "http.response.start", "status": err.status, "headers": headers})
@@ -576,6 +582,7 @@ class Forwarder:
             duration,
             exchange.ttfb,
             exchange.size,
+            exchange.origin or (ORIGIN_CLIENT if exchange.disconnected else ORIGIN_PROXY),
         )
         if self.access_log is not None:
             usage = exchange.usage

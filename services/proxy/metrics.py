@@ -24,6 +24,7 @@ from prometheus_client import (
 )
 
 from zai_proxy import __version__
+from zai_proxy.proxy.buckets import LATENCY_BUCKETS
 from zai_proxy.proxy.usage import Usage
 from zai_proxy.shared.proxy_metrics import (
     BUILD_INFO,
@@ -37,6 +38,7 @@ from zai_proxy.shared.proxy_metrics import (
     QUEUED,
     RATE_LIMIT_WAIT,
     RATE_LIMITED,
+    REFUSALS,
     REQUEST_DURATION,
     REQUESTS_TOTAL,
     RESPONSE_SIZE,
@@ -53,8 +55,6 @@ from zai_proxy.shared.proxy_metrics import (
     WORKERS,
 )
 
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-TTFB_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 SIZE_BUCKETS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 WAIT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -103,16 +103,18 @@ class ProxyMetrics:
         )
         self.duration = Histogram(
             REQUEST_DURATION,
-            "Whole request time, from arrival to the last byte sent.",
-            ["path", "model", "variant"],
+            "Whole request time, from arrival to the last byte sent, by who answered "
+            "(origin: upstream, proxy or client).",
+            ["path", "model", "variant", "origin"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.ttfb = Histogram(
             TIME_TO_FIRST_BYTE,
-            "Time from arrival to the first response body byte sent to the client.",
+            "Time from arrival to the first body byte of an upstream answer sent to the "
+            "client (first token of a stream, the whole body otherwise).",
             ["path", "model", "variant"],
-            buckets=TTFB_BUCKETS,
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.size = Histogram(
@@ -179,6 +181,13 @@ class ProxyMetrics:
             ["variant"],
             registry=r,
         ).labels(variant)
+        self.refusals = Counter(
+            REFUSALS,
+            "Requests the proxy answered itself instead of the upstream, by reason (the "
+            "X-Proxy-Error code).",
+            ["reason", "variant"],
+            registry=r,
+        )
         self.limiter_rate = Gauge(
             LIMITER_RATE,
             "Requests/s the shared limiter admits for the pool now (+Inf: no limit).",
@@ -261,11 +270,12 @@ class ProxyMetrics:
         duration: float,
         ttfb: float | None,
         size: int,
+        origin: str,
     ) -> None:
-        """Record one finished request."""
+        """Record one finished request; ``origin`` is one of ``ORIGINS``."""
         v = self.variant
         self._child(self.requests, method, path, str(status), model, key, v).inc()
-        self._child(self.duration, path, model, v).observe(duration)
+        self._child(self.duration, path, model, v, origin).observe(duration)
         if ttfb is not None:
             self._child(self.ttfb, path, model, v).observe(ttfb)
         self._child(self.size, path, v).observe(size)
@@ -287,6 +297,10 @@ class ProxyMetrics:
     def upstream_error(self, kind: str) -> None:
         """Count one failed upstream attempt."""
         self._child(self.upstream_errors, kind, self.variant).inc()
+
+    def refusal(self, reason: str) -> None:
+        """Count one answer the proxy made itself; ``reason`` is a ProxyError code."""
+        self._child(self.refusals, reason, self.variant).inc()
 
     def retry(self, reason: str) -> None:
         """Count one repeated upstream attempt."""

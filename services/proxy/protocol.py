@@ -15,6 +15,7 @@ from uvicorn.protocols.http.httptools_impl import (
 )
 
 from zai_proxy.proxy.errors import (
+    REFUSED_CODE,
     REFUSED_STATUS,
     MalformedRequest,
     ProxyError,
@@ -279,6 +280,7 @@ class HardenedProtocol(HttpToolsProtocol):
             # The body the application is reading broke: it hears that the client left
             # (and counts this status), and this answer goes out instead of its own.
             cycle.scope[REFUSED_STATUS] = err.status  # type: ignore[literal-required]
+            cycle.scope[REFUSED_CODE] = err.code  # type: ignore[literal-required]
             cycle.disconnected = True
             cycle.message_event.set()
         self._answer_and_close(err)

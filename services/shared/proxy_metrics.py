@@ -22,11 +22,21 @@ WORKERS = "proxy_workers"
 UNPARSEABLE = "proxy_request_unparseable_total"
 RETRIES = "proxy_retry_attempts_total"
 RATE_LIMITED = "proxy_rate_limited_total"
+REFUSALS = "proxy_refusals_total"
 LIMITER_RATE = "proxy_limiter_rate"
 LIMITER_CONCURRENCY = "proxy_limiter_concurrency_limit"
 LIMITER_DEGRADED = "proxy_limiter_degraded"
 LIMITER_REPLICAS = "proxy_limiter_replicas"
 BUILD_INFO = "proxy_build_info"
+
+# Values of the duration histogram's ``origin`` label: who ended the exchange. The
+# upstream's answer was passed on (its errors too); the proxy answered itself (a refusal:
+# its limiter, its queue, a bad request, an unreachable upstream); the client left before
+# any answer began.
+ORIGIN_UPSTREAM = "upstream"
+ORIGIN_PROXY = "proxy"
+ORIGIN_CLIENT = "client"
+ORIGINS = (ORIGIN_UPSTREAM, ORIGIN_PROXY, ORIGIN_CLIENT)
 
 # Model label values: past METRICS_MAX_MODELS names, and no model at all.
 OTHER = "other"

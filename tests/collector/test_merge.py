@@ -11,6 +11,7 @@ The multi-round scenario renders expositions with the proxy's own ``ProxyMetrics
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,10 @@ from zai_proxy.collector.pricing import ModelPrice, PriceTable
 from zai_proxy.collector.scrape_parse import parse_exposition
 from zai_proxy.collector.snapshot import ModelFigures, Snapshot
 from zai_proxy.limiter.metrics import LimiterMetrics
-from zai_proxy.proxy.metrics import LATENCY_BUCKETS, ProxyMetrics
+from zai_proxy.proxy.buckets import LATENCY_BUCKETS
+from zai_proxy.proxy.metrics import ProxyMetrics
 from zai_proxy.proxy.usage import Usage
+from zai_proxy.shared.proxy_metrics import ORIGIN_CLIENT, ORIGIN_PROXY, ORIGIN_UPSTREAM
 
 FIXTURES = Path(__file__).parent / "fixtures"
 INF = math.inf
@@ -37,6 +40,12 @@ def fixture(name: str) -> str:
 
 def by_variant(snapshots: list[Snapshot]) -> dict[str, Snapshot]:
     return {s.variant: s for s in snapshots}
+
+
+def bucket_around(seconds: float) -> tuple[float, float]:
+    """The (lower, upper] bucket of the proxy's latency ladder that holds ``seconds``."""
+    i = bisect_left(LATENCY_BUCKETS, seconds)
+    return (LATENCY_BUCKETS[i - 1] if i else 0.0), LATENCY_BUCKETS[i]
 
 
 class Replica:
@@ -61,12 +70,13 @@ class Replica:
         seconds: float = 0.3,
         usage: Usage | None = None,
         source: str = "usage",
+        origin: str = ORIGIN_UPSTREAM,
     ) -> None:
         """Answer n requests, each taking ``seconds`` and spending ``usage`` when it is a 200."""
         for _ in range(n):
             self.metrics.observe_request(
                 "POST", "/v1/chat/completions", status, model, "anonymous", seconds,
-                seconds / 3, 512,
+                seconds / 3 if origin == ORIGIN_UPSTREAM else None, 512, origin,
             )  # fmt: skip
             if status == 200:
                 self.metrics.observe_tokens(model, "anonymous", usage or Usage(100, 20), source)
@@ -181,11 +191,13 @@ def test_two_replicas_of_two_variants_over_rounds_with_a_restart_and_a_vanishing
     assert (prod.tokens_in_total, prod.tokens_out_total) == (1400, 280)
     assert prod.tokens_estimated_total == 0
     assert prod.cost_usd == pytest.approx((1400 * 1.0 + 280 * 2.0) / 1e6)
-    # 14 requests of 0.3 s (le 0.5) and one of 2 s (le 2.5).
+    # 14 requests of 0.3 s and one of 2 s.
     bounds = (*LATENCY_BUCKETS, INF)
-    assert prod.latency_buckets == {b: 0 if b < 0.5 else 14 if b < 2.5 else 15 for b in bounds}
-    assert prod.latency_p50 == pytest.approx(0.25 + 0.25 * 7.5 / 14)
-    assert prod.latency_p99 == pytest.approx(1.0 + 1.5 * 0.85)
+    assert prod.latency_buckets == {b: 0 if b < 0.3 else 14 if b < 2.0 else 15 for b in bounds}
+    low, high = bucket_around(0.3)
+    assert prod.latency_p50 == pytest.approx(low + (high - low) * 7.5 / 14)
+    low, high = bucket_around(2.0)
+    assert prod.latency_p99 == pytest.approx(low + (high - low) * 0.85)
     assert (prod.in_flight, prod.workers, prod.worker_utilization) == (4, 16, 0.25)
     assert (prod.limiter_rate, prod.limiter_concurrency) == (12.5, 64)
     assert prod.limiter_decreases_total == 1
@@ -509,3 +521,25 @@ def test_a_limit_not_in_force_is_stored_as_none_not_infinity() -> None:
         merger.merge(0.0, [replica.scrape("r", 0.0), Scrape.parse("l", 0.0, exposition)])
         [s] = merger.merge(5.0, [replica.scrape("r", 5.0), Scrape.parse("l", 5.0, exposition)])
         assert (s.limiter_rate, s.limiter_concurrency) == (None, None)
+
+
+def test_latency_of_upstream_answers_is_kept_apart_from_refusals_and_clients_that_left() -> None:
+    replica = Replica("production")
+    merger = RoundMerger(5.0, PRICES)
+    merger.merge(1000.0, [replica.scrape("p", 1000.0)])
+    replica.serve(4, seconds=12.0)
+    replica.serve(30, status=429, seconds=0.002, origin=ORIGIN_PROXY)
+    for _ in range(30):
+        replica.metrics.refusal("proxy_rate_limited")
+    replica.serve(2, status=499, seconds=40.0, origin=ORIGIN_CLIENT)
+
+    [s] = merger.merge(1005.0, [replica.scrape("p", 1005.0)])
+
+    assert s.requests_total == 36
+    assert s.latency_buckets[INF] == 4
+    low, high = bucket_around(12.0)
+    assert low < s.latency_p50 <= high  # type: ignore[operator]
+    assert s.ttfb_buckets[INF] == 4
+    assert s.refusals_total == 30
+    assert s.refusal_wait_buckets[INF] == 30
+    assert 0.001 < s.refusal_wait_p95 <= 0.0025  # type: ignore[operator]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import sqlite3
 import threading
 from pathlib import Path
@@ -10,12 +11,13 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import bindparam, inspect, select, text
 from sqlalchemy.engine import Connection
 
 from zai_proxy.collector import migrate
 from zai_proxy.collector.database import StorageUnavailable, create_engine
-from zai_proxy.collector.models import Base
+from zai_proxy.collector.models import SNAPSHOT_COLUMNS, Base, from_row, snapshots, to_row
+from zai_proxy.collector.snapshot import Snapshot
 
 TABLES = {"snapshots", "rollup_watermarks", "target_baselines"}
 
@@ -116,5 +118,37 @@ async def test_the_baselines_revision_downgrades_alone(empty_database_url: str) 
     assert await _tables(empty_database_url) == TABLES - {"target_baselines"}
 
     await migrate.upgrade(empty_database_url)
-    assert await migrate.current(empty_database_url) == "0002_target_baselines"
+    assert await migrate.current(empty_database_url) == migrate.head()
     assert await _differences(empty_database_url) == []
+
+
+async def test_rows_from_before_the_refusal_figures_read_back_without_refusals(
+    empty_database_url: str,
+) -> None:
+    await migrate.upgrade(empty_database_url, "0002_target_baselines")
+    engine = create_engine(empty_database_url)
+    old = Snapshot(ts=1000.0, seconds=5.0, variant="production", requests_total=3.0)
+    old.latency_buckets = {0.5: 1.0, 2.5: 3.0, math.inf: 3.0}  # the buckets of old proxies
+    row = to_row(old, 5)
+    for name in ("refusals_total", "refusal_wait_p50", "refusal_wait_p95", "refusal_wait_p99"):
+        del row[name]
+    del row["refusal_wait_buckets"]
+    columns = ", ".join(row)
+    values = ", ".join(f":{name}" for name in row)
+    try:
+        async with engine.begin() as connection:
+            statement = text(f"INSERT INTO snapshots ({columns}) VALUES ({values})")
+            statement = statement.bindparams(
+                *(bindparam(n, type_=snapshots.c[n].type) for n in row)
+            )
+            await connection.execute(statement, row)
+
+        await migrate.upgrade(empty_database_url)
+
+        async with engine.connect() as connection:
+            [stored] = (await connection.execute(select(*SNAPSHOT_COLUMNS))).all()
+    finally:
+        await engine.dispose()
+    back = from_row(stored)
+    assert (back.refusals_total, back.refusal_wait_buckets, back.refusal_wait_p95) == (0, {}, None)
+    assert back.latency_buckets == old.latency_buckets

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zai_proxy.collector.percentiles import merge_buckets, quantile
+from zai_proxy.collector.percentiles import merge_buckets, quantile, thin_buckets
 
 INF = math.inf
 # 10 requests up to 0.1 s, 20 more up to 0.5 s, 10 more up to 1 s.
@@ -131,3 +131,37 @@ def test_merged_quantile_is_within_one_bucket_of_the_true_one(
     assert estimate is not None
     assert lower <= estimate <= upper
     assert abs(estimate - exact) <= upper - lower
+
+
+def cumulative(increments: list[int]) -> dict[float, float]:
+    """Cumulative buckets at 0.1, 0.2, ... and +Inf of per-bucket increments."""
+    bounds = [*(round(0.1 * (i + 1), 1) for i in range(len(increments) - 1)), INF]
+    running = 0.0
+    out = {}
+    for bound, increment in zip(bounds, increments, strict=True):
+        running += increment
+        out[bound] = running
+    return out
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from((0, 0, 0, 1, 3)), st.sampled_from((0, 0, 2))), min_size=2),
+    quantiles,
+)
+def test_thinned_buckets_answer_every_quantile_and_merge_as_the_whole_ones(
+    pairs: list[tuple[int, int]], q: float
+) -> None:
+    # Two histograms of one layout, as the proxies of one version export.
+    whole = cumulative([a for a, _ in pairs])
+    other = cumulative([b for _, b in pairs])
+    thin = thin_buckets(whole)
+    assert thin.keys() <= whole.keys()
+    assert quantile(thin, q) == quantile(whole, q)
+    assert quantile(merge_buckets(thin, thin_buckets(other)), q) == pytest.approx(
+        quantile(merge_buckets(whole, other), q)
+    )
+
+
+def test_thinning_drops_the_bounds_inside_runs_of_empty_buckets() -> None:
+    buckets = {0.1: 0, 0.2: 0, 0.3: 0, 0.4: 5, 0.5: 5, 0.6: 5, 0.7: 6, INF: 6}
+    assert thin_buckets(buckets) == {0.3: 0, 0.4: 5, 0.6: 5, 0.7: 6, INF: 6}

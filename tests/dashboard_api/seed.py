@@ -43,7 +43,7 @@ from zai_proxy.collector import migrate
 from zai_proxy.collector.rollup import bucket_start, derive
 from zai_proxy.collector.snapshot import Buckets, ModelFigures, Snapshot
 from zai_proxy.collector.store import SnapshotStore
-from zai_proxy.proxy.metrics import LATENCY_BUCKETS, TTFB_BUCKETS
+from zai_proxy.proxy.buckets import LATENCY_BUCKETS
 
 VARIANTS = ("production", "canary")
 INTERVAL = 5  # seconds per collector round
@@ -145,7 +145,7 @@ def snapshot_at(variant: str, ts: float, seconds: float) -> Snapshot:
 
     finished = requests - s.client_closed_total
     s.latency_buckets = lognormal_buckets(LATENCY_BUCKETS, finished, profile.latency_median, 0.6)
-    s.ttfb_buckets = lognormal_buckets(TTFB_BUCKETS, finished, profile.ttfb_median, 0.5)
+    s.ttfb_buckets = lognormal_buckets(LATENCY_BUCKETS, finished, profile.ttfb_median, 0.5)
 
     latency = profile.latency_median * 1.2
     s.in_flight = rate * latency

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from itertools import pairwise
 
 import httpx
@@ -9,6 +10,7 @@ import pytest
 
 from tests.dashboard_api.conftest import HEARTBEAT
 from tests.dashboard_api.processes import TOKEN, Dashboard, RoundWriter
+from zai_proxy.collector.percentiles import merge_buckets, quantile
 from zai_proxy.dashboard_api.queries import RANGES
 
 # Range → seconds per point: the table in zai_proxy.collector.queries.
@@ -26,7 +28,9 @@ CONTRACT_FIELDS = {
     "upstream_429_quota_total", "upstream_429_congestion_total", "retries_total",
     "proxy_rate_limited_total", "limiter_rate", "limiter_ceiling", "limiter_hold",
     "limiter_concurrency", "limiter_increases_total", "limiter_decreases_total",
-    "limiter_probes_total", "quota_used", "quota_reset_at", "models",
+    "limiter_probes_total", "quota_used", "quota_reset_at", "models", "refusals_total",
+    "refusal_wait_p50", "refusal_wait_p95", "refusal_wait_p99", "latency_buckets",
+    "ttfb_buckets", "refusal_wait_buckets",
 }  # fmt: skip
 MODEL_FIELDS = {
     "requests", "tokens_in", "tokens_out", "tokens_cache_read", "tokens_cache_write",
@@ -69,6 +73,38 @@ def test_a_point_carries_every_field_of_the_contract(main_dashboard: Dashboard) 
     assert set(point["quota_used"]) == {"5h", "weekly"}
     assert 0 < point["latency_p50"] < point["latency_p95"] < point["latency_p99"]
     assert point["requests_per_s"] == pytest.approx(point["requests_total"] / point["seconds"])
+    histogram = point["latency_buckets"]
+    assert set(histogram) == {"count", "buckets"}
+    bounds = [bound for bound, _ in histogram["buckets"]]
+    counts = [count for _, count in histogram["buckets"]]
+    assert bounds == sorted(bounds) and counts == sorted(counts)
+    assert counts[-1] <= histogram["count"]
+
+
+def test_a_points_histogram_gives_back_the_percentiles_the_point_carries(
+    main_dashboard: Dashboard,
+) -> None:
+    for point in metrics(main_dashboard, range="1h").json()["series"]["production"]:
+        for family in ("latency", "ttfb"):
+            histogram = point[f"{family}_buckets"]
+            buckets = {**dict(histogram["buckets"]), math.inf: histogram["count"]}
+            for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+                assert quantile(buckets, q) == pytest.approx(point[f"{family}_{name}"])
+
+
+def test_the_summary_is_the_whole_range_read_from_the_merged_histograms(
+    main_dashboard: Dashboard,
+) -> None:
+    answer = metrics(main_dashboard, range="1h").json()
+    for variant, points in answer["series"].items():
+        summary = answer["summary"][variant]
+        assert summary["requests_total"] == pytest.approx(sum(p["requests_total"] for p in points))
+        merged = merge_buckets(
+            *({**dict(p["latency_buckets"]["buckets"]), math.inf: p["latency_buckets"]["count"]}
+              for p in points)
+        )  # fmt: skip
+        assert summary["latency_p95"] == pytest.approx(quantile(merged, 0.95))
+        assert summary["latency_buckets"]["count"] == pytest.approx(merged[math.inf])
 
 
 def test_the_variant_filter_answers_one_series(main_dashboard: Dashboard) -> None:

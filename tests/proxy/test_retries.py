@@ -203,6 +203,12 @@ def test_the_proxy_answers_429_itself_when_the_limiter_wait_is_over_budget(
         assert answer.json()["error"]["code"] == "proxy_rate_limited"
     assert metrics.value("proxy_rate_limited_total") == len(limited)
     assert metrics.value("proxy_rate_limit_wait_seconds_count") >= 1
+    # The refusals are counted as such, and their wait is kept apart from upstream answers.
+    assert metrics.value("proxy_refusals_total", reason="proxy_rate_limited") == len(limited)
+    duration = "proxy_request_duration_seconds_count"
+    assert metrics.value(duration, origin="proxy") == len(limited)
+    assert metrics.value(duration, origin="upstream") == len(answers) - len(limited)
+    assert metrics.value("proxy_time_to_first_byte_seconds_count") == len(answers) - len(limited)
 
 
 def test_a_1302_is_retried_without_back_off_and_other_429s_back_off() -> None:
