@@ -30,8 +30,10 @@ PUBLIC: dict[str, frozenset[str]] = {
     # service does, and the in-memory store of its local fallback while Redis is away.
     "limiter": frozenset({"settings", "store", "stores", "plane", "memory_store"}),
     # Readers of the rollup database: its read side, the snapshot value types, the
-    # database settings.
-    "collector": frozenset({"history", "snapshot", "settings"}),
+    # database settings, and the pure arithmetic on snapshots (merging a range into one,
+    # percentiles from buckets), so that a reader's figure is the collector's by
+    # construction rather than a second definition.
+    "collector": frozenset({"history", "snapshot", "settings", "rollup", "percentiles"}),
     "proxy": frozenset(),
     "dashboard_api": frozenset(),
     "simulator": frozenset(),

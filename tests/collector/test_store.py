@@ -39,6 +39,7 @@ def full_snapshot(ts: float, variant: str = "production", seconds: float = 5.0) 
     special: dict[str, Any] = {
         "latency_buckets": {0.1: 3.0, 0.5: 7.0, 2.5: 9.0, math.inf: 10.0},
         "ttfb_buckets": {0.05: 4.0, 0.25: 8.0, math.inf: 10.0},
+        "refusal_wait_buckets": {0.0: 2.0, 1.0: 5.0, math.inf: 6.0},
         "quota_used": {"five_hour": 0.25, "weekly": 0.5},
         "quota_reset_at": {"five_hour": ts + 3600.0, "weekly": ts + 86400.0},
         "models": {
