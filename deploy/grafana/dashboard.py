@@ -3,8 +3,15 @@
 ``python deploy/grafana/dashboard.py`` writes the JSON to ``deploy/grafana/zai-proxy.json``
 (for manual import) and to the chart (``deploy/helm/zai-proxy/dashboards/``, which the
 chart ships in a ConfigMap for Grafana's sidecar); ``--check`` fails when either is stale.
-tests/deploy/test_grafana.py checks that every query uses only metric names the services
-export.
+tests/deploy/test_monitoring.py checks that every query uses only metric names the
+services export.
+
+Latency figures keep the collector's three populations apart (ADR 0017): request duration
+and its percentiles are of the answers the upstream served (``origin="upstream"``, and
+series without ``origin``, from proxies older than ADR 0017, as the collector counts
+them); the proxy's own answers are counted in ``proxy_refusals_total`` and their wait is
+the duration with ``origin="proxy"``; the time to first byte exists for upstream answers
+only.
 
 Grafana-side differences from the built-in UI: costs are left out (the prices live in the
 collector, not in Prometheus), and percentiles come from Prometheus' histogram_quantile
@@ -32,6 +39,11 @@ P = 'namespace=~"$namespace", variant=~"$variant"'
 # Limiter and collector series carry no variant.
 N = 'namespace=~"$namespace"'
 RATE = "$__rate_interval"
+# Request durations of upstream answers: an empty origin matches series without the label
+# (a variant still on a proxy image from before ADR 0017), as the collector reads them.
+UPSTREAM = 'origin=~"upstream|"'
+# The proxy's own answers (refusals): their duration is how long the client waited for one.
+REFUSED = 'origin="proxy"'
 
 Panel = dict[str, Any]
 
@@ -149,11 +161,11 @@ def comparison_table() -> Panel:
         (
             "p95 latency",
             "histogram_quantile(0.95, sum by (variant, le) "
-            f"(rate(proxy_request_duration_seconds_bucket{{{P}}}[{window}])))",
+            f"(rate(proxy_request_duration_seconds_bucket{{{P}, {UPSTREAM}}}[{window}])))",
             "s",
         ),
         (
-            "p95 first byte",
+            "p95 first byte (upstream answers)",
             "histogram_quantile(0.95, sum by (variant, le) "
             f"(rate(proxy_time_to_first_byte_seconds_bucket{{{P}}}[{window}])))",
             "s",
@@ -211,12 +223,16 @@ def comparison_table() -> Panel:
     }
 
 
-def quantiles(metric: str, qs: tuple[float, ...]) -> list[tuple[str, str]]:
+def quantiles(
+    metric: str, qs: tuple[float, ...], match: str = "", legend: str = ""
+) -> list[tuple[str, str]]:
     """histogram_quantile queries per variant for each quantile."""
+    matchers = f"{P}, {match}" if match else P
     return [
         (
-            f"histogram_quantile({q}, sum by (variant, le) (rate({metric}_bucket{{{P}}}[{RATE}])))",
-            f"{{{{variant}}}} p{round(q * 100)}",
+            "histogram_quantile("
+            f"{q}, sum by (variant, le) (rate({metric}_bucket{{{matchers}}}[{RATE}])))",
+            f"{{{{variant}}}} {legend}p{round(q * 100)}",
         )
         for q in qs
     ]
@@ -238,9 +254,10 @@ def rows() -> list[tuple[str, list[tuple[Panel, int]]]]:
         (
             stat(
                 "p95 latency",
-                "p95 of the whole request time, streams included.",
+                "p95 of the whole request time of the answers the upstream served, streams "
+                "included; the proxy's own refusals are apart (Errors and retries).",
                 "histogram_quantile(0.95, sum by (variant, le) "
-                f"(rate(proxy_request_duration_seconds_bucket{{{P}}}[{RATE}])))",
+                f"(rate(proxy_request_duration_seconds_bucket{{{P}, {UPSTREAM}}}[{RATE}])))",
                 "{{variant}}",
                 "s",
             ),
@@ -324,18 +341,22 @@ def rows() -> list[tuple[str, list[tuple[Panel, int]]]]:
     latency = [
         (
             timeseries(
-                "Latency",
-                "p50, p95 and p99 of the whole request, from arrival to the last byte sent.",
-                quantiles("proxy_request_duration_seconds", (0.5, 0.95, 0.99)),
+                "Latency (upstream answers)",
+                "p50, p95 and p99 of the whole request, from arrival to the last byte sent, "
+                "of the answers the upstream served (its errors included). The proxy's own "
+                "answers (its 429s, a full queue, ...) are apart: Errors and retries.",
+                quantiles("proxy_request_duration_seconds", (0.5, 0.95, 0.99), UPSTREAM),
                 "s",
             ),
             12,
         ),
         (
             timeseries(
-                "Time to first byte",
-                "p50 and p95 of the time to the first body byte: what a streaming client "
-                "waits before it sees output.",
+                "Time to first byte (upstream answers)",
+                "p50 and p95 of the time to the first body byte of the upstream's answers: "
+                "for a stream, what the client waits before it sees output. A whole "
+                "(non-streamed) answer counts when its body is sent, near its whole time; "
+                "the proxy's own answers are not in it.",
                 quantiles("proxy_time_to_first_byte_seconds", (0.5, 0.95)),
                 "s",
             ),
@@ -571,6 +592,35 @@ def rows() -> list[tuple[str, list[tuple[Panel, int]]]]:
                 ],
                 "reqps",
                 stack=True,
+            ),
+            12,
+        ),
+        (
+            timeseries(
+                "Proxy refusals by reason",
+                "Requests per second the proxy answered itself instead of the upstream, by "
+                "reason (the X-Proxy-Error code: proxy_rate_limited, proxy_overloaded, "
+                "upstream_unavailable, request_too_large, ...).",
+                [
+                    (
+                        summed("proxy_refusals_total", by="variant, reason"),
+                        "{{variant}} {{reason}}",
+                    )
+                ],
+                "reqps",
+                stack=True,
+            ),
+            12,
+        ),
+        (
+            timeseries(
+                "Refusal wait",
+                "p50 and p95 of how long a client waited for the proxy's own answer (the "
+                "duration of origin=proxy requests): a 429 when the limiter cannot admit "
+                "within its wait budget (often at once), a 503 for a full queue, a 502 or "
+                "504 after the retries.",
+                quantiles("proxy_request_duration_seconds", (0.5, 0.95), REFUSED, "refusal "),
+                "s",
             ),
             12,
         ),

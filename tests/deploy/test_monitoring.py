@@ -23,6 +23,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from tests.deploy.chart import CHART, GRAFANA_JSON, ROOT, Manifests
 from tests.support import start_limiter, start_proxy
 from zai_proxy.collector.metrics import CollectorMetrics
+from zai_proxy.shared.proxy_metrics import (
+    ORIGIN_CLIENT,
+    ORIGIN_PROXY,
+    ORIGIN_UPSTREAM,
+    REFUSALS,
+    REQUEST_DURATION,
+    TIME_TO_FIRST_BYTE,
+)
 from zai_proxy.simulator.process import start_simulator
 
 DASHBOARD_SCRIPT = ROOT / "deploy" / "grafana" / "dashboard.py"
@@ -93,6 +101,34 @@ def metric_names(expr: str) -> set[str]:
 
     promql_parser.walk(promql_parser.parse(expr), visit)
     return names
+
+
+Matcher = tuple[promql_parser.MatchOp, str]
+
+
+def selectors(expr: str, metric: str) -> list[dict[str, Matcher]]:
+    """Each selector of ``metric`` in a PromQL expression: label → (operator, value)."""
+    for variable, value in GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    found: list[dict[str, Matcher]] = []
+
+    def visit(node: Any) -> bool:
+        if isinstance(node, promql_parser.VectorSelector) and node.name == metric:
+            found.append({m.name: (m.op, m.value) for m in node.matchers.matchers})
+        return True
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return found
+
+
+def matches(matcher: Matcher | None, value: str) -> bool:
+    """Whether a label matcher selects a series whose label is ``value`` ("" when absent)."""
+    if matcher is None:
+        return True
+    op, pattern = matcher
+    regex = op in (promql_parser.MatchOp.Re, promql_parser.MatchOp.NotRe)
+    hit = re.fullmatch(pattern, value) is not None if regex else pattern == value
+    return hit != (op in (promql_parser.MatchOp.NotEqual, promql_parser.MatchOp.NotRe))
 
 
 def dashboard() -> dict[str, Any]:
@@ -173,6 +209,84 @@ def test_the_dashboard_has_the_built_in_uis_panels_and_a_variant_variable() -> N
             for selector in re.findall(r"(proxy_\w+)\{([^}]*)\}", target["expr"]):
                 assert 'variant=~"$variant"' in selector[1], target["expr"]
                 assert 'namespace=~"$namespace"' in selector[1], target["expr"]
+
+
+def test_every_latency_quantile_reads_only_what_the_upstream_answered() -> None:
+    duration = f"{REQUEST_DURATION}_bucket"
+    read = 0
+    for panel in dashboard()["panels"]:
+        refusal_wait = panel["title"] == "Refusal wait"
+        for target in panel.get("targets", []):
+            for labels in selectors(target["expr"], duration):
+                read += 1
+                origin = labels.get("origin")
+                if refusal_wait:
+                    assert origin == (promql_parser.MatchOp.Equal, ORIGIN_PROXY), target["expr"]
+                    continue
+                # Upstream answers, and series from proxies before the origin label (the
+                # collector counts those as upstream); never the proxy's refusals nor the
+                # clients that left before an answer.
+                assert matches(origin, ORIGIN_UPSTREAM) and matches(origin, ""), target["expr"]
+                assert not matches(origin, ORIGIN_PROXY), target["expr"]
+                assert not matches(origin, ORIGIN_CLIENT), target["expr"]
+    # The headline, the comparison table, three latency lines and two refusal-wait lines.
+    assert read == 7
+
+
+def test_the_origin_check_catches_a_query_that_mixes_refusals_in() -> None:
+    mixed = f'rate({REQUEST_DURATION}_bucket{{variant=~"$variant"}}[$__rate_interval])'
+    (labels,) = selectors(mixed, f"{REQUEST_DURATION}_bucket")
+    assert matches(labels.get("origin"), ORIGIN_PROXY)
+    assert not matches((promql_parser.MatchOp.Re, "upstream|"), ORIGIN_PROXY)
+    assert matches((promql_parser.MatchOp.NotEqual, ORIGIN_PROXY), ORIGIN_UPSTREAM)
+    assert not matches((promql_parser.MatchOp.NotRe, "proxy|client"), ORIGIN_PROXY)
+
+
+def test_the_time_to_first_byte_is_labelled_as_upstream_answers_only() -> None:
+    board = dashboard()
+    panels = [
+        panel
+        for panel in board["panels"]
+        if any(TIME_TO_FIRST_BYTE in t["expr"] for t in panel.get("targets", []))
+    ]
+    assert len(panels) == 2
+    for panel in panels:
+        if panel["type"] == "table":
+            names = [
+                prop["value"]
+                for override in panel["fieldConfig"]["overrides"]
+                for prop in override["properties"]
+                if prop["id"] == "displayName"
+            ]
+            assert "p95 first byte (upstream answers)" in names
+        else:
+            assert panel["title"] == "Time to first byte (upstream answers)"
+            assert "stream" in panel["description"]
+
+
+def test_refusals_have_their_own_panels_of_exported_metrics(
+    exported: dict[str, set[str]],
+) -> None:
+    panels = {panel["title"]: panel for panel in dashboard()["panels"]}
+    refusals = panels["Proxy refusals by reason"]
+    (query,) = [t["expr"] for t in refusals["targets"]]
+    assert metric_names(query) == {REFUSALS} and REFUSALS in exported["proxy"]
+    assert query.startswith("sum by (variant, reason) (rate(")
+    assert refusals["fieldConfig"]["defaults"]["unit"] == "reqps"
+    wait = panels["Refusal wait"]
+    assert [t["legendFormat"] for t in wait["targets"]] == [
+        "{{variant}} refusal p50",
+        "{{variant}} refusal p95",
+    ]
+    for target in wait["targets"]:
+        assert metric_names(target["expr"]) == {f"{REQUEST_DURATION}_bucket"}
+    assert f"{REQUEST_DURATION}_bucket" in exported["proxy"]
+    # Both sit in the errors row, beside the upstream's errors.
+    rows = [panel for panel in dashboard()["panels"] if panel["type"] == "row"]
+    errors = next(row for row in rows if row["title"] == "Errors and retries")
+    collector = next(row for row in rows if row["title"] == "Collector")
+    for panel in (refusals, wait):
+        assert errors["gridPos"]["y"] < panel["gridPos"]["y"] < collector["gridPos"]["y"]
 
 
 def test_every_alert_uses_only_exported_metrics(
