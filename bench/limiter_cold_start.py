@@ -77,9 +77,9 @@ def main() -> None:
     defaults, wide = results["defaults"], results["wide open"]
     with contextlib.suppress(ZeroDivisionError):
         first = sum(defaults[:SETTLE_S]) / sum(wide[:SETTLE_S])
-        settled = sum(defaults[SETTLE_S:]) / sum(wide[SETTLE_S:])
+        after = sum(defaults[SETTLE_S:]) / sum(wide[SETTLE_S:])
         print(f"defaults / wide open: {first:.0%} in the first {SETTLE_S} s, "
-              f"{settled:.0%} from {SETTLE_S} s on (target: at least 80%)")  # fmt: skip
+              f"{after:.0%} from {SETTLE_S} s on (target: at least 80%)")  # fmt: skip
 
 
 if __name__ == "__main__":
