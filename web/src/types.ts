@@ -28,7 +28,23 @@ export interface ModelFigures {
   cost_usd: number
 }
 
-/** One stored snapshot: one variant's figures for `[ts, ts + seconds)`. */
+/**
+ * Cumulative histogram buckets of a point (seconds): `[upper bound, observations up to
+ * it]` for the finite bounds in order, thinned to those a quantile or a merge can need;
+ * `count` is the +Inf bucket, every observation.
+ */
+export interface Histogram {
+  count: number
+  buckets: [number, number][]
+}
+
+/**
+ * One stored snapshot: one variant's figures for `[ts, ts + seconds)`. Three latency
+ * populations, never mixed: `latency_*` is the whole duration of the requests the
+ * upstream answered, `ttfb_*` the time to the first byte of those answers that streamed,
+ * `refusal_wait_*` how long the requests the proxy answered itself (`refusals_total`)
+ * waited for that answer.
+ */
 export interface Point {
   ts: number
   seconds: number
@@ -48,6 +64,12 @@ export interface Point {
   ttfb_p50: number | null
   ttfb_p95: number | null
   ttfb_p99: number | null
+  refusal_wait_p50: number | null
+  refusal_wait_p95: number | null
+  refusal_wait_p99: number | null
+  latency_buckets: Histogram
+  ttfb_buckets: Histogram
+  refusal_wait_buckets: Histogram
   tokens_in_total: number
   tokens_out_total: number
   tokens_cache_read_total: number
@@ -71,6 +93,8 @@ export interface Point {
   upstream_429_congestion_total: number
   retries_total: number
   proxy_rate_limited_total: number
+  /** Every answer the proxy made itself, its own 429s included. */
+  refusals_total: number
   limiter_rate: number | null
   limiter_ceiling: number | null
   limiter_hold: number | null
@@ -93,6 +117,13 @@ export interface MetricsResponse {
   end: number
   step: number
   series: SeriesByVariant
+  /**
+   * Each variant's whole range as one point (null without points), as the API computed
+   * it at fetch time. The page derives its range figures from the points instead
+   * (lib/series.ts `summarize`: the same merge and quantile), so that live rounds count;
+   * the browser test holds the two equal.
+   */
+  summary: Record<string, Point | null>
 }
 
 export interface VariantStatus {

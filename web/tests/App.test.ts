@@ -2,7 +2,7 @@ import { flushPromises, mount } from '@vue/test-utils'
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest'
 import App from '../src/App.vue'
 import { DEFAULT_CONFIG } from '../src/composables/useConfig'
-import { T0, FakeEventSource, fakeFetch, makeMetrics, makeRound, makeStatus } from './fixtures'
+import { LATENCY, T0, FakeEventSource, fakeFetch, histogram, makeMetrics, makePoint, makeRound, makeStatus } from './fixtures'
 
 function answer(url: URL): unknown {
   switch (url.pathname) {
@@ -108,6 +108,27 @@ describe('the dashboard', () => {
     await flushPromises()
     expect(state()).toBe('reconnecting')
     expect(wrapper.find('[data-testid="connection-state"]').text()).toMatch(/Reconnecting in \ds \(attempt 1\)/)
+    wrapper.unmount()
+  })
+
+  it('shows one p95 for one range: in the status bar, the latency panel and the chart', async () => {
+    const wrapper = await mounted()
+    const shown = () => {
+      const status = wrapper.find('[data-testid="headline"] .headline[data-variant="production"] [data-name="latencyP95"]')
+      const panel = wrapper.find('[data-testid="panel-latency"] [data-figure][data-name="latencyP95"]')
+      const chart = wrapper.find('[data-testid="panel-latency"] [data-testid="chart-readout"] [data-line="p95 · production"]')
+      return [status, panel, chart].map((e) => Number(e.attributes('data-value')))
+    }
+    expect(shown()).toEqual([LATENCY.p95, LATENCY.p95, LATENCY.p95])
+
+    // A live round of slow answers moves the range's p95, everywhere alike.
+    FakeEventSource.last.open()
+    const slow = makePoint(T0, { variant: 'production', requests_total: 6000, latency_buckets: histogram(6000, [0, 0, 0, 0.5, 1]) })
+    FakeEventSource.last.snapshot({ ts: T0, variants: { production: slow } })
+    await flushPromises()
+    const [status, ...others] = shown()
+    expect(status).toBeGreaterThan(1)
+    expect(others).toEqual([status, status])
     wrapper.unmount()
   })
 

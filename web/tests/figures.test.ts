@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest'
 import { compareHeadlines, headline, limiterMarkers, mergeMarkers, modelTable, quotaWindows, ratio429ByClass, windowTotals } from '../src/lib/figures'
 import { formatCountdown, formatLatency, formatNumber, formatPercent, formatSigned, formatUsd } from '../src/lib/format'
 import { freshness } from '../src/lib/status'
-import { T0, makePoint, makeSeries, makeStatus } from './fixtures'
+import { LATENCY, TTFB, T0, histogram, makePoint, makeSeries, makeStatus } from './fixtures'
 
 describe('figures', () => {
   it('computes headline figures over a range', () => {
@@ -10,10 +10,35 @@ describe('figures', () => {
     const h = headline(points)
     expect(h.requestsPerSecond).toBe(40)
     expect(h.errorRatio).toBe(0.01)
-    expect(h.latencyP95).toBeCloseTo(0.9)
+    expect(h.latencyP95).toBe(LATENCY.p95)
+    expect(h.ttfbP95).toBe(TTFB.p95)
+    expect(h.refusals).toBe(0)
+    expect(h.refusalWaitP95).toBeNull()
     expect(h.tokensPerSecond).toBe(400 * 480 / 10)
     expect(h.costPerHour).toBeCloseTo((400 * 0.0004 / 10) * 3600)
     expect(h.limiterRate).toBe(24.5)
+  })
+
+  it('takes the p95s of a range from the merged histograms, not a mean of the points\' p95s', () => {
+    // 100 fast answers (half up to 0.1 s, all up to 0.25 s), then 300 slow ones (half up to
+    // 1 s, all up to 2.5 s). Merged: 50, 100, 100, 250, 400; rank 380 of the p95 is 130 of
+    // the 150 in (1, 2.5]: 1 + 1.5 × 130/150 = 2.3 s, where the points' p95s are 0.235 and 2.35.
+    const fast = makePoint(T0, { requests_total: 100, latency_buckets: histogram(100, [0.5, 1, 1, 1, 1]), latency_p95: 0.235 })
+    const slow = makePoint(T0 + 5, { requests_total: 300, latency_buckets: histogram(300, [0, 0, 0, 0.5, 1]), latency_p95: 2.35 })
+    expect(headline([fast, slow]).latencyP95).toBeCloseTo(2.3, 12)
+  })
+
+  it('counts the proxy\'s refusals and their wait apart from the upstream latency', () => {
+    // 40 refusals in 2 ms or less, 10 more up to 0.1 s: the refusal wait p95 is 0.0025 + 0.0975 × 7.5/10.
+    const refusing = makePoint(T0, {
+      refusals_total: 50,
+      proxy_rate_limited_total: 50,
+      refusal_wait_buckets: { count: 50, buckets: [[0.0025, 40], [0.1, 50]] },
+    })
+    const h = headline([refusing, makePoint(T0 + 5, { refusals_total: 2 })])
+    expect(h.refusals).toBe(52)
+    expect(h.refusalWaitP95).toBeCloseTo(0.0025 + 0.0975 * 0.75, 12)
+    expect(h.latencyP95).toBe(LATENCY.p95)
   })
 
   it('has no figures for no points', () => {
@@ -23,6 +48,8 @@ describe('figures', () => {
       ttfbP95: null,
       errorRatio: null,
       upstream429Ratio: null,
+      refusals: null,
+      refusalWaitP95: null,
       tokensPerSecond: null,
       costPerHour: null,
       limiterRate: null,
@@ -32,8 +59,8 @@ describe('figures', () => {
   it('compares each variant with the baseline', () => {
     const rows = compareHeadlines(
       {
-        production: headline(makeSeries('production', T0, 5, 12, { latency_p95: 0.8 })),
-        canary: headline(makeSeries('canary', T0, 5, 12, { requests_total: 50, latency_p95: 1.0 })),
+        production: headline(makeSeries('production', T0, 5, 12, { latency_buckets: histogram(100, [0.1, 0.5, 0.9, 1, 1]) })),
+        canary: headline(makeSeries('canary', T0, 5, 12, { requests_total: 50, latency_buckets: histogram(50, [0, 0.2, 0.6, 0.9, 1]) })),
       },
       'production',
     )
@@ -42,8 +69,9 @@ describe('figures', () => {
     expect(rate.difference).toEqual({ canary: -10 })
     expect(rate.relative).toEqual({ canary: -0.5 })
     const p95 = rows.find((r) => r.key === 'latencyP95')!
-    expect(p95.difference.canary).toBeCloseTo(0.2)
-    expect(p95.relative.canary).toBeCloseTo(0.25)
+    expect(p95.values).toEqual({ production: 0.75, canary: 1.75 })
+    expect(p95.difference.canary).toBe(1)
+    expect(p95.relative.canary).toBeCloseTo(4 / 3)
   })
 
   it('sums window totals and per-model figures', () => {

@@ -1,5 +1,21 @@
 // Points and answers as the dashboard API sends them, for the tests.
-import type { MetricsResponse, Point, SnapshotEvent, StatusResponse } from '../src/types'
+import { summarize } from '../src/lib/series'
+import type { Histogram, MetricsResponse, Point, SnapshotEvent, StatusResponse } from '../src/types'
+
+const BOUNDS = [0.1, 0.25, 0.5, 1, 2.5]
+
+/** A histogram of `count` observations, `shares` of them up to each of 0.1, 0.25, 0.5, 1, 2.5 s. */
+export function histogram(count: number, shares: number[]): Histogram {
+  return { count, buckets: BOUNDS.map((bound, i) => [bound, count * shares[i]!]) }
+}
+
+// Latency: 10%, 50%, 80%, 96%, 100% up to each bound; p50 0.25 s (rank 50 ends the (0.1,
+// 0.25] bucket), p95 0.5 + 0.5 × 15/16, p99 1 + 1.5 × 3/4.
+export const LATENCY_SHARES = [0.1, 0.5, 0.8, 0.96, 1]
+export const LATENCY = { p50: 0.25, p95: 0.96875, p99: 2.125 }
+// TTFB: 60%, 90%, 99%, 100%, 100%; p50 0.1 × 50/60, p95 0.25 + 0.25 × 5/9, p99 0.5.
+export const TTFB_SHARES = [0.6, 0.9, 0.99, 1, 1]
+export const TTFB = { p50: 0.1 * (50 / 60), p95: 0.25 + 0.25 * (5 / 9), p99: 0.5 }
 
 /** A plausible 5 s point of `variant` at `ts`, with `overrides`. */
 export function makePoint(ts: number, overrides: Partial<Point> = {}): Point {
@@ -18,12 +34,18 @@ export function makePoint(ts: number, overrides: Partial<Point> = {}): Point {
     client_closed_total: 0,
     requests_per_s: requests / seconds,
     error_ratio: 0.01,
-    latency_p50: 0.2,
-    latency_p95: 0.9,
-    latency_p99: 1.4,
-    ttfb_p50: 0.05,
-    ttfb_p95: 0.2,
-    ttfb_p99: 0.3,
+    latency_p50: LATENCY.p50,
+    latency_p95: LATENCY.p95,
+    latency_p99: LATENCY.p99,
+    ttfb_p50: TTFB.p50,
+    ttfb_p95: TTFB.p95,
+    ttfb_p99: TTFB.p99,
+    refusal_wait_p50: null,
+    refusal_wait_p95: null,
+    refusal_wait_p99: null,
+    latency_buckets: histogram(requests, LATENCY_SHARES),
+    ttfb_buckets: histogram(requests, TTFB_SHARES),
+    refusal_wait_buckets: { count: 0, buckets: [] },
     tokens_in_total: requests * 400,
     tokens_out_total: requests * 80,
     tokens_cache_read_total: requests * 100,
@@ -47,6 +69,7 @@ export function makePoint(ts: number, overrides: Partial<Point> = {}): Point {
     upstream_429_congestion_total: 0,
     retries_total: 3,
     proxy_rate_limited_total: 0,
+    refusals_total: 0,
     limiter_rate: 24.5,
     limiter_ceiling: 25,
     limiter_hold: 23.75,
@@ -73,16 +96,18 @@ export const T0 = 1_795_748_400 // aligned to the hour
 /** A `/api/metrics` answer. */
 export function makeMetrics(overrides: Partial<MetricsResponse> = {}): MetricsResponse {
   const step = overrides.step ?? 5
+  const series = overrides.series ?? {
+    production: makeSeries('production', T0 - 300, step, 300 / step),
+    canary: makeSeries('canary', T0 - 300, step, 300 / step, { requests_total: 2 * step }),
+  }
   return {
     range: '5m',
     variant: 'all',
     start: T0 - 300,
     end: T0,
     step,
-    series: {
-      production: makeSeries('production', T0 - 300, step, 300 / step),
-      canary: makeSeries('canary', T0 - 300, step, 300 / step, { requests_total: 2 * step }),
-    },
+    series,
+    summary: Object.fromEntries(Object.entries(series).map(([v, points]) => [v, summarize(points)])),
     ...overrides,
   }
 }

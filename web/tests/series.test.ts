@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest'
-import { addPoint, appendSnapshot, coveredSeconds, mergePoints, trimToRange } from '../src/lib/series'
-import { T0, makeMetrics, makePoint, makeRound, makeSeries } from './fixtures'
+import { addPoint, appendSnapshot, coveredSeconds, mergePoints, summarize, trimToRange } from '../src/lib/series'
+import { LATENCY, T0, histogram, makeMetrics, makePoint, makeRound, makeSeries } from './fixtures'
 
 describe('series maths', () => {
   it('appends a live point to a series of the same step', () => {
@@ -38,8 +38,8 @@ describe('series maths', () => {
   })
 
   it('merges totals by sum, gauges by covered time, maxima by max', () => {
-    const a = makePoint(T0, { requests_total: 100, in_flight: 10, in_flight_max: 20, limiter_rate: 20, latency_p95: 1 })
-    const b = makePoint(T0 + 5, { requests_total: 300, in_flight: 30, in_flight_max: 25, limiter_rate: null, latency_p95: 2, requests_5xx_total: 30 })
+    const a = makePoint(T0, { requests_total: 100, in_flight: 10, in_flight_max: 20, limiter_rate: 20, refusals_total: 4 })
+    const b = makePoint(T0 + 5, { requests_total: 300, in_flight: 30, in_flight_max: 25, limiter_rate: null, requests_5xx_total: 30 })
     const m = mergePoints([a, b], T0, 60)
     expect(m.requests_total).toBe(400)
     expect(m.requests_5xx_total).toBe(31)
@@ -48,9 +48,36 @@ describe('series maths', () => {
     expect(m.in_flight).toBe(20)
     expect(m.in_flight_max).toBe(25)
     expect(m.limiter_rate).toBe(20)
-    expect(m.latency_p95).toBe(1.5)
+    expect(m.refusals_total).toBe(4)
     expect(m.models['glm-4.6']!.requests).toBe(400)
     expect(m.seconds).toBe(60)
+  })
+
+  it('merges the histograms and reads the percentiles from the sum', () => {
+    // Cumulative 50, 100, 100, 250, 400 up to 0.1, 0.25, 0.5, 1, 2.5 s: p50's rank 200 is
+    // 100 of the 150 in (0.5, 1]; p95's rank 380 is 130 of the 150 in (1, 2.5].
+    const fast = makePoint(T0, { requests_total: 100, latency_buckets: histogram(100, [0.5, 1, 1, 1, 1]), latency_p95: 0.235 })
+    const slow = makePoint(T0 + 5, { requests_total: 300, latency_buckets: histogram(300, [0, 0, 0, 0.5, 1]), latency_p95: 2.35 })
+    const m = mergePoints([fast, slow], T0, 60)
+    expect(m.latency_buckets).toEqual({ count: 400, buckets: [[0.1, 50], [0.25, 100], [0.5, 100], [1, 250], [2.5, 400]] })
+    expect(m.latency_p50).toBeCloseTo(0.5 + 0.5 * (100 / 150), 12)
+    expect(m.latency_p95).toBeCloseTo(1 + 1.5 * (130 / 150), 12)
+    expect(m.refusal_wait_p95).toBeNull() // no refusal in either
+  })
+
+  it('merges a live point into a coarse bucket by its histogram', () => {
+    const bucket = makePoint(T0, { seconds: 60, requests_total: 100, latency_buckets: histogram(100, [0.5, 1, 1, 1, 1]) })
+    const live = makePoint(T0 + 30, { requests_total: 300, latency_buckets: histogram(300, [0, 0, 0, 0.5, 1]) })
+    const [merged] = addPoint([bucket], live, 60)
+    expect(merged!.latency_p95).toBeCloseTo(2.3, 12)
+  })
+
+  it('summarizes a range as one point', () => {
+    const points = makeSeries('production', T0, 5, 12)
+    const s = summarize(points)!
+    expect([s.ts, s.seconds, s.requests_total, s.requests_per_s]).toEqual([T0, 60, 1200, 20])
+    expect(s.latency_p95).toBe(LATENCY.p95)
+    expect(summarize([])).toBeNull()
   })
 
   it('trims the points that fell out of the range', () => {

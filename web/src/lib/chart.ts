@@ -1,6 +1,8 @@
 // From points per variant to what a uPlot chart draws: one shared time axis and one
-// line per (figure, variant). Variants after the first are drawn dashed.
+// line per (figure, variant), each with its value over the whole range. Variants after
+// the first are drawn dashed.
 import type { Point, SeriesByVariant } from '../types'
+import { summarizeEach } from './series'
 
 /** One line of a chart: values aligned with the chart's `x`. */
 export interface ChartLine {
@@ -11,6 +13,8 @@ export interface ChartLine {
   /** The variant the values are of. */
   variant: string
   values: (number | null)[]
+  /** The figure over the whole range: the spec's value of the variant's summary point. */
+  summary: number | null
   /** A CSS custom property holding the colour, e.g. `--c-2xx`. */
   color: string
   dash?: number[]
@@ -57,20 +61,31 @@ export function alignSeries(series: SeriesByVariant): { x: number[]; rows: Recor
   return { x, rows }
 }
 
-/** The chart of `specs` for each variant in `series` (variants in the order given). */
-export function buildChart(series: SeriesByVariant, specs: FigureSpec[]): ChartData {
+/**
+ * The chart of `specs` for each variant in `series` (variants in the order given).
+ * `summaries` hold each variant's range as one point (`summarizeEach(series)`, passed in
+ * when the caller has it already), so that a line's range value is read as the headline
+ * figures are: a p95 from the merged histograms, never a mean of the points' p95s.
+ */
+export function buildChart(
+  series: SeriesByVariant,
+  specs: FigureSpec[],
+  summaries: Record<string, Point | null> = summarizeEach(series),
+): ChartData {
   const { x, rows } = alignSeries(series)
   const variants = Object.keys(rows)
   const many = variants.length > 1
   const lines: ChartLine[] = []
   variants.forEach((variant, v) => {
     const row = rows[variant]!
+    const summary = summaries[variant] ?? null
     for (const spec of specs) {
       lines.push({
         label: many ? `${spec.label} · ${variant}` : spec.label,
         figure: spec.label,
         variant,
         values: row.map((p) => (p === null ? null : spec.value(p))),
+        summary: summary === null ? null : spec.value(summary),
         color: spec.color,
         dash: dashOf(v),
         scale: spec.scale,

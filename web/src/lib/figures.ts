@@ -2,15 +2,21 @@
 // from points. Pure functions: numbers in, numbers out.
 import type { LimiterResponse, Point } from '../types'
 import type { ChartMarker } from './chart'
-import { coveredSeconds, upstream429s, upstreamAttempts } from './series'
+import { coveredSeconds, perSecond, summarize, upstreamAttempts } from './series'
 
-/** The headline figures of a variant over some points. */
+/** The headline figures of a variant over a range. */
 export interface Headline {
   requestsPerSecond: number | null
+  /** p95 of the whole duration of the requests the upstream answered. */
   latencyP95: number | null
+  /** p95 of the time to the first byte of the upstream's streamed answers. */
   ttfbP95: number | null
   errorRatio: number | null
   upstream429Ratio: number | null
+  /** Requests the proxy answered itself (its 429s included), counted over the range. */
+  refusals: number | null
+  /** p95 of how long those requests waited for the proxy's answer. */
+  refusalWaitP95: number | null
   tokensPerSecond: number | null
   costPerHour: number | null
   limiterRate: number | null
@@ -22,19 +28,6 @@ function sum(points: Point[], value: (p: Point) => number): number {
   return points.reduce((total, p) => total + value(p), 0)
 }
 
-function weightedMean(points: Point[], value: (p: Point) => number | null): number | null {
-  let total = 0
-  let weight = 0
-  for (const p of points) {
-    const v = value(p)
-    if (v === null || !Number.isFinite(v)) continue
-    const w = coveredSeconds(p)
-    total += v * w
-    weight += w
-  }
-  return weight > 0 ? total / weight : null
-}
-
 function lastKnown(points: Point[], value: (p: Point) => number | null): number | null {
   for (let i = points.length - 1; i >= 0; i--) {
     const v = value(points[i]!)
@@ -44,23 +37,36 @@ function lastKnown(points: Point[], value: (p: Point) => number | null): number 
 }
 
 /**
- * Headline figures over `points` (one variant): rates per covered second, ratios of the
- * summed totals, the p95s as a time-weighted mean (the API keeps no histograms), the
- * limiter's latest rate. Null when there is nothing to count.
+ * Headline figures over `points` (one variant), read from their summary (the range as
+ * one point, `summarize`: rates per covered second, ratios of the summed totals,
+ * percentiles of the merged histograms), and the limiter's latest rate. Null when there
+ * is no point.
  */
-export function headline(points: Point[]): Headline {
-  const covered = sum(points, coveredSeconds)
-  const requests = sum(points, (p) => p.requests_total)
-  const attempts = sum(points, upstreamAttempts)
-  const rate = (total: number) => (covered > 0 ? total / covered : null)
+export function headline(points: Point[], summary: Point | null = summarize(points)): Headline {
+  if (!summary) {
+    return {
+      requestsPerSecond: null,
+      latencyP95: null,
+      ttfbP95: null,
+      errorRatio: null,
+      upstream429Ratio: null,
+      refusals: null,
+      refusalWaitP95: null,
+      tokensPerSecond: null,
+      costPerHour: null,
+      limiterRate: null,
+    }
+  }
   return {
-    requestsPerSecond: rate(requests),
-    latencyP95: weightedMean(points, (p) => p.latency_p95),
-    ttfbP95: weightedMean(points, (p) => p.ttfb_p95),
-    errorRatio: requests > 0 ? sum(points, (p) => p.requests_5xx_total) / requests : covered > 0 ? 0 : null,
-    upstream429Ratio: attempts > 0 ? Math.min(1, sum(points, upstream429s) / attempts) : covered > 0 ? 0 : null,
-    tokensPerSecond: rate(sum(points, (p) => p.tokens_in_total + p.tokens_out_total)),
-    costPerHour: covered > 0 ? (sum(points, (p) => p.cost_usd) / covered) * 3600 : null,
+    requestsPerSecond: summary.requests_per_s,
+    latencyP95: summary.latency_p95,
+    ttfbP95: summary.ttfb_p95,
+    errorRatio: summary.error_ratio,
+    upstream429Ratio: summary.upstream_429_ratio,
+    refusals: summary.refusals_total,
+    refusalWaitP95: summary.refusal_wait_p95,
+    tokensPerSecond: summary.tokens_in_per_s + summary.tokens_out_per_s,
+    costPerHour: perSecond(summary, summary.cost_usd) * 3600,
     limiterRate: lastKnown(points, (p) => p.limiter_rate),
   }
 }
@@ -128,10 +134,12 @@ export function modelTable(pointLists: Point[][]): ModelRow[] {
 
 export const HEADLINE_LABELS: Record<HeadlineKey, string> = {
   requestsPerSecond: 'Requests / s',
-  latencyP95: 'Latency p95',
-  ttfbP95: 'Time to first byte p95',
+  latencyP95: 'Upstream latency p95',
+  ttfbP95: 'TTFB p95 (streams)',
   errorRatio: 'Error ratio (5xx)',
   upstream429Ratio: 'Upstream 429 ratio',
+  refusals: 'Proxy refusals',
+  refusalWaitP95: 'Refusal wait p95',
   tokensPerSecond: 'Tokens / s',
   costPerHour: 'Cost / hour',
   limiterRate: 'Limiter rate',

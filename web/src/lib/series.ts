@@ -1,6 +1,8 @@
 // Series maths mirroring the collector's rollup rules (services/collector/rollup.py), so
-// that live points merged into a coarse bucket read like the buckets the API returns.
-import type { MetricsResponse, ModelFigures, Point, SnapshotEvent } from '../types'
+// that live points merged into a coarse bucket, and a whole range summed into one point,
+// read like the buckets the API returns.
+import type { MetricsResponse, ModelFigures, Point, SeriesByVariant, SnapshotEvent } from '../types'
+import { histogramQuantile, mergeHistograms } from './quantile'
 
 const TOTALS = [
   'requests_total',
@@ -23,6 +25,7 @@ const TOTALS = [
   'upstream_429_congestion_total',
   'retries_total',
   'proxy_rate_limited_total',
+  'refusals_total',
   'limiter_increases_total',
   'limiter_decreases_total',
   'limiter_probes_total',
@@ -36,21 +39,27 @@ const GAUGES = [
   'degraded_replicas',
 ] as const satisfies readonly (keyof Point)[]
 
-// Averaged over the points that have a value; the API has no histogram buckets for the
-// percentiles, so a merged bucket's percentiles are a weighted mean (an approximation
-// that lasts until the next refetch).
+// Averaged over the points that have a value.
 const OPTIONAL_GAUGES = [
   'limiter_rate',
   'limiter_ceiling',
   'limiter_hold',
   'limiter_concurrency',
-  'latency_p50',
-  'latency_p95',
-  'latency_p99',
-  'ttfb_p50',
-  'ttfb_p95',
-  'ttfb_p99',
 ] as const satisfies readonly (keyof Point)[]
+
+// Each percentile family and the histogram it is read from: merged points take their
+// percentiles from the summed buckets, never from the points' percentiles.
+const HISTOGRAMS = {
+  latency: 'latency_buckets',
+  ttfb: 'ttfb_buckets',
+  refusal_wait: 'refusal_wait_buckets',
+} as const satisfies Record<string, keyof Point>
+
+const PERCENTILES = [
+  ['p50', 0.5],
+  ['p95', 0.95],
+  ['p99', 0.99],
+] as const
 
 const MODEL_FIELDS = [
   'requests',
@@ -123,6 +132,11 @@ export function mergePoints(points: Point[], ts: number, seconds: number): Point
       .filter((pair): pair is [number, number] => pair[0] !== null)
     out[name] = present.length ? weighted(present) : null
   }
+  for (const family of Object.keys(HISTOGRAMS) as (keyof typeof HISTOGRAMS)[]) {
+    const name = HISTOGRAMS[family]
+    const merged = (out[name] = mergeHistograms(points.map((p) => p[name])))
+    for (const [suffix, q] of PERCENTILES) out[`${family}_${suffix}`] = histogramQuantile(merged, q)
+  }
   out.replicas = Math.max(...points.map((p) => p.replicas))
   out.in_flight_max = Math.max(...points.map((p) => p.in_flight_max))
   for (const p of points) {
@@ -141,6 +155,23 @@ export function mergePoints(points: Point[], ts: number, seconds: number): Point
   const attempts = upstreamAttempts(out)
   out.upstream_429_ratio = attempts > 0 ? Math.min(1, upstream429s(out) / attempts) : 0
   return out
+}
+
+/**
+ * The points of a range as one point, or null for none: totals summed, rates per covered
+ * second, percentiles from the merged histograms. The headline figures and the charts'
+ * range readouts are read from it, so they are one number for one range.
+ */
+export function summarize(points: Point[]): Point | null {
+  const first = points[0]
+  const last = points[points.length - 1]
+  if (!first || !last) return null
+  return mergePoints(points, first.ts, last.ts + last.seconds - first.ts)
+}
+
+/** Each variant's points as one point (`summarize`). */
+export function summarizeEach(series: SeriesByVariant): Record<string, Point | null> {
+  return Object.fromEntries(Object.entries(series).map(([variant, points]) => [variant, summarize(points)]))
 }
 
 /**
