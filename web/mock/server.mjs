@@ -12,6 +12,36 @@ const STATIC = fileURLToPath(new URL('../../services/dashboard-api/static/', imp
 const RANGES = { '5m': 300, '15m': 900, '1h': 3600, '6h': 21600, '24h': 86400, '7d': 604800 }
 const VARIANTS = ['production', 'canary']
 const STEP = 5
+// The proxy's bucket ladder (services/proxy/buckets.py): a few fixed small bounds, then
+// 2^(k/8) rounded to three significant digits, finest from 1 s to 128 s.
+const significant = (v) => Number(v.toPrecision(3))
+const doublings = (first, last, step = 1) => {
+  const out = []
+  for (let k = first; k <= last; k += step) out.push(significant(2 ** (k / 8)))
+  return out
+}
+const LADDER = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, ...doublings(-32, 0, 2), ...doublings(1, 56), ...doublings(58, 74, 2)]
+const Z = { p50: 0, p95: 1.6449, p99: 2.3263 }
+
+// erf by Abramowitz and Stegun 7.1.26 (error below 1.5e-7): enough for a mock.
+function erf(x) {
+  const t = 1 / (1 + 0.3275911 * Math.abs(x))
+  const y = 1 - ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * Math.exp(-x * x)
+  return x < 0 ? -y : y
+}
+
+/** The histogram `count` log-normal observations would fill, thinned as the API sends it. */
+function lognormal(count, median, sigma) {
+  const buckets = LADDER.map((le) => [le, count * 0.5 * (1 + erf(Math.log(le / median) / sigma / Math.SQRT2))])
+  return { count, buckets: buckets.filter(([, c], i) => c !== (i ? buckets[i - 1][1] : 0) || c !== (buckets[i + 1]?.[1] ?? count)) }
+}
+
+/** `{family}_p50 .. _p99` of a log-normal (null without observations) and its histogram. */
+function latency(family, count, median, sigma) {
+  const out = { [`${family}_buckets`]: lognormal(count, median, sigma) }
+  for (const [name, z] of Object.entries(Z)) out[`${family}_${name}`] = count ? median * Math.exp(sigma * z) : null
+  return out
+}
 
 function point(variant, ts, seconds) {
   const canary = variant === 'canary'
@@ -28,13 +58,16 @@ function point(variant, ts, seconds) {
   const backoff = Math.floor(ts / seconds) % 131 === 0 ? 1 : 0
   const cost = tokensIn * 0.6e-6 + tokensOut * 2.2e-6
   const slow = canary ? 1.15 : 1
+  const refused = Math.round(r429 * 0.3)
+  const served = requests - refused
   return {
     ts, seconds, variant, replicas: canary ? 1 : 3,
     requests_total: requests, requests_2xx_total: requests - r4xx - r5xx, requests_4xx_total: r4xx,
     requests_429_total: r429, requests_5xx_total: r5xx, client_closed_total: Math.round(requests * 0.002),
     requests_per_s: requests / seconds, error_ratio: requests ? r5xx / requests : 0,
-    latency_p50: 0.9 * slow, latency_p95: (2.4 + 0.4 * Math.sin(t * 2)) * slow, latency_p99: 4.1 * slow,
-    ttfb_p50: 0.18 * slow, ttfb_p95: 0.45 * slow, ttfb_p99: 0.8 * slow,
+    ...latency('latency', served, (6 + Math.sin(t * 2)) * slow, 0.8),
+    ...latency('ttfb', Math.round(served * 0.7), 0.6 * slow, 0.5),
+    ...latency('refusal_wait', refused, 0.02, 1),
     tokens_in_total: tokensIn, tokens_out_total: tokensOut, tokens_cache_read_total: Math.round(tokensIn * 0.3),
     tokens_cache_write_total: Math.round(tokensIn * 0.05), tokens_reasoning_total: Math.round(tokensOut * 0.2),
     tokens_estimated_total: 0, tokens_in_per_s: tokensIn / seconds, tokens_out_per_s: tokensOut / seconds,
@@ -43,7 +76,7 @@ function point(variant, ts, seconds) {
     upstream_errors_total: r5xx + r429, upstream_429_ratio: requests ? r429 / requests : 0,
     upstream_429_frequency_total: Math.round(r429 * 0.7), upstream_429_concurrency_total: Math.round(r429 * 0.2),
     upstream_429_quota_total: 0, upstream_429_congestion_total: r429 - Math.round(r429 * 0.7) - Math.round(r429 * 0.2),
-    retries_total: Math.round(r429 * 0.8), proxy_rate_limited_total: 0,
+    retries_total: Math.round(r429 * 0.8), proxy_rate_limited_total: refused, refusals_total: refused,
     limiter_rate: ceiling * 0.95, limiter_ceiling: ceiling, limiter_hold: ceiling * 0.95, limiter_concurrency: 256,
     limiter_increases_total: 0, limiter_decreases_total: backoff, limiter_probes_total: probe,
     quota_used: { '5h': 0.42, weekly: 0.13 },
@@ -68,13 +101,16 @@ function metrics(url, res) {
   const end = now()
   const start = end - RANGES[range]
   const series = {}
+  const summary = {}
   for (const v of VARIANTS) {
     if (variant !== 'all' && variant !== v) continue
     const points = []
     for (let ts = Math.floor(start / step) * step; ts + Math.min(step, STEP) <= end; ts += step) points.push(point(v, ts, step))
     series[v] = points
+    // Not the merge of the points the real API sends (the page derives its own from them).
+    summary[v] = point(v, start, end - start)
   }
-  json(res, 200, { range, variant, start, end, step, series })
+  json(res, 200, { range, variant, start, end, step, series, summary })
 }
 
 function status(res) {
