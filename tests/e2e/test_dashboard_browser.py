@@ -308,7 +308,17 @@ def test_every_panel_draws_its_data_and_the_status_bar_shows_numbers(page: Any) 
         assert drawn and all(n > 50 for n in drawn), f"{name}: line pixels per chart {drawn}"
         figures = panel.locator("[data-figure]")
         assert figures.count() > 0
-        for value in figures.evaluate_all("(els) => els.map((e) => e.dataset.value)"):
+        refused = None
+        for kind, value in figures.evaluate_all(
+            "(els) => els.map((e) => [e.dataset.name ?? '', e.dataset.value])"
+        ):
+            if kind == "refusals":
+                refused = float(value)
+            if kind == "refusalWaitP95" and refused == 0:
+                # A variant the proxy refused nothing of has no refusal wait (the seeded
+                # history has no refusals); each wait follows its variant's count.
+                assert value == "", f"{name}: a refusal wait {value!r} without refusals"
+                continue
             assert value != "" and float(value) == float(value), f"{name}: figure {value!r}"
 
     headline = page.locator("[data-testid=headline] [data-figure]")
@@ -355,6 +365,138 @@ def test_switching_range_and_variant_redraws_the_charts(page: Any) -> None:
     difference = float(rate.locator("[data-diff]").get_attribute("data-value") or "nan")
     assert production > canary > 0
     assert difference == pytest.approx(canary - production)
+
+
+def wait_until(epoch: float) -> None:
+    """Sleep until the wall clock reads ``epoch``."""
+    time.sleep(max(0.0, epoch - time.time()))
+
+
+def figure(page: Any, variant: str, name: str) -> tuple[float, str]:
+    """A status bar headline figure of ``variant``: its value and how it reads."""
+    element = page.locator(
+        f'[data-testid=headline] .headline[data-variant="{variant}"] [data-name="{name}"]'
+    )
+    return float(element.get_attribute("data-value") or "nan"), element.locator(
+        ".figure__value"
+    ).inner_text()
+
+
+def readout(page: Any, panel: str, line: str) -> tuple[float, str]:
+    """A line's value in the readout above a panel's first chart, and how it reads."""
+    item = page.locator(
+        f'[data-testid=panel-{panel}] [data-testid=chart-readout] [data-line="{line}"]'
+    ).first
+    return float(item.get_attribute("data-value") or "nan"), item.locator(
+        ".time-chart__value"
+    ).inner_text()
+
+
+def readout_at(page: Any, panel: str) -> str:
+    """What the readout above a panel's first chart shows: ``range`` or a point's time."""
+    chart = page.locator(f"[data-testid=panel-{panel}] [data-testid=chart-readout]").first
+    return chart.get_attribute("data-at") or ""
+
+
+def test_the_headline_and_the_chart_show_one_p95_for_a_range(
+    page: Any, server: Dashboard, rounds: Rounds
+) -> None:
+    """The status bar's p95 over the range is the latency chart's p95 over the range, and
+    both are the API's summary of the range (the collector's quantile of the merged
+    histograms); a live round merged into the chart's last bucket reads as the API's
+    bucket does."""
+    for _ in range(3):
+        # Every round written has started by the page's fetch (the API answers rows that
+        # start before now), and the next round ends after it (else the page takes it
+        # as counted in the fetched buckets).
+        rounds.catch_up()
+        wait_until(rounds.writer.last + 0.2)
+        with page.expect_response(lambda r: "/api/metrics?" in r.url) as answer:
+            open_dashboard(page, server, "&range=1h&variant=all")
+        fetched = answer.value.json()
+        if rounds.writer.last + 2 * INTERVAL > fetched["end"]:
+            break
+    else:
+        pytest.fail("the page's fetch kept ending after the next round")
+
+    assert readout_at(page, "latency") == "range"
+    for variant in ("production", "canary"):
+        summary = fetched["summary"][variant]["latency_p95"]
+        headline = figure(page, variant, "latencyP95")
+        chart = readout(page, "latency", f"p95 · {variant}")
+        assert headline == chart
+        assert headline[0] == pytest.approx(summary, rel=1e-9)
+        panel = page.locator(
+            f'[data-testid=panel-latency] [data-figure][data-name="latencyP95"]'
+            f':has-text("{variant}")'
+        )
+        assert float(panel.get_attribute("data-value") or "nan") == headline[0]
+
+    # One live round into the last bucket (two when the first starts a bucket of its own,
+    # so that a merge of a fetched bucket and a live point is what the chart shows).
+    step = fetched["step"]
+    written = rounds.write(2 if (rounds.writer.last + INTERVAL) % step == 0 else 1)
+    wait_event(page, ms(written[-1]))
+    wait_until(written[-1] + 0.2)
+    answer_now = server.get("/api/metrics?range=1h&variant=all", token=TOKEN).json()
+    newest = answer_now["series"]["production"][-1]
+    plot = page.locator("[data-testid=panel-latency] .u-over").first
+    box = plot.bounding_box()
+    # The last point lies on the plot's right edge (a fraction of a pixel inside it).
+    page.mouse.move(box["x"] + box["width"] - 0.25, box["y"] + box["height"] / 2)
+    page.wait_for_function(
+        """() => document.querySelector(
+             '[data-testid=panel-latency] [data-testid=chart-readout]').dataset.at !== 'range'"""
+    )
+    assert float(readout_at(page, "latency")) == newest["ts"]
+    hovered, _ = readout(page, "latency", "p95 · production")
+    assert hovered == pytest.approx(newest["latency_p95"], rel=1e-9)
+
+    page.mouse.move(0, 0)  # off the plot: the range again, live round included
+    page.wait_for_function(
+        """() => document.querySelector(
+             '[data-testid=panel-latency] [data-testid=chart-readout]').dataset.at === 'range'"""
+    )
+    for variant in ("production", "canary"):
+        assert figure(page, variant, "latencyP95") == readout(page, "latency", f"p95 · {variant}")
+
+
+def test_an_empty_quota_list_says_so_on_one_line(
+    browser: Any, server: Dashboard, rounds: Rounds
+) -> None:
+    """No window from the limiter nor the proxies: one sentence across the panel."""
+
+    def without_quota(route: Any) -> None:
+        answer = route.fetch()
+        data = answer.json()
+        points = [p for ps in data.get("series", {}).values() for p in ps]
+        points += [v["latest"] for v in data.get("variants", {}).values() if v.get("latest")]
+        for p in points:
+            p["quota_used"], p["quota_reset_at"] = {}, {}
+        if data.get("state"):
+            data["state"]["quota"] = None
+        route.fulfill(response=answer, body=json.dumps(data))
+
+    rounds.catch_up()
+    context = browser.new_context(viewport=DESKTOP, color_scheme="light")
+    page = context.new_page()
+    try:
+        for path in ("metrics", "status", "limiter"):
+            page.route(f"**/api/{path}*", without_quota)
+        page.route("**/api/events*", lambda route: route.abort())
+        page.goto(f"{server.url}/?token={TOKEN}")
+        empty = page.locator("[data-testid=quota-windows] li")
+        empty.wait_for(timeout=WAIT_MS)
+        assert empty.count() == 1 and empty.inner_text() == "No quota windows reported"
+        lines = page.evaluate(
+            """() => { const range = document.createRange()
+                       range.selectNodeContents(document.querySelector('[data-testid=quota-windows] li'))
+                       return range.getClientRects().length }"""
+        )
+        assert lines == 1
+    finally:
+        page.unroute_all(behavior="ignoreErrors")  # the status poll may be in a route
+        context.close()
 
 
 def test_a_new_collector_round_arrives_over_sse(page: Any, rounds: Rounds) -> None:
