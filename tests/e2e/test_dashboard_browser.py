@@ -490,7 +490,8 @@ def test_an_empty_quota_list_says_so_on_one_line(
         assert empty.count() == 1 and empty.inner_text() == "No quota windows reported"
         lines = page.evaluate(
             """() => { const range = document.createRange()
-                       range.selectNodeContents(document.querySelector('[data-testid=quota-windows] li'))
+                       const item = document.querySelector('[data-testid=quota-windows] li')
+                       range.selectNodeContents(item)
                        return range.getClientRects().length }"""
         )
         assert lines == 1
