@@ -121,6 +121,8 @@ def test_every_uvicorn_name_the_protocol_relies_on_is_still_there() -> None:
     for name in PROTOCOL_ATTRIBUTES:
         assert hasattr(protocol, name), f"HttpToolsProtocol lost the attribute {name}"
     assert isinstance(protocol.server_state.total_requests, int), "ServerState.total_requests"
+    # The protocol resumes reading through its flow control when a body waits for the app.
+    assert callable(getattr(protocol.flow, "resume_reading", None)), "FlowControl.resume_reading"
     cycle = protocol.cycle
     assert isinstance(cycle, httptools_impl.RequestResponseCycle)
     for name in CYCLE_ATTRIBUTES:
