@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 from itertools import pairwise
+from pathlib import Path
 
 import httpx
 import pytest
@@ -62,6 +64,13 @@ def test_each_range_answers_both_variants_at_its_resolution_without_gaps(
         assert {point["seconds"] for point in points} == {step}
         assert {point["variant"] for point in points} == {variant}
         assert all(point["requests_total"] > 0 for point in points)
+
+
+def test_the_contract_document_lists_every_field_of_a_point() -> None:
+    """docs/dashboard-api.md's example point has exactly the fields the API sends."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "dashboard-api.md").read_text()
+    example = text.split("## Point", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    assert set(json.loads(example)) == CONTRACT_FIELDS
 
 
 def test_a_point_carries_every_field_of_the_contract(main_dashboard: Dashboard) -> None:
