@@ -135,7 +135,7 @@ export function modelTable(pointLists: Point[][]): ModelRow[] {
 export const HEADLINE_LABELS: Record<HeadlineKey, string> = {
   requestsPerSecond: 'Requests / s',
   latencyP95: 'Upstream latency p95',
-  ttfbP95: 'TTFB p95 (streams)',
+  ttfbP95: 'Upstream TTFB p95',
   errorRatio: 'Error ratio (5xx)',
   upstream429Ratio: 'Upstream 429 ratio',
   refusals: 'Proxy refusals',
