@@ -152,8 +152,6 @@ class ProxySettings(BaseSettings):
         description="Longest retry back-off; a longer Retry-After goes back to the client.",
     )
 
-    rate_limit_pool: str = Field(default="", exclude=True)
-
     @field_validator("zai_target_url")
     @classmethod
     def _target(cls, value: str) -> str:
@@ -172,13 +170,14 @@ class ProxySettings(BaseSettings):
             raise ValueError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {value!r}")
         return level
 
-    def upstream_keys(self) -> list[UpstreamKey]:
-        """Every upstream key, ZAI_API_KEY first (pools named as LimiterSettings names them)."""
+    def upstream_keys(self, pool_name: str = "") -> list[UpstreamKey]:
+        """Every upstream key, ZAI_API_KEY first, with pools named after ``pool_name``
+        (RATE_LIMIT_POOL) as zai_proxy.shared.upstream_keys names them."""
         return upstream_keys(
             self.zai_api_key.get_secret_value(),
             self.zai_api_keys.get_secret_value(),
             self.zai_api_keys_file,
-            self.rate_limit_pool,
+            pool_name,
         )
 
     def require_key(self) -> None:
