@@ -2,7 +2,8 @@
 
 It asks each part over HTTP, where the environment says they listen (the same variables
 the parts read; ``--host`` picks the machine): the proxy's and the collector's health, the
-limiter's metrics (rate and ceiling per pool), and the dashboard API's last five minutes of
+limiter's metrics (rate and ceiling per pool, and which upstream key, by alias, each pool is
+and whether it is parked), and the dashboard API's last five minutes of
 history (of which it sums the last minute). A part that does not answer shows as down;
 the exit status is 0 when every part answered and 1 otherwise.
 """
@@ -72,24 +73,53 @@ def _pools(client: httpx.Client, limiter: Part) -> list[list[str]]:
     except httpx.HTTPError:
         return []
     figures: dict[str, dict[str, float]] = {}
+    aliases: dict[str, str] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             pool = sample.labels.get("pool")
-            if pool and sample.name in ("limiter_rate", "limiter_ceiling", "limiter_replicas"):
+            if pool and sample.name in _POOL_FIGURES:
                 figures.setdefault(pool, {})[sample.name] = sample.value
-    rows = [["pool", "rate", "learned limit", "replicas"]]
+                if "key" in sample.labels:
+                    aliases[pool] = sample.labels["key"]
+    rows = [["pool", "key", "rate", "learned limit", "cap", "replicas", "parked"]]
+    now = time.time()
     for pool, values in sorted(figures.items()):
         ceiling = values.get("limiter_ceiling")
         rate = values.get("limiter_rate", 0.0)
+        cap = values.get("limiter_concurrency_limit", math.inf)
         rows.append(
             [
                 pool,
+                aliases.get(pool, "-"),
                 "no limit" if math.isinf(rate) else f"{rate:.2f}/s",
                 "-" if ceiling is None else f"{ceiling:.2f}/s",
+                "none" if math.isinf(cap) else f"{cap:.0f}",
                 f"{values.get('limiter_replicas', 0):.0f}",
+                _parked(values, now),
             ]
         )
     return rows
+
+
+_POOL_FIGURES = frozenset(
+    {
+        "limiter_rate",
+        "limiter_ceiling",
+        "limiter_concurrency_limit",
+        "limiter_replicas",
+        "limiter_key_parked",
+        "limiter_key_parked_until_timestamp_seconds",
+    }
+)
+
+
+def _parked(values: dict[str, float], now: float) -> str:
+    if not values.get("limiter_key_parked"):
+        return "no"
+    until = values.get("limiter_key_parked_until_timestamp_seconds", math.inf)
+    if math.isinf(until):
+        return "until lifted"
+    return f"for {max(0.0, until - now) / 60:.0f} min"
 
 
 def _last_minute(client: httpx.Client, dashboard: Part) -> list[list[str]]:

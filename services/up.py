@@ -239,9 +239,14 @@ def compose(
         collector = unless_set(collector, database_url=DEMO_DATABASE_URL)
         dashboard = unless_set(dashboard, database_url=DEMO_DATABASE_URL)
     proxy.require_key()
-    # The limiter names its pool after the proxies' upstream (key and URL).
+    # The limiter names its pools after the proxies' upstream (keys and URL).
     limits = limits.model_copy(
-        update={"zai_api_key": proxy.zai_api_key, "zai_target_url": proxy.zai_target_url}
+        update={
+            "zai_api_key": proxy.zai_api_key,
+            "zai_api_keys": proxy.zai_api_keys,
+            "zai_api_keys_file": proxy.zai_api_keys_file,
+            "zai_target_url": proxy.zai_target_url,
+        }
     )
     limits = unless_set(limits, limiter_admin_token=SecretStr(secrets.token_urlsafe(24)))
     proxies = [proxy]

@@ -1,11 +1,12 @@
--- Admit one request to a pool, on Redis's clock: the concurrency lease first, then GCRA.
--- A refusal reserves nothing (no TAT advance, no lease).
+-- Admit one request to a pool, on Redis's clock: a parked pool refuses, then the
+-- concurrency lease, then GCRA. A refusal reserves nothing (no TAT advance, no lease).
 --
--- KEYS: state hash, tat string, leases zset (all in the pool's hash slot)
+-- KEYS: state hash, tat string, leases zset, parked hash (all in the pool's hash slot)
 -- ARGV: initial_rate, burst_seconds, max_wait, lease id, lease_ttl, concurrency_retry
--- Returns {granted 1/0, reason, wait, rate, cap ('' for none), in_flight, epoch, now}.
+-- Returns {granted 1/0, reason, wait, rate, cap ('' for none), in_flight, epoch, now,
+-- parked reason ('' unless parked)}.
 -- Floats go back as %.17g strings: Redis truncates Lua numbers to integers on the way out.
-local state_key, tat_key, leases_key = KEYS[1], KEYS[2], KEYS[3]
+local state_key, tat_key, leases_key, parked_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local burst = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])
 local lease = ARGV[4]
@@ -36,6 +37,20 @@ end
 local epoch = tonumber(saved[3]) or 0
 local rate_text = unlimited and 'inf' or fmt(rate)
 local cap_text = cap and tostring(cap) or ''
+
+-- A parked pool (its key's quota is spent, or the key unusable) refuses before anything
+-- else, with the wait until it comes back ('inf': until lifted). A finite parking also
+-- expires by itself (park.lua sets the TTL); the time check covers the last millisecond.
+local parked = redis.call('HMGET', parked_key, 'until', 'reason')
+if parked[1] then
+  local forever = parked[1] == 'forever'
+  local parked_until = tonumber(parked[1])
+  if forever or (parked_until and parked_until > now) then
+    local wait = forever and 'inf' or fmt(parked_until - now)
+    return {0, 'parked', wait, rate_text, cap_text, redis.call('ZCARD', leases_key), epoch,
+      fmt(now), parked[2] or ''}
+  end
+end
 
 -- Once the TAT has passed it means the same as no TAT, so the key may go then. It is
 -- stored with the rate its backlog was laid out at: "<tat> <rate>".
@@ -79,7 +94,7 @@ if cap and in_flight >= cap then
   if first[2] then
     wait = math.min(wait, tonumber(first[2]) - now)
   end
-  return {0, 'concurrency', fmt(wait), rate_text, cap_text, in_flight, epoch, fmt(now)}
+  return {0, 'concurrency', fmt(wait), rate_text, cap_text, in_flight, epoch, fmt(now), ''}
 end
 
 -- GCRA: emission interval 1/rate, tolerance burst_seconds; no rate, no wait.
@@ -89,7 +104,7 @@ if unlimited then
 else
   wait = math.max(0, tat - burst - now)
   if wait > max_wait then
-    return {0, 'rate', fmt(wait), rate_text, cap_text, in_flight, epoch, fmt(now)}
+    return {0, 'rate', fmt(wait), rate_text, cap_text, in_flight, epoch, fmt(now), ''}
   end
   save_tat(tat + 1 / rate)
 end
@@ -99,4 +114,4 @@ local lease_ms = math.max(1, math.ceil(lease_ttl * 1000))
 if redis.call('PTTL', leases_key) < lease_ms then
   redis.call('PEXPIRE', leases_key, lease_ms)
 end
-return {1, 'ok', fmt(wait), rate_text, cap_text, in_flight + added, epoch, fmt(now)}
+return {1, 'ok', fmt(wait), rate_text, cap_text, in_flight + added, epoch, fmt(now), ''}

@@ -1,8 +1,9 @@
 """The limiter service: the control loop, its admin API and its metrics.
 
-Admin endpoints (``/state``, ``/reset``, ``/bounds``) need ``Authorization: Bearer
-<LIMITER_ADMIN_TOKEN>``; with no token configured they answer 403, so no deployment ever
-has an open admin API.
+Admin endpoints (``/state``, ``/reset``, ``/bounds``, ``/park``, ``/lift``) need
+``Authorization: Bearer <LIMITER_ADMIN_TOKEN>``; with no token configured they answer 403,
+so no deployment ever has an open admin API. ``/park`` and ``/lift`` name an upstream key
+by its alias (``{"key": "alpha"}``) or a pool (``{"pool": ...}``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from zai_proxy.limiter.control import apply_bounds
 from zai_proxy.limiter.metrics import LimiterMetrics
 from zai_proxy.limiter.plane import ControlPlane
 from zai_proxy.limiter.settings import LimiterSettings
-from zai_proxy.limiter.store import LimiterStore, StoreError
+from zai_proxy.limiter.store import FOREVER, LimiterStore, StoreError
 from zai_proxy.limiter.stores import open_store
 from zai_proxy.shared.exposition import renderer
 from zai_proxy.shared.tasks import cancel_and_wait
@@ -49,6 +50,22 @@ class ResetRequest(BaseModel):
     """Which pool to reset."""
 
     pool: str | None = Field(default=None, description="The pool; default: the configured one.")
+
+
+class KeyRequest(BaseModel):
+    """An upstream key by its alias, or a pool by name (default: the first key's)."""
+
+    key: str | None = Field(default=None, description="The upstream key's alias.")
+    pool: str | None = Field(default=None, description="The pool; instead of key.")
+
+
+class ParkRequest(KeyRequest):
+    """Park an upstream key: no request goes to it until then, or until lifted."""
+
+    seconds: float | None = Field(
+        default=None, gt=0, description="How long; unset: until lifted (POST /lift)."
+    )
+    reason: str = Field(default="parked by an operator", min_length=1, max_length=200)
 
 
 class LimiterService:
@@ -104,12 +121,17 @@ class LimiterService:
     async def state(self) -> dict[str, Any]:
         """Every active pool's state, as the admin API shows it."""
         pools: dict[str, Any] = {}
-        names = set(await self.store.pools()) | {self.settings.pool()}
+        aliases = self.settings.pools()
+        names = set(await self.store.pools()) | {self.settings.pool()} | set(aliases)
         for pool in sorted(names):
             saved = await self.store.load_state(pool) or {}
             replicas = await self.store.replicas(pool)
             params = self.loop.params_for(pool, await self.store.load_bounds(pool))
+            parking = await self.store.parking(pool)
             self.metrics.pool_state(pool, saved, params, replicas)
+            alias = aliases.get(pool)
+            if alias is not None:
+                self.metrics.key_parking(pool, alias, parking)
             limit = float(saved["limit"]) if saved.get("limit") else None
             rate = float(saved["rate"]) if saved.get("rate") else params.initial_rate
             cap = saved.get("concurrency")
@@ -126,6 +148,14 @@ class LimiterService:
                 "tick": int(saved["consumed"]) if saved.get("consumed") else None,
                 "updated_at": float(saved["updated_at"]) if saved.get("updated_at") else None,
                 "replicas": replicas,
+                "key": aliases.get(pool),
+                "parked": None
+                if parking is None
+                else {
+                    "until": None if math.isinf(parking.until) else parking.until,
+                    "reason": parking.reason,
+                    "since": parking.since,
+                },
                 "bounds": {
                     "min_rate": params.min_rate,
                     "max_rate": params.max_rate,
@@ -150,6 +180,32 @@ class LimiterService:
         await self.store.reset(name)
         log.warning("pool=%s reset by the admin API", name)
         return name
+
+    def pool_of(self, request: KeyRequest) -> str:
+        """The pool a request names by key alias or pool; ValueError for an unknown alias."""
+        if request.key is not None:
+            for pool, alias in self.settings.pools().items():
+                if alias == request.key:
+                    return pool
+            raise ValueError(f"no upstream key has the alias {request.key!r}")
+        return request.pool or self.settings.pool()
+
+    async def park(self, request: ParkRequest) -> dict[str, Any]:
+        """Park an upstream key's pool (until a time, or until lifted)."""
+        pool = self.pool_of(request)
+        seconds = request.seconds or FOREVER
+        held = await self.store.park(pool, seconds, request.reason)
+        log.warning("pool=%s parked by the admin API: %s", pool, request.reason)
+        until = None if math.isinf(held.until) else held.until
+        return {"pool": pool, "until": until, "reason": held.reason}
+
+    async def lift(self, request: KeyRequest) -> dict[str, Any]:
+        """End an upstream key's parking now."""
+        pool = self.pool_of(request)
+        lifted = await self.store.lift(pool)
+        if lifted:
+            log.warning("pool=%s parking lifted by the admin API", pool)
+        return {"pool": pool, "lifted": lifted}
 
     async def set_bounds(self, bounds: Bounds) -> dict[str, str]:
         """Save new bounds for a pool; the next step applies them."""
@@ -224,6 +280,22 @@ def build_app(settings: LimiterSettings, store: LimiterStore | None = None) -> F
     async def reset(request: ResetRequest | None = None) -> dict[str, str]:
         """Forget a pool's learned state; it starts again with slow start."""
         return {"reset": await service.reset(request.pool if request else None)}
+
+    @app.post("/park", dependencies=guarded)
+    async def park(request: ParkRequest) -> dict[str, Any]:
+        """Park an upstream key (by alias, or a pool): no proxy sends it work until then."""
+        try:
+            return await service.park(request)
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from exc
+
+    @app.post("/lift", dependencies=guarded)
+    async def lift(request: KeyRequest | None = None) -> dict[str, Any]:
+        """Lift an upstream key's parking (a quota reset early, arrears paid, plan renewed)."""
+        try:
+            return await service.lift(request or KeyRequest())
+        except ValueError as exc:
+            raise HTTPException(400, str(exc)) from exc
 
     @app.put("/bounds", dependencies=guarded)
     async def bounds(request: Bounds) -> dict[str, str]:

@@ -33,6 +33,10 @@ key                                type    TTL                    written by / r
 ``{prefix}:{pool}:replicas``       zset    the longest heartbeat  ``heartbeat`` (replica ->
                                            TTL; expired members   expiry) / ``heartbeat``,
                                            dropped by heartbeat   limiter (``replicas``)
+``{prefix}:{pool}:parked``         hash    until the parking      ``park`` (``until``: store time
+                                           ends (none while it    or ``forever``, ``reason``,
+                                           lasts until lifted)    ``since``), ``lift`` deletes /
+                                                                  ``acquire``, ``parking``
 ``{prefix}:{pool}:freed``          pubsub  none (a channel:       ``report``, ``save_state``,
                                            nothing is kept)       ``reset`` (slots freed while
                                                                   a cap is in force) /
@@ -68,6 +72,7 @@ class PoolKeys:
     replicas: str
     tick_prefix: str  # + tick index
     freed: str  # the pub/sub channel of slots freed
+    parked: str  # why and until when the pool's key refuses work
 
     def tick(self, index: int) -> str:
         """The counter hash of one tick."""
@@ -88,6 +93,7 @@ def pool_keys(prefix: str, pool: str) -> PoolKeys:
         replicas=f"{base}:replicas",
         tick_prefix=f"{base}:t:",
         freed=f"{base}:freed",
+        parked=f"{base}:parked",
     )
 
 

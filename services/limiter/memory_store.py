@@ -21,6 +21,7 @@ from zai_proxy.limiter.store import (
     STATE_TTL_SECONDS,
     Admission,
     StoreConfig,
+    check_parking,
     parse_cap,
     parse_rate,
     pushed_cap,
@@ -44,6 +45,7 @@ class _Pool:
     replicas: dict[str, float] = field(default_factory=dict)  # replica -> expiry
     ticks: dict[int, _Tick] = field(default_factory=dict)
     seen: float = -math.inf  # last acquire, for pools()
+    parked: s.Parking | None = None
 
     def drop_expired_leases(self, now: float) -> None:
         self.leases = {lease: end for lease, end in self.leases.items() if end > now}
@@ -56,6 +58,8 @@ class _Pool:
             self.state = None
         if self.seen < now - ttl:
             self.seen = -math.inf
+        if self.parked is not None and self.parked.until <= now:
+            self.parked = None
 
     def is_empty(self, now: float) -> bool:
         return not (
@@ -65,7 +69,12 @@ class _Pool:
             or self.replicas
             or self.ticks
             or self.seen > -math.inf
+            or self.parked is not None
         )
+
+    def parking(self, now: float) -> s.Parking | None:
+        parked = self.parked
+        return parked if parked is not None and parked.until > now else None
 
     def live_state(self, now: float) -> dict[str, str]:
         if self.state is None or self.state_expiry <= now:
@@ -103,6 +112,12 @@ class MemoryStore:
         rate = parse_rate(saved.get(s.RATE), self.config.initial_rate)
         cap = parse_cap(saved.get(s.CONCURRENCY))
         epoch = int(saved.get(s.EPOCH) or 0)
+        parked = state.parking(now)
+        if parked is not None:
+            # Refused before anything else (see acquire.lua).
+            wait = parked.until - now
+            held = len(state.leases)
+            return Admission(False, wait, "parked", rate, cap, held, epoch, now, parked.reason)
         burst = self.config.burst_seconds
         if state.tat > now and 0 < state.tat_rate != rate and math.isfinite(rate):
             # The backlog waits at the rate in force (see acquire.lua).
@@ -205,6 +220,30 @@ class MemoryStore:
             listeners.remove(queue)
             if not listeners:
                 del self._listeners[pool]
+
+    async def park(self, pool: str, seconds: float, reason: str) -> s.Parking:
+        """Park a pool; the later end wins (as park.lua)."""
+        check_parking(seconds, reason)
+        now = self._clock()
+        state = self._pool(pool)
+        held = state.parking(now)
+        if held is None or held.until < now + seconds:
+            held = state.parked = s.Parking(now + seconds, reason, now)
+        return held
+
+    async def lift(self, pool: str) -> bool:
+        """End a pool's parking now."""
+        state = self._pools.get(pool)
+        if state is None:
+            return False
+        held = state.parking(self._clock()) is not None
+        state.parked = None
+        return held
+
+    async def parking(self, pool: str) -> s.Parking | None:
+        """The pool's parking in force, or None."""
+        state = self._pools.get(pool)
+        return None if state is None else state.parking(self._clock())
 
     async def ping(self) -> None:
         """Always answers: the store is this process."""

@@ -17,11 +17,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from zai_proxy.limiter.control import StepResult
 from zai_proxy.limiter.controller import Params
+from zai_proxy.limiter.store import Parking
 from zai_proxy.shared.limiter_metrics import (
     CEILING,
     CONCURRENCY,
     DECISIONS,
     HOLD,
+    KEY_PARKED,
+    KEY_PARKED_UNTIL,
     LEADER,
     QUOTA_AGE,
     QUOTA_CAP,
@@ -85,6 +88,14 @@ class LimiterMetrics:
             QUOTA_RESET, "When a quota window resets (epoch seconds).", ["window"], registry=r
         )
         self.quota_age = Gauge(QUOTA_AGE, "Seconds since the last good quota sample.", registry=r)
+        self.key_parked = Gauge(
+            KEY_PARKED, "1 while the upstream key's pool is parked (key: its alias).",
+            ["pool", "key"], registry=r,
+        )  # fmt: skip
+        self.key_parked_until = Gauge(
+            KEY_PARKED_UNTIL, "When the key's parking ends (epoch seconds; +Inf: until lifted; "
+            "0: not parked).", ["pool", "key"], registry=r,
+        )  # fmt: skip
         self._windows: dict[str, deque[Mapping[str, float]]] = {}
 
     def stepped(self, result: StepResult) -> None:
@@ -108,6 +119,11 @@ class LimiterMetrics:
                 self.quota_cap.remove(result.pool)
         else:
             self.quota_cap.labels(result.pool).set(result.quota_cap)
+
+    def key_parking(self, pool: str, alias: str, parking: Parking | None) -> None:
+        """Show whether an upstream key's pool is parked, and until when."""
+        self.key_parked.labels(pool, alias).set(0 if parking is None else 1)
+        self.key_parked_until.labels(pool, alias).set(0 if parking is None else parking.until)
 
     def pool_state(self, pool: str, saved: dict[str, str], params: Params, replicas: int) -> None:
         """Show a pool's saved state."""

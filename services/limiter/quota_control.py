@@ -30,9 +30,10 @@ class QuotaControl:
         self.pacer = QuotaPacer(settings.quota_pacing())
         self.poller: QuotaPoller | None = None
         if settings.quota_poll_enabled:
+            keys = settings.upstream_keys()
             self.poller = QuotaPoller(
                 settings.quota_poller_config(),
-                settings.zai_api_key.get_secret_value(),
+                keys[0].key if keys else "",
                 on_sample=self._sample,
             )
         # Attempts stepped since the last quota sample: the pacer needs the admitted rate.

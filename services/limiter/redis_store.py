@@ -28,9 +28,11 @@ from zai_proxy.limiter.store import (
     REGISTER_SECONDS,
     STATE_TTL_SECONDS,
     Admission,
+    Parking,
     StoreConfig,
     StoreError,
     StoreUnavailable,
+    check_parking,
     parse_cap,
 )
 
@@ -58,13 +60,15 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,  # includes the built-in TimeoutError
 )
 
-_REASONS: dict[bytes | str, Literal["ok", "rate", "concurrency"]] = {
+_REASONS: dict[bytes | str, Literal["ok", "rate", "concurrency", "parked"]] = {
     b"ok": "ok",
     b"rate": "rate",
     b"concurrency": "concurrency",
+    b"parked": "parked",
     "ok": "ok",
     "rate": "rate",
     "concurrency": "concurrency",
+    "parked": "parked",
 }
 
 
@@ -117,6 +121,7 @@ class RedisStore:
         self._renew = redis.register_script(_script("renew.lua"))
         self._replicas = redis.register_script(_script("replicas.lua"))
         self._lead = redis.register_script(_script("lead.lua"))
+        self._park = redis.register_script(_script("park.lua"))
         self._pools_key = keys.pools_key(config.prefix)
         self._leader_key = keys.leader_key(config.prefix)
         self._tick_ttl_ms = _millis(config.tick_ttl_seconds)
@@ -160,7 +165,7 @@ class RedisStore:
             if self._next_registration.get(pool, -math.inf) <= time.monotonic():
                 await self._register_pool(pool)
             reply = await self._acquire(
-                keys=(pool_keys.state, pool_keys.tat, pool_keys.leases),
+                keys=(pool_keys.state, pool_keys.tat, pool_keys.leases, pool_keys.parked),
                 args=(
                     config.initial_rate,
                     config.burst_seconds,
@@ -170,7 +175,7 @@ class RedisStore:
                     CONCURRENCY_RETRY_SECONDS,
                 ),
             )
-        granted, reason, wait, rate, cap, in_flight, epoch, now = reply
+        granted, reason, wait, rate, cap, in_flight, epoch, now, parked = reply
         return Admission(
             granted=granted == 1,
             wait=float(wait),
@@ -180,6 +185,7 @@ class RedisStore:
             in_flight=int(in_flight),
             epoch=int(epoch),
             now=float(now),
+            parked=_text(parked),
         )
 
     async def report(
@@ -245,6 +251,35 @@ class RedisStore:
         finally:
             with contextlib.suppress(redis_errors.RedisError, OSError):
                 await pubsub.aclose()
+
+    async def park(self, pool: str, seconds: float, reason: str) -> Parking:
+        """Park a pool on Redis's clock (park.lua); the later end wins."""
+        check_parking(seconds, reason)
+        parked_key = keys.pool_keys(self.config.prefix, pool).parked
+        with _translate_errors:
+            ends, held_reason, since = await self._park(
+                keys=(parked_key,), args=("inf" if math.isinf(seconds) else repr(seconds), reason)
+            )
+        return _parking(_text(ends), _text(held_reason), _text(since))
+
+    async def lift(self, pool: str) -> bool:
+        """End a pool's parking now."""
+        parked_key = keys.pool_keys(self.config.prefix, pool).parked
+        with _translate_errors:
+            return bool(await self._redis.delete(parked_key))
+
+    async def parking(self, pool: str) -> Parking | None:
+        """The pool's parking in force, or None."""
+        parked_key = keys.pool_keys(self.config.prefix, pool).parked
+        with _translate_errors:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hmget(parked_key, ["until", "reason", "since"])
+                pipe.time()
+                (ends, reason, since), (seconds, micros) = await pipe.execute()
+        if ends is None:
+            return None
+        held = _parking(_text(ends), _text(reason or b""), _text(since or b"0"))
+        return held if held.until > seconds + micros / 1_000_000 else None
 
     async def ping(self) -> None:
         """Raise StoreUnavailable unless Redis answers."""
@@ -356,6 +391,10 @@ class RedisStore:
         except BaseException:
             self._next_registration.pop(pool, None)
             raise
+
+
+def _parking(ends: str, reason: str, since: str) -> Parking:
+    return Parking(s.FOREVER if ends == "forever" else float(ends), reason, float(since))
 
 
 def _millis(seconds: float) -> int:

@@ -6,7 +6,7 @@ unset) runs the control loop and the quota poller in-process with these paramete
 
 from __future__ import annotations
 
-import hashlib
+from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,6 +21,7 @@ from zai_proxy.limiter.store import (
     StoreConfig,
 )
 from zai_proxy.shared.defaults import DEFAULT_TARGET_URL
+from zai_proxy.shared.upstream_keys import UpstreamKey, legacy_pool, upstream_keys
 
 
 class LimiterSettings(BaseSettings):
@@ -127,6 +128,8 @@ class LimiterSettings(BaseSettings):
     )
     zai_target_url: str = Field(default=DEFAULT_TARGET_URL, exclude=True)
     zai_api_key: SecretStr = Field(default=SecretStr(""), exclude=True)
+    zai_api_keys: SecretStr = Field(default=SecretStr(""), exclude=True)
+    zai_api_keys_file: Path | None = Field(default=None, exclude=True)
 
     @field_validator("redis_url")
     @classmethod
@@ -165,12 +168,26 @@ class LimiterSettings(BaseSettings):
             tick_ttl_seconds=max(60.0, 8 * self.rate_limit_tick),
         )
 
+    def upstream_keys(self) -> list[UpstreamKey]:
+        """Every upstream key with its pool (see zai_proxy.shared.upstream_keys)."""
+        return upstream_keys(
+            self.zai_api_key.get_secret_value(),
+            self.zai_api_keys.get_secret_value(),
+            self.zai_api_keys_file,
+            self.rate_limit_pool,
+        )
+
     def pool(self) -> str:
-        """The pool name: set, or a short digest of the upstream key (never the key itself)."""
-        if self.rate_limit_pool:
-            return self.rate_limit_pool
-        key = self.zai_api_key.get_secret_value()
-        return "key-" + hashlib.sha256(key.encode()).hexdigest()[:12] if key else "default"
+        """The first key's pool: RATE_LIMIT_POOL, or a short digest of ZAI_API_KEY (never
+        the key itself), or the first ZAI_API_KEYS entry's."""
+        keys = self.upstream_keys()
+        if keys:
+            return keys[0].pool
+        return legacy_pool("", self.rate_limit_pool)
+
+    def pools(self) -> dict[str, str]:
+        """Pool -> alias of every configured upstream key."""
+        return {key.pool: key.alias for key in self.upstream_keys()}
 
     def quota_poller_config(self) -> QuotaPollerConfig:
         """Where and how the quota poller asks."""

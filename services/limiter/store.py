@@ -14,12 +14,16 @@ Hot path (proxies), one round trip each:
   limits in force), and the first 1302 caps an uncapped pool (see ``pushed_cap``).
 - ``heartbeat``: say this replica is alive; learn how many share the pool.
 - ``renew``: keep the concurrency leases of the attempts still running from expiring.
+- ``park`` (after a quota-class answer: one call, off the hot path) and, in ``acquire``,
+  the parking read: a parked pool refuses with reason "parked", the wait until it comes
+  back (infinity: until ``lift``) and why, in the same single round trip.
 - ``freed``: hear, from every replica, how many concurrency slots came free while a cap is
   in force (leases released, a cap raised or lifted), to wake requests waiting for one.
 
 Control plane (the limiter's leader): ``pools``, ``read_ticks``, ``load_state``,
 ``save_state`` (compare-and-set on ``version``, so a step never overwrites a push made
-meanwhile), ``load_bounds``, ``save_bounds``, ``replicas``, ``reset``, ``lead``.
+meanwhile), ``load_bounds``, ``save_bounds``, ``replicas``, ``reset``, ``lead``; and
+for the admin API and status, ``parking`` and ``lift``.
 
 Error hierarchy:
 
@@ -69,6 +73,10 @@ PUSHED_CAP = "pushed_cap"  # store time of the last cap push
 VERSION = "version"  # bumped by every save and push
 
 
+# A parking that lasts until it is lifted (an arrears or an expired plan).
+FOREVER = math.inf
+
+
 class StoreError(Exception):
     """The limiter store failed."""
 
@@ -107,13 +115,33 @@ class Admission:
     """The store's answer to one request for a slot."""
 
     granted: bool
-    wait: float  # granted: seconds to wait before sending; refused: the wait it would need
-    reason: Literal["ok", "rate", "concurrency"]
+    # granted: seconds to wait before sending; refused: the wait it would need (parked:
+    # until the pool comes back, FOREVER until it is lifted)
+    wait: float
+    reason: Literal["ok", "rate", "concurrency", "parked"]
     rate: float  # the pool's rate now (infinity: none)
     concurrency: int | None  # the pool's cap now (None: none)
     in_flight: int  # leases held in the pool, this one's included when granted
     epoch: int  # the cap's epoch
     now: float  # the store's clock (epoch seconds), so callers can align ticks
+    parked: str = ""  # refused as parked: why (as ``park`` was told)
+
+
+@dataclass(frozen=True, slots=True)
+class Parking:
+    """Why and until when a pool is parked (its upstream key refuses work)."""
+
+    until: float  # store-clock epoch seconds; FOREVER: until lifted
+    reason: str
+    since: float  # when it was parked
+
+
+def check_parking(seconds: float, reason: str) -> None:
+    """Refuse a parking that could not be stored faithfully."""
+    if not (seconds > 0 and not math.isnan(seconds)):
+        raise ValueError("a pool is parked for more than 0 seconds (FOREVER: until lifted)")
+    if not reason or len(reason) > 200:
+        raise ValueError("a parking reason is 1-200 characters")
 
 
 def pushed_cap(cap: int | None, base: int | None, refused_at: int | None, floor: int) -> int | None:
@@ -196,6 +224,20 @@ class LimiterStore(Protocol):
         was lifted. At most once: what is announced while nobody listens is not kept, so
         waiters still ask again now and then. Raises StoreUnavailable when the store
         cannot be reached (the caller listens again later)."""
+        ...
+
+    async def park(self, pool: str, seconds: float, reason: str) -> Parking:
+        """Park a pool for ``seconds`` (FOREVER: until lifted): every acquire refuses with
+        reason "parked" until then. A parking never shortens one already in force (the
+        later end wins, and its reason). Returns the parking in force."""
+        ...
+
+    async def lift(self, pool: str) -> bool:
+        """End a pool's parking now; True when it was parked."""
+        ...
+
+    async def parking(self, pool: str) -> Parking | None:
+        """The pool's parking in force, or None."""
         ...
 
     async def ping(self) -> None:

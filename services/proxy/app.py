@@ -14,6 +14,8 @@ import hmac
 import logging
 import math
 import os
+import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -36,6 +38,7 @@ from zai_proxy.proxy.admission import BodyBudget, WorkerPool
 from zai_proxy.proxy.auth import ClientKeys
 from zai_proxy.proxy.forwarding import Forwarder
 from zai_proxy.proxy.headers import UpstreamAuth
+from zai_proxy.proxy.key_routing import KeyRouter, UpstreamKey
 from zai_proxy.proxy.limiting import ProxyLimiter
 from zai_proxy.proxy.memory import trim_when_idle
 from zai_proxy.proxy.metrics import ProxyMetrics
@@ -46,6 +49,8 @@ from zai_proxy.proxy.tokens import TokenEstimator, encoding_for, load_encoding
 from zai_proxy.proxy.upstream import create_session
 from zai_proxy.shared.exposition import renderer
 from zai_proxy.shared.tasks import cancel_and_wait
+from zai_proxy.shared.upstream_keys import DEFAULT_ALIAS
+from zai_proxy.shared.upstream_keys import UpstreamKey as SharedUpstreamKey
 
 log = logging.getLogger("zai_proxy.proxy")
 
@@ -98,7 +103,7 @@ class ProxyApp:
         self.control = self._control_app()
         self.forwarder: Forwarder | None = None
         self.store: LimiterStore | None = None
-        self.limiter: ProxyLimiter | None = None
+        self.upstream: KeyRouter | None = None
         self.plane: ControlPlane | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -142,18 +147,33 @@ class ProxyApp:
         store = self.store = self._shared_store or open_store(
             limits.redis_url, limits.store_config(), socket_timeout=limits.redis_timeout
         )
-        limiter = self.limiter = ProxyLimiter(
-            store, limits.pool(), max_wait=limits.rate_limit_max_wait
+        replica = uuid.uuid4().hex[:12]
+        upstream = self.upstream = KeyRouter(
+            [
+                UpstreamKey(
+                    key.alias,
+                    UpstreamAuth(key.key),
+                    ProxyLimiter(
+                        store, key.pool, max_wait=limits.rate_limit_max_wait, replica=replica
+                    ),
+                    order=order,
+                )
+                for order, key in enumerate(
+                    s.upstream_keys(limits.rate_limit_pool)
+                    # Built without a key (tests of the app alone; `proxy` refuses to
+                    # start without one), a proxy still has one pool to admit from.
+                    or [SharedUpstreamKey(DEFAULT_ALIAS, "", limits.pool())]
+                )
+            ]
         )
         access_log = AccessLog(path=s.access_log_file) if s.access_log else None
         self.forwarder = Forwarder(
             router=Router(s.zai_target_url, s.zai_anthropic_url),
-            auth=UpstreamAuth(s.zai_api_key.get_secret_value()),
             session=create_session(s),
             pool=WorkerPool(s.max_workers, s.max_queue, s.queue_timeout),
             metrics=self.metrics,
             accounting=Accounting(estimator),
-            limiter=limiter,
+            upstream=upstream,
             retries=RetryPolicy(s.max_retries, s.retry_backoff_base, s.retry_backoff_max),
             max_body=s.max_request_body_bytes,
             body_timeout=s.client_body_timeout,
@@ -165,7 +185,7 @@ class ProxyApp:
         tasks = self.lifecycle.tasks
         if access_log is not None:
             tasks.append(asyncio.create_task(access_log.run(), name="access-log"))
-        tasks.append(asyncio.create_task(limiter.run(), name="limiter-reports"))
+        tasks.append(asyncio.create_task(upstream.run(), name="limiter-reports"))
         tasks.append(asyncio.create_task(self._refresh_gauges(), name="limiter-gauges"))
         tasks.append(
             asyncio.create_task(trim_when_idle(self.forwarder.pool.is_idle), name="memory-trim")
@@ -182,14 +202,21 @@ class ProxyApp:
         gc.freeze()
 
     async def _refresh_gauges(self) -> None:
-        limiter, metrics = self.limiter, self.metrics
-        assert limiter is not None
+        upstream, metrics = self.upstream, self.metrics
+        assert upstream is not None
         while True:
-            metrics.limiter_rate.set(limiter.rate)
-            cap = limiter.concurrency
-            metrics.limiter_concurrency.set(math.inf if cap is None else cap)
-            metrics.limiter_degraded.set(1 if limiter.degraded else 0)
-            metrics.limiter_replicas.set(limiter.replicas)
+            # The fleet's totals over its keys (one key: that key's), and each key's own.
+            limiters = [key.limiter for key in upstream.keys]
+            caps = [limiter.concurrency for limiter in limiters]
+            metrics.limiter_rate.set(sum(limiter.rate for limiter in limiters))
+            metrics.limiter_concurrency.set(
+                math.inf if None in caps else sum(cap or 0 for cap in caps)
+            )
+            metrics.limiter_degraded.set(1 if upstream.degraded else 0)
+            metrics.limiter_replicas.set(max(limiter.replicas for limiter in limiters))
+            now = time.time()
+            for key in upstream.keys:
+                metrics.upstream_key(key.alias, key.limiter, key.parked_until, now)
             await asyncio.sleep(GAUGE_SECONDS)
 
     async def shutdown(self) -> None:
@@ -197,9 +224,9 @@ class ProxyApp:
         await cancel_and_wait(self.lifecycle.tasks)
         if self.plane is not None:
             await self.plane.stop()
-        if self.limiter is not None:
+        if self.upstream is not None:
             with contextlib.suppress(Exception):
-                await self.limiter.flush()
+                await self.upstream.flush()
         if self.store is not None and self._shared_store is None:
             await self.store.close()
         if self.forwarder is not None:
@@ -221,7 +248,7 @@ class ProxyApp:
         @app.get("/health")
         async def health() -> dict[str, str]:
             """Liveness: the process is serving; "degraded" while the limiter store is down."""
-            degraded = self.limiter is not None and self.limiter.degraded
+            degraded = self.upstream is not None and self.upstream.degraded
             return {"status": "degraded" if degraded else "ok"}
 
         @app.get("/ready")

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 from pathlib import Path
 
 from zai_proxy.proxy.errors import ProxyError
+from zai_proxy.shared import keyfiles
+from zai_proxy.shared.keyfiles import parse_file
 
 ANONYMOUS = "anonymous"
-_ALIAS = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+__all__ = ["ANONYMOUS", "ClientKeys", "Unauthorized", "parse_file", "parse_inline"]
 
 
 class Unauthorized(ProxyError):
@@ -38,34 +39,7 @@ def _digest(key: str | bytes) -> bytes:
 
 def parse_inline(text: str) -> dict[str, str]:
     """PROXY_API_KEYS (``alias:key,alias:key``) into {alias: key}."""
-    keys: dict[str, str] = {}
-    for number, entry in enumerate(text.split(","), start=1):
-        if entry.strip():
-            alias, sep, key = entry.strip().partition(":")
-            _add(keys, alias.strip(), key.strip() if sep else "", f"PROXY_API_KEYS entry {number}")
-    return keys
-
-
-def parse_file(text: str, source: str) -> dict[str, str]:
-    """A keys file (``alias key`` per line, ``#`` comments) into {alias: key}."""
-    keys: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        fields = line.split("#", 1)[0].split()
-        if fields:
-            key = fields[1] if len(fields) == 2 else ""
-            _add(keys, fields[0], key, f"{source} line {number}")
-    return keys
-
-
-def _add(keys: dict[str, str], alias: str, key: str, where: str) -> None:
-    # Messages name the alias and the place, never the key.
-    if not _ALIAS.match(alias):
-        raise ValueError(f"{where}: the alias must be 1-32 letters, digits, '.', '_' or '-'")
-    if len(key) < 8:
-        raise ValueError(f"{where} ({alias}): expected 'alias key' with a key of 8 or more")
-    if alias in keys:
-        raise ValueError(f"{where}: alias {alias!r} appears twice")
-    keys[alias] = key
+    return keyfiles.parse_inline(text, "PROXY_API_KEYS")
 
 
 class ClientKeys:
@@ -79,17 +53,7 @@ class ClientKeys:
     @classmethod
     def from_settings(cls, inline: str, file: Path | None) -> ClientKeys:
         """Keys from PROXY_API_KEYS and PROXY_API_KEYS_FILE (both may be given)."""
-        keys = parse_inline(inline) if inline else {}
-        if file is not None:
-            try:
-                text = file.read_text()
-            except OSError as exc:
-                raise ValueError(f"PROXY_API_KEYS_FILE {file}: {exc.strerror}") from None
-            for alias, key in parse_file(text, str(file)).items():
-                if alias in keys:
-                    raise ValueError(f"alias {alias!r} is in both PROXY_API_KEYS and {file}")
-                keys[alias] = key
-        return cls(keys)
+        return cls(keyfiles.read_keys(inline, file, "PROXY_API_KEYS"))
 
     def alias_of(self, headers: list[tuple[bytes, bytes]]) -> str:
         """The alias of the request's key; Unauthorized when keys are required and none fits."""

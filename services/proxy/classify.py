@@ -1,7 +1,11 @@
 """Classify upstream answers into limiter outcomes, and read the retry hints they carry.
 
 Z.ai puts a business code in 429 bodies: 1302 concurrency, 1303/1305 request frequency,
-1308/1310 quota exhausted (never retried), 1312 model congestion. Codes arrive as strings
+1308/1310 quota exhausted and 1304 daily limit (never retried), 1312 model congestion; and
+codes that say the key cannot serve at all: 1113 arrears, 1309 plan expired, 1311 model not
+in the plan (classed as quota: they feed no limit). ``key_verdict`` says what such an
+answer means for the key that got it (parked until a reset, parked until lifted, or only
+this request's model refused). Codes arrive as strings
 or numbers in one of three shapes: `{"error": {"code": ..}}`, `{"code": .., "msg": ..}`, or
 Anthropic's `{"type": "error", "error": {"type": .., "code"?: ..}}`. A 429 without a known
 code counts as frequency, as does Anthropic's `rate_limit_error`.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -33,8 +38,27 @@ ZAI_CODES: dict[str, Outcome] = {
     "1305": Outcome.RATE_FREQUENCY,
     "1308": Outcome.RATE_QUOTA,
     "1310": Outcome.RATE_QUOTA,
+    "1304": Outcome.RATE_QUOTA,
+    "1113": Outcome.RATE_QUOTA,
+    "1309": Outcome.RATE_QUOTA,
+    "1311": Outcome.RATE_QUOTA,
     "1312": Outcome.RATE_CONGESTION,
 }
+# What a quota-class code says about the key: spent until the reset its message names,
+# unusable until an operator lifts it, or (1311) the request's model is not in its plan,
+# which says nothing about the key's other models.
+SPENT_CODES: dict[str, str] = {
+    "1308": "its 5-hour quota is spent (Z.ai 1308)",
+    "1310": "its weekly/monthly quota is spent (Z.ai 1310)",
+    "1304": "its daily call limit is reached (Z.ai 1304)",
+}
+UNUSABLE_CODES: dict[str, str] = {
+    "1113": "its account is in arrears (Z.ai 1113)",
+    "1309": "its plan has expired (Z.ai 1309)",
+}
+MODEL_NOT_IN_PLAN = "1311"
+# A spent quota whose answer names no reset is tried again after this.
+SPENT_WITHOUT_RESET_SECONDS = 60.0
 ANTHROPIC_ERROR_TYPES: dict[str, Outcome] = {
     "rate_limit_error": Outcome.RATE_FREQUENCY,
     "overloaded_error": Outcome.RATE_CONGESTION,
@@ -96,6 +120,30 @@ def classify_status(status: int, body: bytes) -> Outcome:
     if status == ANTHROPIC_OVERLOADED_STATUS or congested:
         return Outcome.RATE_CONGESTION
     return Outcome.SERVER_ERROR
+
+
+@dataclass(frozen=True, slots=True)
+class KeyVerdict:
+    """What a quota-class answer says about the upstream key that got it."""
+
+    park: bool  # False: only this request moves to another key (1311)
+    seconds: float  # how long to park (infinity: until lifted)
+    reason: str  # for logs, the admin API and the all-parked answer (never the key)
+
+
+def key_verdict(body: bytes, hint: float | None) -> KeyVerdict | None:
+    """The verdict of a 429 body on its key, given the answer's retry hint (Retry-After
+    or the reset time in the message, in seconds); None for a code that says nothing
+    about the key."""
+    code = error_code(body)
+    if code in SPENT_CODES:
+        seconds = SPENT_WITHOUT_RESET_SECONDS if hint is None else max(1.0, hint)
+        return KeyVerdict(True, seconds, SPENT_CODES[code])
+    if code in UNUSABLE_CODES:
+        return KeyVerdict(True, math.inf, UNUSABLE_CODES[code])
+    if code == MODEL_NOT_IN_PLAN:
+        return KeyVerdict(False, 0.0, "the model is not in its plan (Z.ai 1311)")
+    return None
 
 
 def error_code(body: bytes) -> str | None:

@@ -1,10 +1,11 @@
 """The hot path: one request's way through the proxy.
 
 resolve the target → refuse what cannot be queued or held (before reading it) → read the
-body → parse it once (model, stream) → per attempt: admission by the limiter → take a
-worker → open the upstream response → a retryable failure goes round again (retries.py),
-anything else is passed on (whole when small, chunk by chunk otherwise, reading usage as
-it goes) → count tokens → metrics and one log line.
+body → parse it once (model, stream) → per attempt: an upstream key and its admission
+(key_routing.py) → take a worker → open the upstream response → a retryable failure goes
+round again (retries.py), a key's spent quota moves the request to another key, anything
+else is passed on (whole when small, chunk by chunk otherwise, reading usage as it goes)
+→ count tokens → metrics and one log line.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from zai_proxy.proxy.accesslog import AccessLog
 from zai_proxy.proxy.accounting import Accounting, Body, JsonBody, Request, StreamTap
 from zai_proxy.proxy.admission import BodyBudget, WorkerPool
 from zai_proxy.proxy.auth import ANONYMOUS, ClientKeys
-from zai_proxy.proxy.classify import classify_status
+from zai_proxy.proxy.classify import classify_status, key_verdict
 from zai_proxy.proxy.errors import (
     REFUSED_CODE,
     REFUSED_STATUS,
@@ -36,12 +37,12 @@ from zai_proxy.proxy.errors import (
     UpstreamUnavailable,
 )
 from zai_proxy.proxy.headers import (
-    UpstreamAuth,
     client_response_headers,
     request_id_of,
     upstream_request_headers,
 )
-from zai_proxy.proxy.limiting import ProxyLimiter, RateLimited
+from zai_proxy.proxy.key_routing import KeyRouter, UpstreamKey
+from zai_proxy.proxy.limiting import RateLimited
 from zai_proxy.proxy.metrics import UNKNOWN, ProxyMetrics
 from zai_proxy.proxy.retries import RETRYABLE, RetryableAttempt, RetryPolicy, UpstreamAnswer
 from zai_proxy.proxy.routing import Dialect, Route, Router
@@ -58,6 +59,7 @@ from zai_proxy.shared.proxy_metrics import ORIGIN_CLIENT, ORIGIN_PROXY, ORIGIN_U
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
+Headers = list[tuple[bytes, bytes]]
 
 # Non-streamed answers with a known length up to this size are read whole and sent in
 # one write; anything else is passed on chunk by chunk as it arrives.
@@ -74,6 +76,17 @@ log = logging.getLogger("zai_proxy.proxy")
 
 class ClientDisconnected(Exception):
     """The client went away before its request was read."""
+
+
+class KeyRefused(Exception):
+    """An upstream key answered that it cannot serve this request (a quota-class 429):
+    the request moves to another key."""
+
+    def __init__(self, alias: str, answer: UpstreamAnswer, *, parked: bool) -> None:
+        super().__init__(alias)
+        self.alias = alias
+        self.answer = answer
+        self.parked = parked  # the key was parked; else only this request's model refused
 
 
 @dataclass(slots=True)
@@ -212,12 +225,11 @@ class Forwarder:
         self,
         *,
         router: Router,
-        auth: UpstreamAuth,
         session: aiohttp.ClientSession,
         pool: WorkerPool,
         metrics: ProxyMetrics,
         accounting: Accounting,
-        limiter: ProxyLimiter,
+        upstream: KeyRouter,
         retries: RetryPolicy,
         max_body: int,
         body_timeout: float,
@@ -227,9 +239,8 @@ class Forwarder:
         keys: ClientKeys,
     ) -> None:
         self.router = router
-        self.limiter = limiter
+        self.upstream = upstream
         self.retries = retries
-        self.auth = auth
         self.session = session
         self.pool = pool
         self.metrics = metrics
@@ -292,13 +303,24 @@ class Forwarder:
         exchange.model = self.metrics.models(request.model)
 
         with DisconnectWatch(receive, exchange):
-            headers = upstream_request_headers(
-                scope["headers"], route.dialect, self.auth, exchange.request_id
-            )
-            try:
-                await self._attempt(send, exchange, route, request, headers)
-            except RetryableAttempt as failed:
-                await self._retry(send, exchange, route, request, headers, failed)
+            headers: Headers = scope["headers"]
+            # Keys that refused this request's model (1311); a parked key is skipped by
+            # its parking, and when every key is parked the router answers for all.
+            skipped: set[str] = set()
+            for _ in range(2 * len(self.upstream.keys)):
+                try:
+                    try:
+                        await self._attempt(send, exchange, route, request, headers, skipped)
+                    except RetryableAttempt as failed:
+                        await self._retry(send, exchange, route, request, headers, skipped, failed)
+                    return
+                except KeyRefused as refused:
+                    last = refused.answer
+                    if not refused.parked:
+                        skipped.add(refused.alias)
+                    if not self.upstream.others(skipped):
+                        break
+            await self._pass_answer(send, exchange, last)
 
     async def _retry(
         self,
@@ -306,7 +328,8 @@ class Forwarder:
         exchange: Exchange,
         route: Route,
         request: Request,
-        headers: list[tuple[str, str]],
+        headers: Headers,
+        skipped: set[str],
         failed: RetryableAttempt,
     ) -> None:
         """Retry a failed first attempt while the policy allows; pass on the last answer."""
@@ -316,7 +339,7 @@ class Forwarder:
             try:
                 async for attempt in self.retries.retries(self._count_retry):
                     with attempt:
-                        await self._attempt(send, exchange, route, request, headers)
+                        await self._attempt(send, exchange, route, request, headers, skipped)
                 return
             except RetryableAttempt as last:
                 failed = last
@@ -330,14 +353,17 @@ class Forwarder:
         exchange: Exchange,
         route: Route,
         request: Request,
-        headers: list[tuple[str, str]],
+        client_headers: Headers,
+        skipped: set[str],
     ) -> None:
-        """One upstream attempt, admitted by the limiter; raise RetryableAttempt to retry.
+        """One upstream attempt on the key with the most headroom, admitted by its
+        limiter; raise RetryableAttempt to retry, KeyRefused to move to another key.
 
         The limiter admits first, then the attempt takes a worker: a request waiting for
         its turn at the upstream's rate holds no worker (MAX_WORKERS bounds what is upstream).
         """
-        ticket = await self.limiter.admit()
+        key, ticket = await self.upstream.admit(skipped)
+        limiter = key.limiter
         metrics, pool = self.metrics, self.pool
         metrics.rate_limit_wait_child.observe(ticket.waited)
         outcome: Outcome | None = None  # None: nothing reached the upstream
@@ -345,7 +371,8 @@ class Forwarder:
         try:
             queue_wait = await pool.acquire()
         except BaseException:
-            await self.limiter.record(ticket, outcome)
+            self.upstream.release(key)
+            await limiter.record(ticket, outcome)
             raise
         finally:
             metrics.queued.dec()
@@ -353,6 +380,10 @@ class Forwarder:
         metrics.in_flight.inc()
         outcome = Outcome.NETWORK
         told: float | None = None
+        headers = upstream_request_headers(
+            client_headers, route.dialect, key.auth, exchange.request_id
+        )
+        metrics.key_attempt(key.alias)
         try:
             async with open_response(
                 self.session, exchange.method, route.url, headers, request.body
@@ -365,6 +396,8 @@ class Forwarder:
                     self.metrics.upstream_error(outcome.value)
                     if outcome in RETRYABLE:
                         raise RetryableAttempt(outcome, answer=answer)
+                    if outcome is Outcome.RATE_QUOTA and self.upstream.parks:
+                        await self._refused_by_key(key, answer)
                     await self._pass_answer(send, exchange, answer)
                     return
                 outcome = Outcome.OK if status < 400 else Outcome.CLIENT_ERROR
@@ -387,7 +420,19 @@ class Forwarder:
         finally:
             metrics.in_flight.dec()
             pool.release()
-            await self.limiter.record(ticket, outcome, told=told)
+            self.upstream.release(key)
+            await limiter.record(ticket, outcome, told=told)
+
+    async def _refused_by_key(self, key: UpstreamKey, answer: UpstreamAnswer) -> None:
+        """A quota-class answer: park the key (unless only the model was refused) and
+        raise KeyRefused so the request moves to another key; return when the code says
+        nothing about the key (the answer passes to the client)."""
+        verdict = key_verdict(answer.body, answer.retry_hint())
+        if verdict is None:
+            return
+        if verdict.park:
+            await self.upstream.park(key, verdict.seconds, verdict.reason)
+        raise KeyRefused(key.alias, answer, parked=verdict.park)
 
     async def _read_error(self, response: aiohttp.ClientResponse) -> UpstreamAnswer:
         try:

@@ -90,6 +90,15 @@ class RateLimited(ProxyError):
         return [*super().headers(), (b"x-ratelimit-source", b"proxy")]
 
 
+class Parked(Exception):
+    """The store refused the pool as parked: its upstream key refuses work for now."""
+
+    def __init__(self, seconds: float, reason: str) -> None:
+        super().__init__(reason)
+        self.seconds = seconds  # until the parking ends; infinity: until it is lifted
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class Ticket:
     """One admitted attempt: its lease, how long it waited, and what it went out under."""
@@ -152,8 +161,26 @@ class ProxyLimiter:
         counts = self._tick()
         counts[name] = counts.get(name, 0) + value
 
+    async def try_admit(self) -> Ticket | Admission:
+        """One store round trip without waiting: a ticket when the pool has room now,
+        else the refusal (counted as throttled or capped: demand the pool could not take).
+        Raises Parked when the pool is parked."""
+        lease = f"{self.replica}-{next(self._leases)}"
+        admission, local = await self._acquire(lease, 0.0)
+        if admission.granted:  # with no wait allowed, a grant is a slot now
+            if not local:
+                self._held.add(lease)
+            self._count("sent", local=local)
+            now = time.monotonic()
+            return Ticket(lease, 0.0, local, admission.in_flight, admission.epoch, now, exact=True)
+        if admission.reason == "parked":
+            raise Parked(admission.wait, admission.parked)
+        self._count("throttled" if admission.reason == "rate" else "capped", local=local)
+        return admission
+
     async def admit(self) -> Ticket:
-        """Wait for a slot; raise RateLimited when it would take longer than the budget."""
+        """Wait for a slot; raise RateLimited when it would take longer than the budget,
+        Parked when the pool is parked."""
         lease = f"{self.replica}-{next(self._leases)}"
         start = time.monotonic()
         deadline = start + self.max_wait
@@ -189,6 +216,8 @@ class ProxyLimiter:
                     now,
                     exact=admission.wait == 0,
                 )
+            if admission.reason == "parked":
+                raise Parked(admission.wait, admission.parked)
             if admission.reason == "rate" or budget <= 0:
                 by_rate = admission.reason == "rate"
                 self._count("throttled" if by_rate else "capped", local=local)

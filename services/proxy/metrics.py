@@ -29,6 +29,11 @@ from zai_proxy.proxy.usage import Usage
 from zai_proxy.shared.proxy_metrics import (
     BUILD_INFO,
     IN_FLIGHT,
+    KEY_ATTEMPTS,
+    KEY_CONCURRENCY,
+    KEY_PARKED,
+    KEY_PARKED_UNTIL,
+    KEY_RATE,
     LIMITER_CONCURRENCY,
     LIMITER_DEGRADED,
     LIMITER_RATE,
@@ -216,6 +221,42 @@ class ProxyMetrics:
             multiprocess_mode="mostrecent",
             registry=r,
         ).labels(variant)
+        self.key_rate = Gauge(
+            KEY_RATE,
+            "Requests/s the upstream key's pool admits now (+Inf: no limit), by key alias.",
+            ["key", "variant"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+        self.key_concurrency = Gauge(
+            KEY_CONCURRENCY,
+            "Cluster-wide cap on the upstream key's concurrent requests (+Inf: none).",
+            ["key", "variant"],
+            multiprocess_mode="mostrecent",
+            registry=r,
+        )
+        self.key_parked = Gauge(
+            KEY_PARKED,
+            "1 while the upstream key is parked (its quota spent, or unusable), as this "
+            "replica knows it.",
+            ["key", "variant"],
+            multiprocess_mode="max",
+            registry=r,
+        )
+        self.key_parked_until = Gauge(
+            KEY_PARKED_UNTIL,
+            "When the upstream key's parking ends (epoch seconds; +Inf: until lifted; 0: "
+            "not parked).",
+            ["key", "variant"],
+            multiprocess_mode="max",
+            registry=r,
+        )
+        self.key_attempts = Counter(
+            KEY_ATTEMPTS,
+            "Upstream attempts sent with the upstream key, by key alias.",
+            ["key", "variant"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             IN_FLIGHT,
             "Requests being proxied now (holding a worker).",
@@ -293,6 +334,20 @@ class ProxyMetrics:
             child = self._child(metric, model, key, v, source)
             if value:
                 child.inc(value)
+
+    def upstream_key(self, alias: str, limiter: Any, parked_until: float, now: float) -> None:
+        """Show one upstream key's limits and parking (``limiter``: its ProxyLimiter)."""
+        v = self.variant
+        cap = limiter.concurrency
+        self._child(self.key_rate, alias, v).set(limiter.rate)
+        self._child(self.key_concurrency, alias, v).set(float("inf") if cap is None else cap)
+        parked = parked_until > now
+        self._child(self.key_parked, alias, v).set(1 if parked else 0)
+        self._child(self.key_parked_until, alias, v).set(parked_until if parked else 0)
+
+    def key_attempt(self, alias: str) -> None:
+        """Count one upstream attempt sent with a key."""
+        self._child(self.key_attempts, alias, self.variant).inc()
 
     def upstream_error(self, kind: str) -> None:
         """Count one failed upstream attempt."""

@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from zai_proxy.shared.defaults import DEFAULT_ANTHROPIC_URL, DEFAULT_TARGET_URL
+from zai_proxy.shared.upstream_keys import UpstreamKey, upstream_keys
 
 Seconds = Annotated[float, Field(gt=0)]
 
@@ -30,6 +31,14 @@ class ProxySettings(BaseSettings):
 
     zai_api_key: SecretStr = Field(
         default=SecretStr(""), description="Upstream API key, injected into every request."
+    )
+    zai_api_keys: SecretStr = Field(
+        default=SecretStr(""),
+        description="More upstream keys as alias:key,alias:key; each is its own limiter pool, "
+        "requests go to the one with the most headroom.",
+    )
+    zai_api_keys_file: Path | None = Field(
+        default=None, description="A file of upstream keys, one 'alias key' per line."
     )
     zai_target_url: str = Field(
         default=DEFAULT_TARGET_URL,
@@ -161,7 +170,19 @@ class ProxySettings(BaseSettings):
             raise ValueError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {value!r}")
         return level
 
+    def upstream_keys(self, pool_name: str = "") -> list[UpstreamKey]:
+        """Every upstream key, ZAI_API_KEY first, with pools named after ``pool_name``
+        (RATE_LIMIT_POOL) as zai_proxy.shared.upstream_keys names them."""
+        return upstream_keys(
+            self.zai_api_key.get_secret_value(),
+            self.zai_api_keys.get_secret_value(),
+            self.zai_api_keys_file,
+            pool_name,
+        )
+
     def require_key(self) -> None:
         """Refuse to serve without an upstream key (a proxy without one can only fail)."""
-        if not self.zai_api_key.get_secret_value().strip():
-            raise ValueError("ZAI_API_KEY is not set: the proxy needs the upstream API key")
+        if not self.upstream_keys():
+            raise ValueError(
+                "ZAI_API_KEY is not set (nor ZAI_API_KEYS): the proxy needs an upstream API key"
+            )

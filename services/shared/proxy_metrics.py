@@ -28,6 +28,12 @@ LIMITER_CONCURRENCY = "proxy_limiter_concurrency_limit"
 LIMITER_DEGRADED = "proxy_limiter_degraded"
 LIMITER_REPLICAS = "proxy_limiter_replicas"
 BUILD_INFO = "proxy_build_info"
+# Per upstream key, labelled by its alias (``key``), never the key.
+KEY_RATE = "proxy_upstream_key_rate"
+KEY_CONCURRENCY = "proxy_upstream_key_concurrency_limit"
+KEY_PARKED = "proxy_upstream_key_parked"
+KEY_PARKED_UNTIL = "proxy_upstream_key_parked_until_timestamp_seconds"
+KEY_ATTEMPTS = "proxy_upstream_key_attempts_total"
 
 # Values of the duration histogram's ``origin`` label: who ended the exchange. The
 # upstream's answer was passed on (its errors too); the proxy answered itself (a refusal:

@@ -2,7 +2,7 @@
 
 import argparse
 
-from .config import SimulatorConfig
+from .config import SimulatorConfig, parse_keys
 from .quota import parse_quota_spec
 from .ratelimit import parse_schedule
 from .server import serve
@@ -42,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
         default="",
         help='quota windows as window=requests, e.g. "5h=1000,weekly=20000" (default: none)',
     )
+    parser.add_argument(
+        "--keys",
+        default="",
+        help='upstream keys with limits of their own, as JSON: {"alpha": {"key": "sk-a", '
+        '"max_concurrency": 4, "quota_requests": "5h=100"}, "beta": {"key": "sk-b", '
+        '"refuse_code": 1113}} (rate_limit too); requests with other keys meet the limits above',
+    )
     parser.add_argument("--log-level", default="warning")
     return parser
 
@@ -61,6 +68,7 @@ def main(argv: list[str] | None = None) -> None:
             concurrency_schedule=parse_schedule(args.concurrency_schedule),
             noise=args.noise,
             quota_requests=parse_quota_spec(args.quota_requests),
+            keys=parse_keys(args.keys),
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -3,6 +3,7 @@ scripted answers."""
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import itertools
 import math
@@ -76,6 +77,28 @@ def route_for(method: str, path: str) -> Route:
 _GENERATION = frozenset({Route.CHAT, Route.MESSAGES, Route.EMBEDDINGS})
 
 
+@dataclasses.dataclass(slots=True)
+class _KeyLane:
+    """The hidden limits, quota and counters of one configured upstream key."""
+
+    name: str
+    limiter: HiddenLimiter
+    quota: SimulatedQuota | None
+    refuse_code: int | None
+    stats: SimulatorStats = dataclasses.field(default_factory=SimulatorStats)
+
+
+def _presented_key(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.partition(b" ")
+            if scheme.lower() == b"bearer":
+                return token.strip()
+        elif name == b"x-api-key":
+            return value.strip()
+    return None
+
+
 class SimulatorApp:
     """A simulated OpenAI- and Anthropic-compatible upstream with a hidden rate limit."""
 
@@ -95,6 +118,23 @@ class SimulatorApp:
             SimulatedQuota(config.quota_requests, config.clock) if config.quota_requests else None
         )
         self._stats = SimulatorStats()
+        self._lanes = {
+            k.key.encode(): _KeyLane(
+                k.name,
+                HiddenLimiter(
+                    k.rate_limit,
+                    (),
+                    k.max_concurrency,
+                    config.clock,
+                    kind=config.limit_kind,
+                    burst=config.burst_seconds,
+                    window=config.window_seconds,
+                ),
+                SimulatedQuota(k.quota_requests, config.clock) if k.quota_requests else None,
+                k.refuse_code,
+            )
+            for k in config.keys
+        }
         self._recorder = RequestRecorder(config.recorded_requests)
         self._failures = FailFirstCounter(config.fail_first_keys)
         self._ids = itertools.count(1)
@@ -130,29 +170,41 @@ class SimulatorApp:
         if route not in _GENERATION:
             await self._answer(route, scope, body, behaviour, receive, send)
             return
-        stats = self._stats
-        stats.requests += 1
-        quota = self._quota
+        lane = self._lanes.get(_presented_key(scope["headers"]) or b"") if self._lanes else None
+        limiter, quota = self._limiter, self._quota
+        every: tuple[SimulatorStats, ...] = (self._stats,)
+        if lane is not None:
+            limiter, quota, every = lane.limiter, lane.quota, (self._stats, lane.stats)
+        for stats in every:
+            stats.requests += 1
+        if lane is not None and lane.refuse_code is not None:
+            for stats in every:
+                stats.reject(lane.refuse_code)
+            await send_body(send, 429, zai_error(lane.refuse_code, "openai"))
+            return
         if quota is not None:
             spent = quota.exhausted()
             if spent is not None:
                 quota_code, reset_at = spent
-                stats.reject(quota_code)
+                for stats in every:
+                    stats.reject(quota_code)
                 await send_body(send, 429, zai_error(quota_code, "openai", reset_at))
                 return
-        code = self._limiter.admit()
+        code = limiter.admit()
         if code is not None:
-            stats.reject(code)
+            for stats in every:
+                stats.reject(code)
             await send_body(send, 429, HIDDEN_LIMIT_BODIES[code])
             return
-        stats.accepted += 1
+        for stats in every:
+            stats.accepted += 1
+            stats.max_in_flight = max(stats.max_in_flight, limiter.in_flight)
         if quota is not None:
             quota.spend()
-        stats.max_in_flight = max(stats.max_in_flight, self._limiter.in_flight)
         try:
             await self._answer(route, scope, body, behaviour, receive, send)
         finally:
-            self._limiter.release()
+            limiter.release()
 
     async def _answer(
         self,
@@ -323,12 +375,18 @@ class SimulatorApp:
             else:
                 await send_body(send, 200, view)
         elif path == "/_sim/stats" and method == "GET":
-            await send_body(send, 200, self._stats.to_json(self._limiter))
+            keys = {lane.name: lane.stats.to_dict(lane.limiter) for lane in self._lanes.values()}
+            await send_body(send, 200, self._stats.to_json(self._limiter, keys=keys))
         elif path == "/_sim/reset" and method == "POST":
-            self._stats.reset(self._limiter.in_flight)
+            in_flight = self._limiter.in_flight
             self._failures.reset()
-            if self._quota is not None:
-                self._quota.reset()
+            for quota in (self._quota, *(lane.quota for lane in self._lanes.values())):
+                if quota is not None:
+                    quota.reset()
+            for lane in self._lanes.values():
+                lane.stats.reset(lane.limiter.in_flight)
+                in_flight += lane.limiter.in_flight
+            self._stats.reset(in_flight)
             await send_body(send, 200, b'{"reset":true}')
         else:
             await send_body(send, 404, b'{"error":{"message":"unknown simulator control"}}')

@@ -3,13 +3,70 @@
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from .quota import QuotaSpec, validate_quota_spec
+import orjson
+
+from .quota import QuotaSpec, parse_quota_spec, validate_quota_spec
 from .ratelimit import LIMIT_KINDS, LimitKind, Schedule, validate_schedule
 from .types import Clock
 
 DEFAULT_RECORDED_REQUESTS = 1000
 DEFAULT_FAIL_FIRST_KEYS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """Hidden limits of one upstream key, for requests that carry it (``Authorization:
+    Bearer <key>`` or ``x-api-key``); other requests meet the simulator's own limits."""
+
+    name: str
+    """How /_sim/stats names the key."""
+    key: str
+    rate_limit: float | None = None
+    max_concurrency: int | None = None
+    quota_requests: QuotaSpec = ()
+    refuse_code: int | None = None
+    """Answer every generation request 429 with this Z.ai code (1113: arrears, ...)."""
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.key:
+            raise ValueError("a simulated key needs a name and a key")
+        if self.rate_limit is not None and not (
+            math.isfinite(self.rate_limit) and self.rate_limit > 0
+        ):
+            raise ValueError(f"key {self.name}: rate_limit must be a number > 0")
+        if self.max_concurrency is not None and self.max_concurrency < 1:
+            raise ValueError(f"key {self.name}: max_concurrency must be >= 1")
+        validate_quota_spec(self.quota_requests)
+
+
+_KEY_FIELDS = {"key", "rate_limit", "max_concurrency", "quota_requests", "refuse_code"}
+
+
+def parse_keys(text: str) -> tuple[KeyLimits, ...]:
+    """``--keys``: a JSON object, name -> {"key", "rate_limit"?, "max_concurrency"?,
+    "quota_requests"? ("5h=100,weekly=1000"), "refuse_code"?}."""
+    if not text.strip():
+        return ()
+    try:
+        document = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"--keys is not JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise ValueError("--keys must be a JSON object of name -> limits")
+    keys = []
+    for name, fields in document.items():
+        if not isinstance(fields, dict) or not set(fields) <= _KEY_FIELDS:
+            raise ValueError(
+                f"--keys {name}: expected an object of {', '.join(sorted(_KEY_FIELDS))}"
+            )
+        spec: dict[str, Any] = dict(fields)
+        spec["quota_requests"] = parse_quota_spec(str(spec.get("quota_requests", "")))
+        keys.append(KeyLimits(name=name, **spec))
+    if len({k.key for k in keys}) < len(keys):
+        raise ValueError("--keys: a key appears twice")
+    return tuple(keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +95,8 @@ class SimulatorConfig:
     """How many requests with an X-Request-Id are remembered for /_sim/requests."""
     fail_first_keys: int = DEFAULT_FAIL_FIRST_KEYS
     """How many x-sim-key counters are remembered for x-sim-fail-first."""
+    keys: tuple[KeyLimits, ...] = ()
+    """Upstream keys with hidden limits of their own (see KeyLimits)."""
     clock: Clock = time.monotonic
     """Monotonic seconds; tests pass a fake one."""
 

@@ -18,6 +18,9 @@ _MESSAGES = {
     "service to increase limits",
     1305: "The service may be temporarily overloaded, please try again later",
     1312: "The model is currently experiencing high traffic, please try again later",
+    1113: "Insufficient balance or no resource package. Please recharge.",
+    1309: "Your plan has expired; renew it to continue",
+    1311: "The model requested is not included in your plan",
 }
 
 

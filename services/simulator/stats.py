@@ -30,19 +30,21 @@ class SimulatorStats:
         self.scripted_errors = 0
         self.max_in_flight = in_flight
 
-    def to_json(self, limiter: HiddenLimiter) -> bytes:
+    def to_json(self, limiter: HiddenLimiter, **extra: object) -> bytes:
         """The /_sim/stats answer, with the hidden limit in force now."""
-        return orjson.dumps(
-            {
-                "requests": self.requests,
-                "accepted": self.accepted,
-                "rejected_429": {str(code): n for code, n in sorted(self.rejected_429.items())},
-                "scripted_errors": self.scripted_errors,
-                "in_flight": limiter.in_flight,
-                "max_in_flight": self.max_in_flight,
-                "limit": {
-                    "rate": limiter.current_rate(),
-                    "max_concurrency": limiter.max_concurrency,
-                },
-            }
-        )
+        return orjson.dumps({**self.to_dict(limiter), **extra})
+
+    def to_dict(self, limiter: HiddenLimiter) -> dict[str, object]:
+        """The counters and the hidden limit in force now."""
+        return {
+            "requests": self.requests,
+            "accepted": self.accepted,
+            "rejected_429": {str(code): n for code, n in sorted(self.rejected_429.items())},
+            "scripted_errors": self.scripted_errors,
+            "in_flight": limiter.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "limit": {
+                "rate": limiter.current_rate(),
+                "max_concurrency": limiter.max_concurrency,
+            },
+        }

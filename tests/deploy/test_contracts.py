@@ -43,6 +43,7 @@ SECRET_VARIABLES = (
     "DASHBOARD_TOKEN",
     "METRICS_TOKEN",
     "PROXY_API_KEYS",
+    "ZAI_API_KEYS",
     "REDIS_URL",
 )
 IMAGE_UID = 10001  # the Dockerfile's user
@@ -174,6 +175,7 @@ def test_secret_values_live_only_in_secrets(rendered: dict[str, Manifests], valu
             given.get("redis", {}).get("url"),
             given.get("database", {}).get("url"),
             *given.get("secrets", {}).get("clientKeys", {}).values(),
+            *given.get("secrets", {}).get("upstreamKeys", {}).values(),
         )
         if value
     ]
@@ -572,6 +574,7 @@ SECRET_STAND_INS = {
     "DASHBOARD_TOKEN": "read-stand-in",
     "METRICS_TOKEN": "metrics-stand-in",
     "PROXY_API_KEYS": "alice:sk-alice-stand-in",
+    "ZAI_API_KEYS": "plan-b:sk-plan-b-stand-in",
     "REDIS_URL": "redis://:pw@redis:6379/0",
     "DATABASE_URL": "postgresql://zai:pw@postgres:5432/zai",
 }
@@ -665,6 +668,44 @@ def test_client_keys_reach_only_the_proxies(rendered: dict[str, Manifests]) -> N
     assert "PROXY_API_KEYS" not in env_of(
         container(rendered["default"].proxy_deployments()[0], "proxy")
     )
+
+
+def test_upstream_keys_reach_the_proxies_and_the_limiter_only(
+    rendered: dict[str, Manifests],
+) -> None:
+    manifests = rendered["external-redis-postgres"]
+    (secret,) = manifests.of_kind("Secret")
+    keys = base64.b64decode(secret["data"]["ZAI_API_KEYS"]).decode()
+    assert keys == "plan-b:sk-test-upstream-plan-b-abcdef,plan-c:sk-test-upstream-plan-c-abcdef"
+    for owner, template in manifests.pod_templates():
+        for item in containers(template):
+            has_keys = "ZAI_API_KEYS" in env_of(item)
+            assert has_keys == (item["name"] in ("proxy", "limiter")), owner["metadata"]["name"]
+    for item in (
+        container(manifests.proxy_deployments()[0], "proxy"),
+        container(workload(manifests, "limiter"), "limiter"),
+    ):
+        ref = env_of(item)["ZAI_API_KEYS"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": FULLNAME, "key": "ZAI_API_KEYS", "optional": False}
+    # With one key the chart says nothing of more.
+    assert "ZAI_API_KEYS" not in env_of(
+        container(rendered["default"].proxy_deployments()[0], "proxy")
+    )
+
+
+def test_an_upstream_keys_file_is_mounted_read_only_into_the_proxies_and_the_limiter(
+    rendered: dict[str, Manifests],
+) -> None:
+    manifests = rendered["ingress"]
+    (deployment,) = manifests.proxy_deployments()
+    for owner, name in ((deployment, "proxy"), (workload(manifests, "limiter"), "limiter")):
+        item = container(owner, name)
+        path = env_of(item)["ZAI_API_KEYS_FILE"]["value"]
+        (mount,) = [m for m in item["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+        assert mount["readOnly"] is True
+        volumes = {v["name"]: v for v in owner["spec"]["template"]["spec"]["volumes"]}
+        assert volumes[mount["name"]]["secret"]["secretName"] == "zai-proxy-upstream-keys"
+        assert path == "/etc/zai-proxy/upstream-keys/plans"
 
 
 def test_a_client_keys_file_is_mounted_read_only_from_its_secret(

@@ -30,6 +30,7 @@ from zai_proxy.limiter.redis_store import RedisStore
 from zai_proxy.limiter.store import (
     ALL_SLOTS,
     CONCURRENCY_RETRY_SECONDS,
+    FOREVER,
     Admission,
     LimiterStore,
     StoreConfig,
@@ -727,6 +728,112 @@ async def test_bounds_are_kept_apart_from_the_state_and_survive_a_reset(backend:
     assert await store.load_bounds(POOL) == {}
 
 
+# --- parking: a key whose quota is spent, or that is unusable -----------------------------
+
+
+async def test_a_parked_pool_refuses_with_the_wait_to_its_end_and_why_then_comes_back(
+    backend: Backend,
+) -> None:
+    store = await backend.open(initial_rate=1000.0)
+    await _save(store, rate="1000", concurrency="4")
+    held = await store.acquire(POOL, "before", 60.0, LEASE_TTL)
+    parked = await store.park(POOL, 0.4, "quota 1308: the 5-hour quota is spent")
+    assert parked.reason == "quota 1308: the 5-hour quota is spent"
+    assert parked.until == pytest.approx(parked.since + 0.4, abs=EXACT)
+
+    refused = await store.acquire(POOL, "during", 60.0, LEASE_TTL)
+    assert (refused.granted, refused.reason) == (False, "parked")
+    assert refused.parked == "quota 1308: the 5-hour quota is spent"
+    assert refused.wait == pytest.approx(parked.until - refused.now, abs=EXACT)
+    assert 0 < refused.wait <= 0.4
+    # A parked pool's refusals take no lease: the one held before is the only one.
+    assert refused.in_flight == held.in_flight == 1
+    assert await store.parking(POOL) == parked
+
+    await asyncio.sleep(0.5)
+    assert await store.parking(POOL) is None
+    after = await store.acquire(POOL, "after", 60.0, LEASE_TTL)
+    assert (after.granted, after.reason, after.parked, after.in_flight) == (True, "ok", "", 2)
+
+
+async def test_a_parking_until_lifted_refuses_forever_and_a_lift_ends_it_at_once(
+    backend: Backend,
+) -> None:
+    store = await backend.open(initial_rate=1000.0)
+    parked = await store.park(POOL, FOREVER, "arrears 1113")
+    assert (parked.until, parked.reason) == (math.inf, "arrears 1113")
+    refused = await store.acquire(POOL, "a", 60.0, LEASE_TTL)
+    assert (refused.granted, refused.reason, refused.wait) == (False, "parked", math.inf)
+    assert refused.parked == "arrears 1113"
+
+    assert await store.lift(POOL) is True
+    assert await store.lift(POOL) is False  # nothing left to lift
+    assert await store.parking(POOL) is None
+    assert (await store.acquire(POOL, "b", 60.0, LEASE_TTL)).granted
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "kept"),
+    [
+        ((30.0, "weekly"), (0.2, "five-hour"), "weekly"),  # a shorter parking is ignored
+        ((0.2, "five-hour"), (30.0, "weekly"), "weekly"),  # a longer one extends it
+        ((FOREVER, "arrears"), (30.0, "weekly"), "arrears"),
+        ((30.0, "weekly"), (FOREVER, "expired plan"), "expired plan"),
+    ],
+)
+async def test_a_parking_never_shortens_the_one_in_force(
+    backend: Backend, first: tuple[float, str], second: tuple[float, str], kept: str
+) -> None:
+    store = await backend.open()
+    await store.park(POOL, *first)
+    in_force = await store.park(POOL, *second)
+    assert in_force.reason == kept
+    assert await store.parking(POOL) == in_force
+    expected = max(first[0], second[0])
+    assert in_force.until - in_force.since == pytest.approx(expected, abs=0.05)
+
+
+async def test_a_parking_is_seen_by_every_replica_and_only_in_its_own_pool(
+    backend: Backend,
+) -> None:
+    parker, other = await backend.open(), await backend.open()
+    await parker.park(POOL, 30.0, "quota 1310")
+    assert (await other.acquire(POOL, "a", 60.0, LEASE_TTL)).reason == "parked"
+    assert (await other.acquire("another-key", "a", 60.0, LEASE_TTL)).granted
+    assert await other.parking("another-key") is None
+    assert await other.lift(POOL)
+    assert (await parker.acquire(POOL, "b", 60.0, LEASE_TTL)).granted
+
+
+async def test_reset_forgets_what_was_learned_but_not_a_parking(backend: Backend) -> None:
+    store = await backend.open()
+    await store.park(POOL, FOREVER, "expired plan 1309")
+    await store.reset(POOL)
+    assert (await store.acquire(POOL, "a", 60.0, LEASE_TTL)).reason == "parked"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "reason"), [(0.0, "x"), (-1.0, "x"), (math.nan, "x"), (1.0, "")]
+)
+async def test_a_parking_without_a_time_or_a_reason_is_refused(
+    backend: Backend, seconds: float, reason: str
+) -> None:
+    store = await backend.open()
+    with pytest.raises(ValueError):
+        await store.park(POOL, seconds, reason)
+    assert await store.parking(POOL) is None
+
+
+async def test_a_finite_parking_on_redis_expires_by_itself() -> None:
+    client = fakeredis.FakeAsyncRedis()
+    store = RedisStore(client, StoreConfig())
+    await store.park(POOL, 30.0, "quota 1308")
+    ttl = await client.pttl(keys.pool_keys(store.config.prefix, POOL).parked)
+    assert 29_000 < ttl <= 30_000
+    await store.park("forever", FOREVER, "arrears 1113")
+    assert await client.pttl(keys.pool_keys(store.config.prefix, "forever").parked) == -1
+
+
 # --- replicas, leadership, pools, sharing --------------------------------------------------
 
 
@@ -937,7 +1044,8 @@ async def test_a_redis_that_stops_answering_raises_store_unavailable_within_the_
 def test_every_key_of_a_pool_hashes_to_one_cluster_slot() -> None:
     pool_keys = keys.pool_keys("zaiproxy", "glm-4.6:key-1")
     names = [pool_keys.state, pool_keys.bounds, pool_keys.tat, pool_keys.leases]
-    names += [pool_keys.replicas, *(pool_keys.tick(index) for index in (0, 7_200_000_000))]
+    names += [pool_keys.replicas, pool_keys.parked]
+    names += [pool_keys.tick(index) for index in (0, 7_200_000_000)]
     assert len({key_slot(name.encode()) for name in names}) == 1
     assert key_slot(names[0].encode()) == key_slot(b"glm-4.6:key-1")
 

@@ -142,6 +142,40 @@ Call with (dict "root" $ "key" "LIMITER_ADMIN_TOKEN" "value" <given> "generate" 
       {{- end }}
 {{- end -}}
 
+{{/* ZAI_API_KEYS when the chart's Secret holds upstream keys or an existing Secret may;
+ZAI_API_KEYS_FILE when a keys file is mounted (zai-proxy.upstreamKeysMount/Volume). */}}
+{{- define "zai-proxy.env.upstreamKeys" -}}
+{{- if or .Values.secrets.existingSecret .Values.secrets.upstreamKeys }}
+- name: ZAI_API_KEYS
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "zai-proxy.secretRef.name" (dict "root" .) }}
+      key: {{ .Values.secrets.keys.upstreamKeys }}
+      optional: {{ not .Values.secrets.upstreamKeys }}
+{{- end }}
+{{- if .Values.upstream.keysFile.existingSecret }}
+- name: ZAI_API_KEYS_FILE
+  value: /etc/zai-proxy/upstream-keys/{{ .Values.upstream.keysFile.key }}
+{{- end }}
+{{- end -}}
+
+{{- define "zai-proxy.upstreamKeysMount" -}}
+{{- if .Values.upstream.keysFile.existingSecret }}
+- name: upstream-keys
+  mountPath: /etc/zai-proxy/upstream-keys
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "zai-proxy.upstreamKeysVolume" -}}
+{{- if .Values.upstream.keysFile.existingSecret }}
+- name: upstream-keys
+  secret:
+    secretName: {{ .Values.upstream.keysFile.existingSecret }}
+    defaultMode: 0440
+{{- end }}
+{{- end -}}
+
 {{/* PROXY_API_KEYS when the chart's Secret holds client keys or an existing Secret may. */}}
 {{- define "zai-proxy.env.clientKeys" -}}
 {{- if or .Values.secrets.existingSecret .Values.secrets.clientKeys }}

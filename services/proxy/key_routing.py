@@ -1,0 +1,218 @@
+"""Several upstream keys: each its own limiter pool; every attempt goes to the key with
+the most headroom, and a key whose quota is spent is parked while traffic moves on.
+
+Per attempt, the keys not parked (as far as this replica knows) are tried in order of
+headroom: first those whose last refusal has passed, then the least loaded relative to
+their share of the learned cap (this replica's attempts in flight on the key over cap /
+replicas; a key with no cap learned counts as empty), ties broken by fewest in flight and
+then in turn. Each is asked for a slot *now* (``ProxyLimiter.try_admit``: one store round
+trip, no wait); the first that has one takes the attempt. Usually that is the first key
+asked: one round trip, as with one key. When none has room, the attempt waits its turn on
+the key whose refusal said the shortest wait (``ProxyLimiter.admit``), so at saturation
+an attempt costs one round trip per key and one more.
+
+Parking (``park``): after a quota-class answer the key's pool is parked in the store for
+every replica (``LimiterStore.park``), and this replica skips it without asking the store
+until it checks again (at most PARK_RECHECK_SECONDS later, so a lift by an operator is
+seen within that). A replica that did not see the answer learns it from the store: its
+next acquire on the pool is refused as parked, with the wait and the reason. With one key
+there is nothing to move to, so nothing is parked (the upstream's quota answer passes to
+the client as it always did), unless an operator parks it. When every key is parked, an
+attempt is refused with ``KeysParked``: 429, Retry-After the earliest end, and every
+key's reason, by alias.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import time
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
+
+from zai_proxy.limiter.store import StoreError
+from zai_proxy.proxy.errors import ProxyError
+from zai_proxy.proxy.headers import UpstreamAuth
+from zai_proxy.proxy.limiting import Parked, ProxyLimiter, Ticket
+
+log = logging.getLogger("zai_proxy.proxy")
+
+# A replica checks a key it knows parked again after at most this: an operator's lift (or
+# an earlier reset) reaches it within this much, for one store round trip per check.
+PARK_RECHECK_SECONDS = 5.0
+# Retry-After when every key is parked until an operator lifts it.
+LIFT_RETRY_SECONDS = 300.0
+
+
+class KeysParked(ProxyError):
+    """Every upstream key is parked (spent quota, arrears, expired plan)."""
+
+    status = 429
+    code = "upstream_keys_parked"
+    anthropic_type = "rate_limit_error"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [*super().headers(), (b"x-ratelimit-source", b"proxy")]
+
+
+@dataclass(slots=True)
+class UpstreamKey:
+    """One upstream key as the proxy routes to it: alias, credentials, pool, limiter."""
+
+    alias: str
+    auth: UpstreamAuth
+    limiter: ProxyLimiter
+    in_flight: int = 0  # this replica's attempts on the key now
+    busy_until: float = -math.inf  # monotonic: its last refusal's wait
+    recheck_at: float = -math.inf  # monotonic: skip it without asking until then
+    parked_until: float = -math.inf  # epoch seconds (inf: until lifted)
+    parked_reason: str = ""
+    order: int = field(default=0)
+
+    @property
+    def pool(self) -> str:
+        return self.limiter.pool
+
+    def parked(self, now: float) -> bool:
+        """Whether this replica knows the key parked at epoch time ``now``."""
+        return self.parked_until > now
+
+    def load(self) -> float:
+        """This replica's share of the key's learned cap in use (0 with no cap)."""
+        cap = self.limiter.concurrency
+        if cap is None:
+            return 0.0
+        return self.in_flight / max(1.0, cap / max(1, self.limiter.replicas))
+
+
+class KeyRouter:
+    """Admits each attempt on the upstream key with the most headroom."""
+
+    def __init__(self, keys: Sequence[UpstreamKey]) -> None:
+        if not keys:
+            raise ValueError("at least one upstream key is needed")
+        self.keys = list(keys)
+        self.by_alias = {key.alias: key for key in self.keys}
+        # With one key there is nowhere to move a request: quota answers pass through.
+        self.parks = len(self.keys) > 1
+        self._turn = itertools.count()
+
+    @property
+    def degraded(self) -> bool:
+        """Whether any key's limiter lost the shared store."""
+        return any(key.limiter.degraded for key in self.keys)
+
+    def others(self, skipped: Collection[str]) -> bool:
+        """Whether any key is left outside ``skipped`` (parked or not)."""
+        return any(key.alias not in skipped for key in self.keys)
+
+    async def admit(self, skipped: Collection[str] = ()) -> tuple[UpstreamKey, Ticket]:
+        """A key and its ticket for one attempt (see the module docstring); KeysParked
+        when every key outside ``skipped`` is parked, RateLimited when the chosen key's
+        wait is over budget."""
+        while True:
+            candidates = self._candidates(skipped)
+            if not candidates:
+                raise self._all_parked(skipped)
+            if len(candidates) == 1:
+                key = candidates[0]
+                try:
+                    return key, self._took(key, await key.limiter.admit())
+                except Parked as parked:
+                    self._mark_parked(key, parked.seconds, parked.reason)
+                    continue
+            best: UpstreamKey | None = None
+            best_wait = math.inf
+            for key in candidates:
+                try:
+                    answer = await key.limiter.try_admit()
+                except Parked as parked:
+                    self._mark_parked(key, parked.seconds, parked.reason)
+                    continue
+                if isinstance(answer, Ticket):
+                    return key, self._took(key, answer)
+                key.busy_until = time.monotonic() + answer.wait
+                if answer.wait < best_wait:
+                    best, best_wait = key, answer.wait
+            if best is None:
+                continue  # every candidate turned out parked: look again
+            try:
+                return best, self._took(best, await best.limiter.admit())
+            except Parked as parked:
+                self._mark_parked(best, parked.seconds, parked.reason)
+
+    def release(self, key: UpstreamKey) -> None:
+        """An attempt on ``key`` is over."""
+        key.in_flight -= 1
+
+    async def park(self, key: UpstreamKey, seconds: float, reason: str) -> None:
+        """Park a key for every replica (kept here alone if the store cannot be reached)."""
+        try:
+            held = await key.limiter.store.park(key.pool, seconds, reason)
+        except StoreError as exc:
+            log.warning("key=%s parking not shared (store unreachable: %s)", key.alias, exc)
+        else:
+            seconds, reason = held.until - held.since, held.reason
+        self._mark_parked(key, seconds, reason)
+        log.warning(
+            "key=%s parked %s: %s",
+            key.alias,
+            "until lifted" if math.isinf(seconds) else f"for {seconds:.0f} s",
+            reason,
+        )
+
+    async def run(self) -> None:
+        """Every key's limiter background work, until cancelled."""
+        async with asyncio.TaskGroup() as tasks:
+            for key in self.keys:
+                tasks.create_task(key.limiter.run(), name=f"limiter-{key.alias}")
+
+    async def flush(self) -> None:
+        """Send every key's counted ticks and released leases."""
+        for key in self.keys:
+            await key.limiter.flush()
+
+    def _candidates(self, skipped: Collection[str]) -> list[UpstreamKey]:
+        monotonic, now = time.monotonic(), time.time()
+        keys = [
+            key
+            for key in self.keys
+            if key.alias not in skipped and (key.recheck_at <= monotonic or not key.parked(now))
+        ]
+        turn = next(self._turn)
+        return sorted(
+            keys,
+            key=lambda k: (
+                k.busy_until > monotonic,
+                k.load(),
+                k.in_flight,
+                (k.order - turn) % len(self.keys),
+            ),
+        )
+
+    def _took(self, key: UpstreamKey, ticket: Ticket) -> Ticket:
+        key.in_flight += 1
+        if key.parked_until > -math.inf:
+            key.parked_until, key.parked_reason = -math.inf, ""  # it came back
+        return ticket
+
+    def _mark_parked(self, key: UpstreamKey, seconds: float, reason: str) -> None:
+        key.parked_until = time.time() + seconds
+        key.parked_reason = reason
+        key.recheck_at = time.monotonic() + min(seconds, PARK_RECHECK_SECONDS)
+
+    def _all_parked(self, skipped: Collection[str]) -> KeysParked:
+        now = time.time()
+        parked = [key for key in self.keys if key.alias not in skipped and key.parked(now)]
+        reasons = "; ".join(
+            f"{key.alias}: {key.parked_reason}"
+            + ("" if math.isinf(key.parked_until) else f" (back in {key.parked_until - now:.0f} s)")
+            for key in parked
+        )
+        ends = [key.parked_until - now for key in parked if not math.isinf(key.parked_until)]
+        return KeysParked(
+            f"every upstream key is parked: {reasons}",
+            retry_after=min(ends) if ends else LIFT_RETRY_SECONDS,
+        )
