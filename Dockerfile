@@ -27,8 +27,10 @@ COPY constraints.txt pyproject.toml README.md ./
 COPY services/ services/
 COPY --from=web /src/services/dashboard-api/static/ services/dashboard-api/static/
 # The UI must be in the package; bytecode is compiled now, since the running container
-# cannot write __pycache__ (read-only root filesystem).
-RUN /opt/zai-proxy/bin/pip install -c constraints.txt . \
+# cannot write __pycache__ (read-only root filesystem). The otel extra (OpenTelemetry's
+# SDK and OTLP exporters) is installed: it costs nothing until OTEL_EXPORTER_OTLP_ENDPOINT
+# is set.
+RUN /opt/zai-proxy/bin/pip install -c constraints.txt '.[otel]' \
     && /opt/zai-proxy/bin/python -c "import importlib.resources as r; \
 assert (r.files('zai_proxy.dashboard_api') / 'static' / 'index.html').is_file(), 'no web UI'" \
     && /opt/zai-proxy/bin/python -m compileall -q /opt/zai-proxy/lib

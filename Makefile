@@ -61,5 +61,5 @@ bench: setup
 
 # Refresh the pinned versions after changing dependencies in pyproject.toml.
 constraints:
-	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,bench,otel]'
 	$(BIN)/pip freeze --exclude-editable --disable-pip-version-check > constraints.txt

@@ -22,7 +22,7 @@ from typing import TextIO
 FLUSH_SECONDS = 0.1
 MAX_PENDING = 100_000
 
-Entry = tuple[float, str, str, str, int, float, str, int, int, str]
+Entry = tuple[float, str, str, str, int, float, str, int, int, str, str]
 
 # ACCESS_LOG_FILE's spelling of "the terminal" (stderr), as for most Unix tools.
 TERMINAL = "-"
@@ -64,14 +64,16 @@ class AccessLog:
         tokens_in: int,
         tokens_out: int,
         source: str,
+        trace_id: str = "",
     ) -> None:
-        """Queue one request's line (cheap: the formatting happens at flush)."""
+        """Queue one request's line (cheap: the formatting happens at flush); with tracing
+        on, the line ends with the request's trace id."""
         if len(self._pending) >= MAX_PENDING:
             self._dropped += 1
             return
         self._pending.append(
             (time.time(), request_id, method, path, status, duration, model, tokens_in,
-             tokens_out, source)
+             tokens_out, source, trace_id)
         )  # fmt: skip
 
     def flush(self) -> None:
@@ -84,13 +86,14 @@ class AccessLog:
         entries, self._pending = self._pending, []
         pid = self._pid
         lines = []
-        for at, rid, method, path, status, duration, model, t_in, t_out, source in entries:
+        for at, rid, method, path, status, duration, model, t_in, t_out, source, tid in entries:
             stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
             lines.append(
                 f"{stamp},{int(at % 1 * 1000):03d} INFO [{pid}] zai_proxy.access "
                 f"request_id={rid} method={method} path={path} status={status} "
                 f"duration_ms={duration * 1000:.1f} model={model} tokens_in={t_in} "
-                f"tokens_out={t_out} tokens_source={source}\n"
+                f"tokens_out={t_out} tokens_source={source}"
+                f"{f' trace_id={tid}' if tid else ''}\n"
             )
         self._write("".join(lines))
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from zai_proxy.proxy.response_facts import ResponseFacts
 from zai_proxy.proxy.routing import Dialect, Route
 from zai_proxy.proxy.streaming import SSESplitter, event_data
 from zai_proxy.proxy.tokens import TokenEstimator
@@ -73,8 +74,11 @@ class Request:
 class StreamTap:
     """Reads usage out of an SSE stream as it passes; optionally removes injected usage."""
 
-    def __init__(self, dialect: Dialect, strip_usage: bool) -> None:
+    def __init__(
+        self, dialect: Dialect, strip_usage: bool, facts: ResponseFacts | None = None
+    ) -> None:
         self.strip_usage = strip_usage
+        self.facts = facts  # set when the request's span is recorded
         self.splitter = SSESplitter()
         self.account: OpenAIStreamAccount | AnthropicStreamAccount = (
             AnthropicStreamAccount() if dialect == "anthropic" else OpenAIStreamAccount()
@@ -129,6 +133,8 @@ class StreamTap:
         except orjson.JSONDecodeError:
             return None
         self.account.feed(obj)
+        if self.facts is not None:
+            self.facts.feed(obj)
         return obj if isinstance(obj, dict) else None
 
 
@@ -191,30 +197,38 @@ class Accounting:
             return Request(orjson.dumps(updated), info, injected=True)
         return Request(body, info)
 
-    def tap(self, route: Route, request: Request) -> StreamTap | None:
+    def tap(
+        self, route: Route, request: Request, facts: ResponseFacts | None = None
+    ) -> StreamTap | None:
         """A tap for a streamed answer, or None when it is not counted."""
         if not self.enabled or not request.counted:
             return None
-        return StreamTap(route.dialect, strip_usage=request.injected)
+        return StreamTap(route.dialect, strip_usage=request.injected, facts=facts)
 
-    def usage_of_body(self, dialect: Dialect, body: bytes) -> tuple[Usage | None, str]:
-        """Usage and output text of a non-streamed JSON answer."""
+    def usage_of_body(
+        self, dialect: Dialect, body: bytes, facts: ResponseFacts | None = None
+    ) -> tuple[Usage | None, str]:
+        """Usage and output text of a non-streamed JSON answer (and its facts, if asked)."""
         try:
             obj = orjson.loads(body)
         except orjson.JSONDecodeError:
             return None, ""
+        if facts is not None:
+            facts.feed_whole(obj)
         if dialect == "anthropic":
             usage = anthropic_usage(obj)
             return usage, "" if usage else anthropic_output_text(obj)
         usage = openai_usage(obj)
         return usage, "" if usage else openai_output_text(obj)
 
-    def usage_of_json(self, dialect: Dialect, body: JsonBody) -> tuple[Usage | None, str]:
+    def usage_of_json(
+        self, dialect: Dialect, body: JsonBody, facts: ResponseFacts | None = None
+    ) -> tuple[Usage | None, str]:
         """Usage and output text of a JSON answer read chunk by chunk; of one too large to
         parse whole, the usage in its tail (and no text: an estimate counts input only)."""
         if body.cut:
             return tail_usage(dialect, body.data), ""
-        return self.usage_of_body(dialect, bytes(body.data))
+        return self.usage_of_body(dialect, bytes(body.data), facts)
 
     async def estimate(
         self, dialect: Dialect, request: Request, output_text: str, overflow_chars: int = 0

@@ -49,6 +49,7 @@ from zai_proxy.proxy.tokens import TokenEstimator, encoding_for, load_encoding
 from zai_proxy.proxy.upstream import create_session
 from zai_proxy.shared.exposition import renderer
 from zai_proxy.shared.tasks import cancel_and_wait
+from zai_proxy.shared.telemetry import Telemetry, telemetry_from_env
 from zai_proxy.shared.upstream_keys import DEFAULT_ALIAS
 from zai_proxy.shared.upstream_keys import UpstreamKey as SharedUpstreamKey
 
@@ -105,6 +106,7 @@ class ProxyApp:
         self.store: LimiterStore | None = None
         self.upstream: KeyRouter | None = None
         self.plane: ControlPlane | None = None
+        self.telemetry: Telemetry | None = None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
@@ -167,6 +169,18 @@ class ProxyApp:
             ]
         )
         access_log = AccessLog(path=s.access_log_file) if s.access_log else None
+        self.telemetry = telemetry_from_env("zai-proxy")
+        tracer = None
+        if self.telemetry is not None:
+            from zai_proxy.proxy.tracing import ProxyTracer
+
+            tracer = ProxyTracer(
+                self.telemetry,
+                provider=s.genai_provider_name,
+                variant=s.deployment_variant,
+                upstreams={"openai": s.zai_target_url, "anthropic": s.zai_anthropic_url},
+                capture_content=s.otel_instrumentation_genai_capture_message_content,
+            )
         self.forwarder = Forwarder(
             router=Router(s.zai_target_url, s.zai_anthropic_url),
             session=create_session(s),
@@ -181,6 +195,7 @@ class ProxyApp:
             budget=BodyBudget(s.max_buffered_body_bytes),
             access_log=access_log,
             keys=self.keys,
+            tracer=tracer,
         )
         tasks = self.lifecycle.tasks
         if access_log is not None:
@@ -231,6 +246,9 @@ class ProxyApp:
             await self.store.close()
         if self.forwarder is not None:
             await self.forwarder.session.close()
+        if self.telemetry is not None:
+            # Off the loop: the last export may wait for a slow endpoint (bounded).
+            await asyncio.to_thread(self.telemetry.shutdown)
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             multiprocess.mark_process_dead(os.getpid())
 

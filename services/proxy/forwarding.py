@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
@@ -56,6 +56,11 @@ from zai_proxy.proxy.upstream import (
 from zai_proxy.proxy.usage import Usage
 from zai_proxy.shared.outcomes import Outcome
 from zai_proxy.shared.proxy_metrics import ORIGIN_CLIENT, ORIGIN_PROXY, ORIGIN_UPSTREAM
+
+if TYPE_CHECKING:
+    # Imported only with tracing on (app.py): a proxy without it never loads OpenTelemetry.
+    from zai_proxy.proxy.response_facts import ResponseFacts
+    from zai_proxy.proxy.tracing import ProxyTracer, RequestTrace
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -114,6 +119,8 @@ class Exchange:
     usage: Usage | None = None
     usage_source: str = ""
     held: int = 0  # bytes of the body budget reserved
+    trace: RequestTrace | None = None  # tracing on (tracing.py)
+    facts: ResponseFacts | None = None  # what the answer says of itself, when traced
 
 
 class DisconnectWatch:
@@ -237,6 +244,7 @@ class Forwarder:
         budget: BodyBudget,
         access_log: AccessLog | None,
         keys: ClientKeys,
+        tracer: ProxyTracer | None = None,
     ) -> None:
         self.router = router
         self.upstream = upstream
@@ -252,9 +260,12 @@ class Forwarder:
         self.failures = UpstreamFailureLog()
         self.access_log = access_log
         self.keys = keys
+        self.tracer = tracer
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         exchange = Exchange(time.perf_counter(), scope["method"], request_id_of(scope["headers"]))
+        if self.tracer is not None:
+            exchange.trace = self.tracer.begin(scope)
         try:
             try:
                 await self._forward(scope, receive, send, exchange)
@@ -281,6 +292,8 @@ class Forwarder:
     async def _forward(self, scope: Scope, receive: Any, send: Any, exchange: Exchange) -> None:
         route = self.router.resolve(scope["raw_path"], scope["query_string"])
         exchange.template, exchange.dialect = route.template, route.dialect
+        if exchange.trace is not None:
+            exchange.facts = exchange.trace.routed(route)
         if exchange.method in REFUSED_METHODS:
             raise MethodNotAllowed(f"{exchange.method} is not forwarded")
         exchange.key = self.keys.alias_of(scope["headers"])
@@ -362,6 +375,9 @@ class Forwarder:
         The limiter admits first, then the attempt takes a worker: a request waiting for
         its turn at the upstream's rate holds no worker (MAX_WORKERS bounds what is upstream).
         """
+        trace = exchange.trace
+        if trace is not None:
+            trace.admitting()
         key, ticket = await self.upstream.admit(skipped)
         limiter = key.limiter
         metrics, pool = self.metrics, self.pool
@@ -384,6 +400,10 @@ class Forwarder:
             client_headers, route.dialect, key.auth, exchange.request_id
         )
         metrics.key_attempt(key.alias)
+        if trace is not None:
+            headers = trace.attempt(
+                route, exchange.method, ticket, headers, pool=limiter.pool, key=key.alias
+            )
         try:
             async with open_response(
                 self.session, exchange.method, route.url, headers, request.body
@@ -411,6 +431,8 @@ class Forwarder:
             raise RetryableAttempt(Outcome.NETWORK, error=err) from err
         except RetryableAttempt as failed:
             outcome = failed.outcome
+            if trace is not None:
+                trace.retryable(failed)
             if failed.answer is None:
                 # An answer that broke off (or was empty) before anything reached the
                 # client; a 429 or 5xx answer was counted when it was read.
@@ -422,6 +444,8 @@ class Forwarder:
             pool.release()
             self.upstream.release(key)
             await limiter.record(ticket, outcome, told=told)
+            if trace is not None:
+                trace.attempt_done(exchange, outcome)
 
     async def _refused_by_key(self, key: UpstreamKey, answer: UpstreamAnswer) -> None:
         """A quota-class answer: park the key (unless only the model was refused) and
@@ -473,7 +497,9 @@ class Forwarder:
                 Outcome.NETWORK, error=UpstreamUnavailable("the upstream answered nothing")
             )
 
-        tap = self.accounting.tap(route, request) if is_sse and status < 300 else None
+        tap = (
+            self.accounting.tap(route, request, exchange.facts) if is_sse and status < 300 else None
+        )
         exchange.tap = tap
         keep_length = tap is None or not tap.strip_usage
         headers = client_response_headers(
@@ -518,7 +544,7 @@ class Forwarder:
         await send({"type": "http.response.body", "body": tail, "more_body": False})
         if json_body is not None and json_body.data:
             exchange.body_usage, exchange.output_text = self.accounting.usage_of_json(
-                route.dialect, json_body
+                route.dialect, json_body, exchange.facts
             )
 
     async def _respond_whole(
@@ -550,7 +576,7 @@ class Forwarder:
         await send({"type": "http.response.body", "body": body, "more_body": False})
         if status < 300 and request.counted and self.accounting.enabled and body:
             exchange.body_usage, exchange.output_text = self.accounting.usage_of_body(
-                route.dialect, body
+                route.dialect, body, exchange.facts
             )
 
     async def _pass_answer(self, send: Any, exchange: Exchange, answer: UpstreamAnswer) -> None:
@@ -570,6 +596,8 @@ class Forwarder:
         await send({"type": "http.response.body", "body": answer.body, "more_body": False})
 
     async def _refuse(self, send: Any, exchange: Exchange, err: ProxyError) -> None:
+        if exchange.trace is not None:
+            exchange.trace.refused(err)
         if isinstance(err, RateLimited):
             self.metrics.rate_limited.inc()
         if exchange.started:
@@ -629,6 +657,9 @@ class Forwarder:
             exchange.size,
             exchange.origin or (ORIGIN_CLIENT if exchange.disconnected else ORIGIN_PROXY),
         )
+        trace = exchange.trace
+        if trace is not None:
+            trace.end(exchange, duration)
         if self.access_log is not None:
             usage = exchange.usage
             self.access_log.record(
@@ -641,4 +672,5 @@ class Forwarder:
                 usage.input if usage else 0,
                 usage.output if usage else 0,
                 exchange.usage_source or "none",
+                trace.trace_id if trace is not None else "",
             )

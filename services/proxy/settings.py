@@ -147,6 +147,17 @@ class ProxySettings(BaseSettings):
     retry_backoff_base: Seconds = Field(
         default=0.5, description="First retry back-off in seconds (exponential, full jitter)."
     )
+    genai_provider_name: str = Field(
+        default="zai",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="gen_ai.provider.name on the proxy's spans and GenAI metrics "
+        "(tracing is on when OTEL_EXPORTER_OTLP_ENDPOINT is set).",
+    )
+    otel_instrumentation_genai_capture_message_content: bool = Field(
+        default=False,
+        description="Put request and answer messages on the spans (gen_ai.input.messages, "
+        "gen_ai.output.messages); off: never any content.",
+    )
     retry_backoff_max: Seconds = Field(
         default=10.0,
         description="Longest retry back-off; a longer Retry-After goes back to the client.",

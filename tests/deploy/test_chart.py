@@ -206,6 +206,8 @@ BAD_VALUES = [
     ),
     ("proxy.activeVariant=green", 'proxy.activeVariant: "green" is not one of the variants'),
     ("variants.production.enabled=false", "at least one variant must be enabled"),
+    ("telemetry.protocol=http/json", "telemetry.protocol"),
+    ("telemetry.endpoint=otel:4318", "telemetry.endpoint: Does not match pattern"),
 ]
 
 

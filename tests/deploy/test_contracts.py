@@ -34,6 +34,7 @@ from zai_proxy.collector.targets import parse_targets
 from zai_proxy.dashboard_api.settings import DashboardSettings
 from zai_proxy.limiter.settings import LimiterSettings
 from zai_proxy.proxy.settings import ProxySettings
+from zai_proxy.shared import telemetry
 
 COMPONENT = "app.kubernetes.io/component"
 VARIANT = "zai-proxy/variant"
@@ -719,3 +720,37 @@ def test_a_client_keys_file_is_mounted_read_only_from_its_secret(
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert volumes[mount["name"]]["secret"]["secretName"] == "zai-proxy-client-keys"
     assert path == "/etc/zai-proxy/keys/keys"
+
+
+def test_telemetry_values_give_every_service_the_standard_otel_variables(
+    rendered: dict[str, Manifests],
+) -> None:
+    manifests = rendered["monitoring"]
+    for owner, name in [
+        *((d, "proxy") for d in manifests.proxy_deployments()),
+        (workload(manifests, "limiter"), "limiter"),
+    ]:
+        env = effective_env(manifests, container(owner, name))
+        assert telemetry.enabled(env)
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.monitoring:4318"
+        assert env["OTEL_EXPORTER_OTLP_PROTOCOL"] == "http/protobuf"
+        assert env["OTEL_TRACES_SAMPLER"] == "parentbased_traceidratio"
+        assert env["OTEL_TRACES_SAMPLER_ARG"] == "0.2"
+        assert "OTEL_METRICS_EXPORTER" not in env
+    # Off by default: no OTEL_* variable at all.
+    for config in rendered["default"].of_kind("ConfigMap"):
+        assert not [name for name in config.get("data") or {} if name.startswith("OTEL_")]
+
+
+def test_telemetry_metrics_can_be_turned_off_leaving_traces(helm: Path) -> None:
+    text = render_text(
+        helm, "default", "telemetry.endpoint=http://c:4317", "telemetry.protocol=grpc",
+        "telemetry.metrics=false",
+    )  # fmt: skip
+    config = next(
+        doc
+        for doc in yaml.safe_load_all(text)
+        if doc and doc["kind"] == "ConfigMap" and "OTEL_EXPORTER_OTLP_ENDPOINT" in doc["data"]
+    )
+    assert config["data"]["OTEL_EXPORTER_OTLP_PROTOCOL"] == "grpc"
+    assert config["data"]["OTEL_METRICS_EXPORTER"] == "none"

@@ -58,7 +58,7 @@ def test_the_image_is_built_in_three_stages() -> None:
     web = " ".join(rest for _, rest in built["web"])
     assert "NODE_IMAGE" in built["web"][0][1] and "npm ci" in web and "npm run build" in web
     build = " ".join(rest for _, rest in built["build"])
-    assert "pip install -c constraints.txt ." in build
+    assert "pip install -c constraints.txt '.[otel]'" in build
     assert "--from=web /src/services/dashboard-api/static/" in build
     assert "compileall" in build  # no __pycache__ writes at run time
     args = dict(
