@@ -1,0 +1,127 @@
+"""Tracing off vs on: the proxy's req/s and latency at 32 connections, side by side.
+
+Three proxies in front of one simulator: tracing off (no endpoint), on at 100% sampling
+(``always_on``) and on at 10% (``traceidratio`` 0.1), both exporting over OTLP/HTTP to a
+sink on loopback that reads each batch and answers 200 (the SDK's batch processor and
+exporter, as in production; no collector's CPU in the figures). wrk (2 threads, 32
+connections, bench/chat_completion.lua) runs against each in turn, the order rotated
+every round, with a direct run at the simulator as the machine's noise reference; the
+medians of the rounds are printed with each side's ratio to tracing off.
+
+Targets (issue 16): on at 100% keeps >= 85% of off's req/s; at 10%, >= 95%.
+
+    .venv/bin/python bench/otel_bench.py --rounds 5 --duration 8 [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import tempfile
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from proxy_bench import BenchConfig, ProxyProcess, run_wrk, simulator_proxy  # bench/ on sys.path
+
+from zai_proxy.simulator.process import start_simulator
+
+SIDES = {
+    "off": {},
+    "on 100%": {"OTEL_TRACES_SAMPLER": "always_on"},
+    "on 10%": {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+}
+TARGETS = {"on 100%": 0.85, "on 10%": 0.95}
+
+
+class _Sink(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def patched_env(values: dict[str, str]) -> Iterator[None]:
+    """os.environ with ``values`` laid over it (run_proxy passes os.environ on)."""
+    saved = dict(os.environ)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
+    parser.add_argument("--json", metavar="PATH")
+    args = parser.parse_args()
+
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{sink.server_address[1]}"
+    log = Path(tempfile.mkstemp(prefix="otel-bench-", suffix=".log")[1])
+    config = BenchConfig(sections=("latency",), access_log="true")
+    results: dict[str, list[dict[str, float]]] = {side: [] for side in ["direct", *SIDES]}
+    with contextlib.ExitStack() as stack:
+        sim = stack.enter_context(start_simulator())
+        proxies: dict[str, ProxyProcess] = {}
+        for side, extra in SIDES.items():
+            env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, **extra} if side != "off" else {}
+            with patched_env(env):
+                if side == "off":
+                    os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+                proxies[side] = stack.enter_context(simulator_proxy(sim, config, log))
+        urls = {"direct": f"{sim.url}/api/paas/v4/chat/completions"}
+        urls.update({side: f"{p.url}/v1/chat/completions" for side, p in proxies.items()})
+        for url in urls.values():
+            run_wrk(url, 32, 2, 3)  # warm-up
+        order = list(urls)
+        for round_ in range(args.rounds):
+            for side in order[round_ % len(order) :] + order[: round_ % len(order)]:
+                result = run_wrk(urls[side], 32, 2, args.duration)
+                results[side].append(
+                    {"rps": result.rps, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms}
+                )
+                print(
+                    f"  round {round_ + 1} {side:<8} {result.rps:8.0f} req/s  "
+                    f"p50 {result.p50_ms:7.3f}  p99 {result.p99_ms:7.3f} ms",
+                    flush=True,
+                )
+    sink.shutdown()
+    medians = {
+        side: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+        for side, runs in results.items()
+    }
+    off = medians["off"]["rps"]
+    print(f"\n  medians of {args.rounds} rounds, c=32, {args.duration} s each (log: {log})")
+    print(f"  {'side':<9}{'req/s':>8}{'vs off':>9}{'p50 ms':>9}{'p99 ms':>9}")
+    for side, m in medians.items():
+        ratio = m["rps"] / off
+        target = TARGETS.get(side)
+        verdict = "" if target is None else (" met" if ratio >= target else " MISSED")
+        verdict = f"  (target >= {target:.0%}){verdict}" if target is not None else ""
+        print(
+            f"  {side:<9}{m['rps']:8.0f}{ratio:9.2f}{m['p50_ms']:9.3f}{m['p99_ms']:9.3f}{verdict}"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"medians": medians, "runs": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
