@@ -87,21 +87,51 @@ class ProxyTracer:
         self.capture_content = capture_content
         self.addresses = {dialect: _address(url) for dialect, url in upstreams.items()}
         self.propagator = TraceContextTextMapPropagator()
-        meter = telemetry.meter
+        # Counted in-process, exported by the telemetry's metric reader (shared/histograms.py):
+        # the SDK's Histogram.record cost more than the rest of an unsampled request's tracing.
+        metrics = telemetry.metrics
         self.token_usage = self.duration = None
-        if meter is not None:
-            self.token_usage = meter.create_histogram(
-                "gen_ai.client.token.usage",
-                unit="{token}",
-                description="Number of input and output tokens used.",
-                explicit_bucket_boundaries_advisory=TOKEN_BUCKETS,
-            )
-            self.duration = meter.create_histogram(
-                "gen_ai.client.operation.duration",
-                unit="s",
-                description="GenAI operation duration.",
-                explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
-            )
+        if metrics is None:
+            return
+        self.token_usage = metrics.histogram(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            description="Number of input and output tokens used.",
+            bounds=TOKEN_BUCKETS,
+            attributes=self._token_attributes,
+        )
+        self.duration = metrics.histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="GenAI operation duration.",
+            bounds=DURATION_BUCKETS,
+            attributes=self._duration_attributes,
+        )
+
+    def _metric_attributes(
+        self, operation: str, model: str, upstream: tuple[str, int]
+    ) -> dict[str, Any]:
+        address, port = upstream
+        return {
+            "gen_ai.operation.name": operation,
+            "gen_ai.provider.name": self.provider,
+            "gen_ai.request.model": model,
+            "server.address": address,
+            "server.port": port,
+        }
+
+    def _token_attributes(self, key: tuple[str, str, tuple[str, int], str]) -> dict[str, Any]:
+        operation, model, upstream, token_type = key
+        attributes = self._metric_attributes(operation, model, upstream)
+        attributes["gen_ai.token.type"] = token_type
+        return attributes
+
+    def _duration_attributes(self, key: tuple[str, str, tuple[str, int], str]) -> dict[str, Any]:
+        operation, model, upstream, error = key
+        attributes = self._metric_attributes(operation, model, upstream)
+        if error:
+            attributes["error.type"] = error
+        return attributes
 
     def begin(self, scope: dict[str, Any]) -> RequestTrace:
         """The trace of a request just arrived: its SERVER span, started now."""
@@ -128,6 +158,7 @@ class RequestTrace:
         "_pool",
         "_retry_after",
         "_status",
+        "_upstream_headers",
         "facts",
         "recording",
         "span",
@@ -139,7 +170,11 @@ class RequestTrace:
         self.span = span
         self.recording = span.is_recording()
         self.facts: ResponseFacts | None = None  # set once the dialect is known
-        self._context = trace.set_span_in_context(span)
+        # The parent of the attempts' and the limiter's spans; a request left out by the
+        # sampler has none of them.
+        self._context = trace.set_span_in_context(span) if self.recording else None
+        # Unrecorded, every attempt sends the same trace context: the headers are made once.
+        self._upstream_headers: list[tuple[str, str]] | None = None
         self._admit_from = 0
         self._pool = ""
         self._attempt: Span | None = None
@@ -164,8 +199,9 @@ class RequestTrace:
     def admitting(self) -> None:
         """An attempt asks the limiter for admission now (in the pool of whichever
         upstream key admits it first)."""
-        self._admit_from = time.time_ns()
-        self._pool = ""
+        if self.recording:
+            self._admit_from = time.time_ns()
+            self._pool = ""
 
     def attempt(
         self,
@@ -179,37 +215,39 @@ class RequestTrace:
     ) -> list[tuple[str, str]]:
         """An attempt goes upstream now, admitted in ``pool`` for the upstream key aliased
         ``key``: its CLIENT span (and the limiter's wait before it, when there was one);
-        the headers to send, with this span's traceparent."""
+        the headers to send, with this span's traceparent.
+
+        A request the sampler left out gets no CLIENT span: the upstream is sent the
+        SERVER span's own context (sampled flag off), which is all a trace of it needs."""
         self._attempts += 1
+        self._status, self._retry_after = 0, None
+        if not self.recording:
+            if self._upstream_headers is None:
+                self._upstream_headers = _traced(headers, self.span)
+            return self._upstream_headers
         self._pool = pool
         now = time.time_ns()
-        if ticket.waited > 0 and self.recording:
+        if ticket.waited > 0:
             self._limiter_span(ticket.waited, local=ticket.local, end=now)
         self._admit_from = 0
+        address, port = self.tracer.addresses[route.dialect]
+        attributes: dict[str, Any] = {
+            "http.request.method": method,
+            "server.address": address,
+            "server.port": port,
+            "zai_proxy.upstream.key": key,
+        }
+        if self._attempts > 1:
+            attributes["http.request.resend_count"] = self._attempts - 1
+            if self._failure is not None:
+                attributes["zai_proxy.retry.reason"] = self._failure.value
         span = self._attempt = self.tracer.tracer.start_span(
-            f"{method} {route.template}", context=self._context, kind=SpanKind.CLIENT
+            f"{method} {route.template}",
+            context=self._context,
+            kind=SpanKind.CLIENT,
+            attributes=attributes,
         )
-        self._status, self._retry_after = 0, None
-        if self.recording:
-            address, port = self.tracer.addresses[route.dialect]
-            span.set_attribute("http.request.method", method)
-            span.set_attribute("server.address", address)
-            span.set_attribute("server.port", port)
-            span.set_attribute("zai_proxy.upstream.key", key)
-            if self._attempts > 1:
-                span.set_attribute("http.request.resend_count", self._attempts - 1)
-                if self._failure is not None:
-                    span.set_attribute("zai_proxy.retry.reason", self._failure.value)
-        context = span.get_span_context()
-        out = [pair for pair in headers if pair[0].lower() not in _TRACE_HEADERS]
-        out.append(
-            ("traceparent", f"00-{context.trace_id:032x}-{context.span_id:016x}-"
-             f"{context.trace_flags:02x}")
-        )  # fmt: skip
-        state = context.trace_state.to_header()
-        if state:
-            out.append(("tracestate", state))
-        return out
+        return _traced(headers, span)
 
     def _limiter_span(self, waited: float, *, local: bool, end: int, refused: bool = False) -> None:
         self._limited += waited
@@ -234,23 +272,24 @@ class RequestTrace:
 
     def attempt_done(self, exchange: Exchange, outcome: Outcome | None) -> None:
         """The attempt is over (its answer passed on, or failed)."""
+        if outcome is not None and outcome not in _NO_RETRY:
+            self._failure = outcome  # the next attempt's retry reason, the metrics' error
         span, self._attempt = self._attempt, None
         if span is None:
             return
-        if outcome is not None and outcome not in _NO_RETRY:
-            self._failure = outcome
-        if self.recording:
-            status = self._status or (exchange.status if exchange.started else 0)
-            if status:
-                span.set_attribute("http.response.status_code", status)
-            if outcome is not None:
-                span.set_attribute("zai_proxy.upstream.outcome", outcome.value)
-                if outcome is not Outcome.OK:
-                    error = str(status) if outcome is Outcome.CLIENT_ERROR else outcome.value
-                    span.set_attribute("error.type", error)
-                    span.set_status(Status(StatusCode.ERROR))
-            if self._retry_after is not None:
-                span.set_attribute("zai_proxy.upstream.retry_after", self._retry_after)
+        status = self._status or (exchange.status if exchange.started else 0)
+        attributes: dict[str, Any] = {}
+        if status:
+            attributes["http.response.status_code"] = status
+        if outcome is not None:
+            attributes["zai_proxy.upstream.outcome"] = outcome.value
+            if outcome is not Outcome.OK:
+                error = str(status) if outcome is Outcome.CLIENT_ERROR else outcome.value
+                attributes["error.type"] = error
+                span.set_status(Status(StatusCode.ERROR))
+        if self._retry_after is not None:
+            attributes["zai_proxy.upstream.retry_after"] = self._retry_after
+        span.set_attributes(attributes)
         span.end()
 
     def refused(self, err: ProxyError) -> None:
@@ -265,46 +304,39 @@ class RequestTrace:
     def end(self, exchange: Exchange, duration: float) -> None:
         """The request is over: name the SERVER span, give it its attributes, end it, and
         count the GenAI metrics."""
-        tracer, span = self.tracer, self.span
+        span = self.span
         operation = OPERATIONS.get(exchange.template)
-        request = exchange.request
-        info = request.info if request is not None else None
-        model = (info.model or "") if info is not None else ""
         error = self._error_type(exchange)
-        address, port = tracer.addresses[exchange.dialect]
         if operation is not None:
-            metric_attributes: dict[str, Any] = {
-                "gen_ai.operation.name": operation,
-                "gen_ai.provider.name": tracer.provider,
-                "gen_ai.request.model": exchange.model,
-                "server.address": address,
-                "server.port": port,
-            }
-            self._measure(exchange, metric_attributes, duration, error)
+            self._measure(exchange, operation, duration, error)
         if not self.recording:
             span.end()
             return
-        span.set_attribute("http.request.method", exchange.method)
-        span.set_attribute("http.route", exchange.template)
+        address, port = self.tracer.addresses[exchange.dialect]
+        attributes: dict[str, Any] = {
+            "http.request.method": exchange.method,
+            "http.route": exchange.template,
+            "zai_proxy.variant": self.tracer.variant,
+            "zai_proxy.client.alias": exchange.key,
+            "server.address": address,
+            "server.port": port,
+        }
         if exchange.status:
-            span.set_attribute("http.response.status_code", exchange.status)
-        span.set_attribute("zai_proxy.variant", tracer.variant)
-        span.set_attribute("zai_proxy.client.alias", exchange.key)
-        span.set_attribute("server.address", address)
-        span.set_attribute("server.port", port)
+            attributes["http.response.status_code"] = exchange.status
         if exchange.ttfb is not None:
-            span.set_attribute("zai_proxy.time_to_first_byte", exchange.ttfb)
+            attributes["zai_proxy.time_to_first_byte"] = exchange.ttfb
         if self._limited:
-            span.set_attribute("zai_proxy.limiter.wait", self._limited)
+            attributes["zai_proxy.limiter.wait"] = self._limited
         if self._attempts:
-            span.set_attribute("zai_proxy.upstream.attempts", self._attempts)
+            attributes["zai_proxy.upstream.attempts"] = self._attempts
         if operation is None:
             span.update_name(f"{exchange.method} {exchange.template}")
         else:
-            self._genai(exchange, operation, model[:MAX_MODEL_CHARS])
+            self._genai(exchange, operation, attributes)
         if error:
-            span.set_attribute("error.type", error)
+            attributes["error.type"] = error
             span.set_status(Status(StatusCode.ERROR))
+        span.set_attributes(attributes)
         span.end()
 
     def _error_type(self, exchange: Exchange) -> str:
@@ -319,70 +351,82 @@ class RequestTrace:
             return str(status)
         return "" if status else "_OTHER"
 
-    def _genai(self, exchange: Exchange, operation: str, model: str) -> None:
-        span = self.span
-        span.update_name(f"{operation} {model}" if model else operation)
-        span.set_attribute("gen_ai.operation.name", operation)
-        span.set_attribute("gen_ai.provider.name", self.tracer.provider)
+    def _genai(self, exchange: Exchange, operation: str, attributes: dict[str, Any]) -> None:
+        """The GenAI conventions' attributes, into ``attributes``; the span's name."""
         request = exchange.request
+        info = request.info if request is not None else None
+        model = (info.model or "")[:MAX_MODEL_CHARS] if info is not None else ""
+        self.span.update_name(f"{operation} {model}" if model else operation)
+        attributes["gen_ai.operation.name"] = operation
+        attributes["gen_ai.provider.name"] = self.tracer.provider
         if model:
-            span.set_attribute("gen_ai.request.model", model)
-        if request is not None and request.info is not None:
-            span.set_attribute("gen_ai.request.stream", request.info.stream)
+            attributes["gen_ai.request.model"] = model
+        if info is not None:
+            attributes["gen_ai.request.stream"] = info.stream
         facts = self.facts
         if facts is not None:
             if facts.model:
-                span.set_attribute("gen_ai.response.model", facts.model)
+                attributes["gen_ai.response.model"] = facts.model
             if facts.id:
-                span.set_attribute("gen_ai.response.id", facts.id)
+                attributes["gen_ai.response.id"] = facts.id
             if facts.finish_reasons:
-                span.set_attribute("gen_ai.response.finish_reasons", facts.finish_reasons)
+                attributes["gen_ai.response.finish_reasons"] = facts.finish_reasons
         usage = exchange.usage
-        span.set_attribute("zai_proxy.usage.source", exchange.usage_source or "none")
+        attributes["zai_proxy.usage.source"] = exchange.usage_source or "none"
         if usage is not None:
-            span.set_attribute("gen_ai.usage.input_tokens", usage.input)
-            span.set_attribute("gen_ai.usage.output_tokens", usage.output)
-            span.set_attribute("gen_ai.usage.cache_read.input_tokens", usage.cache_read)
-            span.set_attribute("gen_ai.usage.cache_creation.input_tokens", usage.cache_write)
+            attributes["gen_ai.usage.input_tokens"] = usage.input
+            attributes["gen_ai.usage.output_tokens"] = usage.output
+            attributes["gen_ai.usage.cache_read.input_tokens"] = usage.cache_read
+            attributes["gen_ai.usage.cache_creation.input_tokens"] = usage.cache_write
             if usage.reasoning:
-                span.set_attribute("gen_ai.usage.reasoning.output_tokens", usage.reasoning)
+                attributes["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning
         if self.tracer.capture_content:
-            self._content(exchange)
+            self._content(exchange, attributes)
 
-    def _content(self, exchange: Exchange) -> None:
+    def _content(self, exchange: Exchange, attributes: dict[str, Any]) -> None:
         """Message content, only when capture is on (the conventions' JSON forms)."""
         request = exchange.request
         parsed = request.info.parsed if request is not None and request.info else None
         if isinstance(parsed, dict):
             messages = _input_messages(parsed)
             if messages:
-                self.span.set_attribute("gen_ai.input.messages", orjson.dumps(messages).decode())
+                attributes["gen_ai.input.messages"] = orjson.dumps(messages).decode()
             system = parsed.get("system")
             if isinstance(system, str | list):
-                self.span.set_attribute(
-                    "gen_ai.system_instructions", orjson.dumps(_parts(system)).decode()
-                )
+                attributes["gen_ai.system_instructions"] = orjson.dumps(_parts(system)).decode()
         tap = exchange.tap
         text = tap.account.output_text() if tap is not None else ""
         if not text and self.facts is not None:
             text = self.facts.output_text
         if text:
             output = [{"role": "assistant", "parts": [{"type": "text", "content": text}]}]
-            self.span.set_attribute("gen_ai.output.messages", orjson.dumps(output).decode())
+            attributes["gen_ai.output.messages"] = orjson.dumps(output).decode()
 
-    def _measure(
-        self, exchange: Exchange, attributes: dict[str, Any], duration: float, error: str
-    ) -> None:
+    def _measure(self, exchange: Exchange, operation: str, duration: float, error: str) -> None:
+        # Keys of the metric attributes' values, all bounded (the normalised model label):
+        # a series' attributes are built once (ProxyTracer._token_attributes, ...).
         tracer = self.tracer
-        if tracer.duration is None or tracer.token_usage is None:
-            return
+        model, upstream = exchange.model, tracer.addresses[exchange.dialect]
         usage = exchange.usage
-        if usage is not None:
-            tracer.token_usage.record(usage.input, {**attributes, "gen_ai.token.type": "input"})
-            tracer.token_usage.record(usage.output, {**attributes, "gen_ai.token.type": "output"})
-        if error:
-            attributes["error.type"] = error
-        tracer.duration.record(duration, attributes)
+        if usage is not None and tracer.token_usage is not None:
+            tracer.token_usage.record((operation, model, upstream, "input"), usage.input)
+            tracer.token_usage.record((operation, model, upstream, "output"), usage.output)
+        if tracer.duration is not None:
+            tracer.duration.record((operation, model, upstream, error), duration)
+
+
+def _traced(headers: list[tuple[str, str]], span: Span) -> list[tuple[str, str]]:
+    """``headers`` with the client's trace context replaced by ``span``'s."""
+    context = span.get_span_context()
+    out = [pair for pair in headers if pair[0].lower() not in _TRACE_HEADERS]
+    out.append(
+        ("traceparent", f"00-{context.trace_id:032x}-{context.span_id:016x}-"
+         f"{context.trace_flags:02x}")
+    )  # fmt: skip
+    state = context.trace_state.to_header()
+    if state:
+        out.append(("tracestate", state))
+    return out
 
 
 def _parts(content: object) -> list[dict[str, Any]]:

@@ -3,7 +3,7 @@
 Off unless ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is
 set: then ``telemetry_from_env`` returns None without importing anything of the SDK, and
 the services do no tracing work at all (their hooks are behind a None check). Set, it
-builds a tracer provider (and a meter provider) from the rest of the standard variables,
+builds a tracer provider (and the metric export) from the rest of the standard variables,
 read by the SDK itself: ``OTEL_EXPORTER_OTLP_PROTOCOL`` (``http/protobuf``, the default,
 or ``grpc``), ``OTEL_TRACES_SAMPLER``/``_ARG`` (default ``parentbased_always_on``),
 ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_TRACES_EXPORTER`` or
@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING
 from zai_proxy import __version__
 
 if TYPE_CHECKING:
-    from opentelemetry.metrics import Meter
-    from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import MetricExporter
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.trace import Tracer
+
+    from zai_proxy.shared.metric_export import MetricExport
 
 log = logging.getLogger("zai_proxy.telemetry")
 
@@ -91,20 +91,21 @@ def enabled(environ: Mapping[str, str] = os.environ) -> bool:
 
 @dataclass(slots=True)
 class Telemetry:
-    """A service's tracer and meter (None when OTEL_METRICS_EXPORTER is none)."""
+    """A service's tracer and its metrics' export (None when OTEL_METRICS_EXPORTER is
+    none): histograms counted in-process (shared/histograms.py), as the SDK's
+    ``Histogram.record`` costs too much per request."""
 
     tracer: Tracer
-    meter: Meter | None
     tracer_provider: TracerProvider
-    meter_provider: MeterProvider | None
+    metrics: MetricExport | None
 
     def shutdown(self) -> None:
         """Export what is queued (within SHUTDOWN_SECONDS) and stop the exporters."""
         millis = int(SHUTDOWN_SECONDS * 1000)
         self.tracer_provider.force_flush(millis)
         self.tracer_provider.shutdown()
-        if self.meter_provider is not None:
-            self.meter_provider.shutdown(timeout_millis=millis)
+        if self.metrics is not None:
+            self.metrics.shutdown(SHUTDOWN_SECONDS)
 
 
 def _protocol(environ: Mapping[str, str], signal: str) -> str:
@@ -145,6 +146,7 @@ def telemetry_from_env(
         )
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
     except ImportError:
         log.warning(
             "OTEL_EXPORTER_OTLP_ENDPOINT is set but OpenTelemetry is not installed "
@@ -160,26 +162,20 @@ def telemetry_from_env(
     resource = Resource.create(defaults)
     tracer_provider = TracerProvider(resource=resource)
     tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(traces_protocol)))
-    meter_provider = None
+    metrics = None
     metrics_endpoint = (
         environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
         or environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "").strip()
     )
+    scope = InstrumentationScope(f"zai_proxy.{service_name}", __version__)
     if metrics_endpoint and not _off(environ, "OTEL_METRICS_EXPORTER"):
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from zai_proxy.shared.metric_export import MetricExport
 
-        reader = PeriodicExportingMetricReader(_metric_exporter(metrics_protocol))
-        meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
+        metrics = MetricExport(_metric_exporter(metrics_protocol), resource, scope, environ)
     return Telemetry(
-        tracer=tracer_provider.get_tracer(f"zai_proxy.{service_name}", __version__),
-        meter=(
-            meter_provider.get_meter(f"zai_proxy.{service_name}", __version__)
-            if meter_provider is not None
-            else None
-        ),
+        tracer=tracer_provider.get_tracer(scope.name, scope.version),
         tracer_provider=tracer_provider,
-        meter_provider=meter_provider,
+        metrics=metrics,
     )
 
 
