@@ -6,6 +6,7 @@ database that cannot be migrated stops the process with one clear line.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -24,6 +25,7 @@ from zai_proxy.collector.service import CollectorService
 from zai_proxy.collector.settings import CollectorSettings
 from zai_proxy.collector.store import SnapshotStore
 from zai_proxy.collector.targets import Resolve, system_resolver
+from zai_proxy.shared.telemetry import telemetry_from_env
 
 
 def build_app(
@@ -35,7 +37,13 @@ def build_app(
     """The collector's application; its lifespan runs the collector."""
     # `_created` samples double the exposition and no dashboard reads them.
     disable_created_metrics()
-    service = CollectorService(settings, store=store, resolve=resolve)
+    telemetry = telemetry_from_env("zai-collector")
+    service = CollectorService(
+        settings,
+        store=store,
+        resolve=resolve,
+        tracer=telemetry.tracer if telemetry is not None else None,
+    )
     # Resident memory and start time: the previous collector died of running out of memory.
     ProcessCollector(registry=service.registry)
 
@@ -44,6 +52,8 @@ def build_app(
         await service.start()
         yield
         await service.stop()
+        if telemetry is not None:
+            await asyncio.to_thread(telemetry.shutdown)
 
     app = FastAPI(title="zai-proxy collector", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service

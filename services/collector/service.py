@@ -27,6 +27,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
@@ -40,6 +41,9 @@ from zai_proxy.collector.settings import CollectorSettings
 from zai_proxy.collector.snapshot import Snapshot
 from zai_proxy.collector.store import BufferedWriter, SnapshotStore
 from zai_proxy.collector.targets import Resolve, TargetDiscovery, TargetSpec, system_resolver
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
 
 log = logging.getLogger("zai_proxy.collector")
 
@@ -73,8 +77,11 @@ class CollectorService:
         resolve: Resolve = system_resolver,
         registry: CollectorRegistry | None = None,
         wall: Callable[[], float] = time.time,
+        tracer: Tracer | None = None,
     ) -> None:
+        """``tracer``: a span per scrape round (OTEL_*; None: no tracing)."""
         self.settings = settings
+        self.tracer = tracer
         self.interval = settings.scrape_interval
         self.timeout = settings.timeout()
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -157,11 +164,17 @@ class CollectorService:
         """Scrape every target now and queue the snapshots of the interval ending at the slot."""
         if self._scraper is None:
             raise RuntimeError("the collector is not open: call open() or start() first")
+        if self.tracer is None:
+            return await self._round(self._scraper, slot_wall, None)
+        with self.tracer.start_as_current_span("collector scrape round") as span:
+            return await self._round(self._scraper, slot_wall, span)
+
+    async def _round(self, scraper: Scraper, slot_wall: float, span: Span | None) -> list[Snapshot]:
         started = time.monotonic()
         found = await self.discovery.discover()
         self._note_unresolved(found.errors)
         remaining = max(0.05, self.timeout - (time.monotonic() - started))
-        results = await self._scraper.scrape_all(found.targets, remaining)
+        results = await scraper.scrape_all(found.targets, remaining)
         self._note_results(results)
         # The merger labels a round by the bucket of the time it is given: the middle of
         # the interval that ends at this slot, which is what the counters' increases cover.
@@ -179,6 +192,8 @@ class CollectorService:
         m.snapshots_buffered.set(self.writer.pending)
         if any(r.ok and r.target.kind == "proxy" for r in results):
             m.last_success.set(self._wall())
+        if span is not None:
+            _describe_round(span, results, len(found.errors), len(snapshots))
         return snapshots
 
     async def write_queued(self, now: float, *, maintain: bool = True) -> int:
@@ -318,6 +333,31 @@ class CollectorService:
             log.info("%s target %s is no longer discovered", gone.kind, url)
         # Only the current targets are kept: replicas that come and go leave nothing behind.
         self.targets = current
+
+
+def _describe_round(
+    span: Span, results: list[ScrapeResult], unresolved: int, snapshots: int
+) -> None:
+    """A round's span: how many targets answered, which failed and why (one event each)."""
+    span.set_attributes(
+        {
+            "zai_proxy.collector.targets": len(results),
+            "zai_proxy.collector.scraped": sum(result.ok for result in results),
+            "zai_proxy.collector.unresolved": unresolved,
+            "zai_proxy.collector.snapshots": snapshots,
+        }
+    )
+    for result in results:
+        if not result.ok:
+            span.add_event(
+                "scrape failed",
+                {
+                    "url.full": result.target.url,
+                    "zai_proxy.collector.target_kind": result.target.kind,
+                    "error.type": result.reason or "connection",
+                    "zai_proxy.collector.scrape_seconds": result.duration,
+                },
+            )
 
 
 async def _cancel(task: asyncio.Task[None] | None) -> None:

@@ -6,6 +6,7 @@ The contract with the web UI is ``docs/dashboard-api.md``. Migrations are not ru
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -27,6 +28,7 @@ from zai_proxy.dashboard_api.events import (
     DroppedClientFilter,
     EventStream,
     TooManyClients,
+    client_span,
     stream,
 )
 from zai_proxy.dashboard_api.limiter import LimiterClient
@@ -41,6 +43,7 @@ from zai_proxy.dashboard_api.points import (
 from zai_proxy.dashboard_api.queries import RANGES, VARIANT_PATTERN, HistoryReader, RangeName
 from zai_proxy.dashboard_api.settings import DashboardSettings
 from zai_proxy.dashboard_api.webui import UNAUTHORIZED, WebUI
+from zai_proxy.shared.telemetry import telemetry_from_env
 
 EVENT_ID_PATTERN = r"^[0-9]{1,15}$"  # whole milliseconds since the epoch
 RETRY_AFTER_SECONDS = 5  # told to a client refused for lack of SSE slots
@@ -89,6 +92,8 @@ def build_app(
 ) -> FastAPI:
     """The dashboard's application; its lifespan runs the broadcaster, then closes the reader."""
     _install_log_filter()
+    telemetry = telemetry_from_env("zai-dashboard")
+    tracer = telemetry.tracer if telemetry is not None else None
     guard = TokenGuard(settings.token())
     ui = WebUI(settings.static_dir())
     limiter = LimiterClient(settings.limiter_url, settings.limiter_admin_token.get_secret_value())
@@ -113,6 +118,8 @@ def build_app(
             await limiter.close()
             if owned:
                 await history.close()
+            if telemetry is not None:
+                await asyncio.to_thread(telemetry.shutdown)
 
     app = FastAPI(
         title="zai-proxy dashboard",
@@ -250,18 +257,21 @@ def build_app(
     ) -> Response:
         """The live stream: one `snapshot` event per collector round, heartbeats between."""
         resume = last_event_id or since
+        peer = request.client
+        client = f"{peer.host}:{peer.port}" if peer else ""
         try:
-            peer = request.client
-            subscription = broadcaster.subscribe(f"{peer.host}:{peer.port}" if peer else "")
+            subscription = broadcaster.subscribe(client)
         except TooManyClients as exc:
             return problem(
                 503,
                 f"too many live clients ({exc}): try again later",
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
+        after = None if resume is None else int(resume)
         return EventStream(
             subscription,
-            stream(subscription, reader, None if resume is None else int(resume), clock),
+            stream(subscription, reader, after, clock),
+            None if tracer is None else client_span(tracer, client, after),
             ping=settings.dashboard_sse_heartbeat,
             ping_message_factory=lambda: HEARTBEAT,
             sep="\n",

@@ -24,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import orjson
@@ -35,6 +35,9 @@ from zai_proxy.collector.history import StorageError
 from zai_proxy.dashboard_api.points import Round, event_id
 from zai_proxy.dashboard_api.queries import HistoryReader
 from zai_proxy.shared.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span, Tracer
 
 log = logging.getLogger("zai_proxy.dashboard")
 
@@ -65,6 +68,7 @@ class Subscription:
         self.client = client  # the peer's address, for the log
         self.queue: asyncio.Queue[list[Round]] = asyncio.Queue(backlog)
         self.dropped = False
+        self.sent = 0  # snapshot events sent to it
         self.on_drop: Callable[[], object] | None = None
         self._release = release
 
@@ -230,19 +234,41 @@ async def stream(
             return
         for round_ in missed:
             if (unsent := sent.unsent(round_)) is not None:
+                subscription.sent += 1
                 yield snapshot_event(unsent)
     while not subscription.dropped:
         for round_ in await subscription.queue.get():
             if (unsent := sent.unsent(round_)) is not None:
+                subscription.sent += 1
                 yield snapshot_event(unsent)
+
+
+def client_span(tracer: Tracer, client: str, resume: int | None) -> Span:
+    """The span of one SSE client's connection, started now (ended by its EventStream)."""
+    from opentelemetry.trace import SpanKind  # with tracing on only
+
+    attributes: dict[str, str | int] = {"http.request.method": "GET", "http.route": "/api/events"}
+    if client:
+        attributes["client.address"] = client
+    if resume is not None:
+        attributes["zai_proxy.sse.resumed_after"] = resume
+    return tracer.start_span("GET /api/events", kind=SpanKind.SERVER, attributes=attributes)
 
 
 class EventStream(EventSourceResponse):
     """An SSE response that ends at once when its subscription is dropped, and frees it."""
 
-    def __init__(self, subscription: Subscription, content: AsyncIterator[Any], **kwargs: Any):
+    def __init__(
+        self,
+        subscription: Subscription,
+        content: AsyncIterator[Any],
+        span: Span | None = None,
+        **kwargs: Any,
+    ):
+        """``span``: the client's span (client_span), ended with the response."""
         super().__init__(content, **kwargs)
         self.subscription = subscription
+        self.span = span
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -256,3 +282,11 @@ class EventStream(EventSourceResponse):
             self.subscription.close()
             with contextlib.suppress(Exception):
                 await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            if self.span is not None:
+                self.span.set_attributes(
+                    {
+                        "zai_proxy.sse.events": self.subscription.sent,
+                        "zai_proxy.sse.dropped": self.subscription.dropped,
+                    }
+                )
+                self.span.end()

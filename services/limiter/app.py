@@ -29,6 +29,7 @@ from zai_proxy.limiter.store import FOREVER, LimiterStore, StoreError
 from zai_proxy.limiter.stores import open_store
 from zai_proxy.shared.exposition import renderer
 from zai_proxy.shared.tasks import cancel_and_wait
+from zai_proxy.shared.telemetry import Telemetry, telemetry_from_env
 
 log = logging.getLogger("zai_proxy.limiter")
 
@@ -71,7 +72,13 @@ class ParkRequest(KeyRequest):
 class LimiterService:
     """Owns the store, the control loop and the metrics of one limiter replica."""
 
-    def __init__(self, settings: LimiterSettings, store: LimiterStore | None = None) -> None:
+    def __init__(
+        self,
+        settings: LimiterSettings,
+        store: LimiterStore | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
+        """``telemetry``: a span per control step (OTEL_*; None: no tracing)."""
         disable_created_metrics()
         self.settings = settings
         self.params = settings.params()
@@ -80,7 +87,12 @@ class LimiterService:
         self.store = store or open_store(
             settings.redis_url, settings.store_config(), socket_timeout=settings.redis_timeout
         )
-        self.plane = ControlPlane(self.store, settings, on_step=self.metrics.stepped)
+        self.plane = ControlPlane(
+            self.store,
+            settings,
+            on_step=self.metrics.stepped,
+            tracer=telemetry.tracer if telemetry is not None else None,
+        )
         self.loop = self.plane.loop
         self.quota = self.plane.quota
         self._tasks: list[asyncio.Task[None]] = []
@@ -224,7 +236,8 @@ class LimiterService:
 
 def build_app(settings: LimiterSettings, store: LimiterStore | None = None) -> FastAPI:
     """The limiter's HTTP application."""
-    service = LimiterService(settings, store)
+    telemetry = telemetry_from_env("zai-limiter")
+    service = LimiterService(settings, store, telemetry)
     token = settings.limiter_admin_token.get_secret_value()
 
     @contextlib.asynccontextmanager
@@ -232,6 +245,8 @@ def build_app(settings: LimiterSettings, store: LimiterStore | None = None) -> F
         await service.start()
         yield
         await service.stop()
+        if telemetry is not None:
+            await asyncio.to_thread(telemetry.shutdown)
 
     app = FastAPI(title="zai-proxy limiter", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service

@@ -22,11 +22,15 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 from zai_proxy.limiter import controller as law
 from zai_proxy.limiter import store as s
 from zai_proxy.limiter.controller import CapState, Decision, Params, RateState, State, Tick
 from zai_proxy.limiter.store import LimiterStore, StoreError, parse_cap, state_version
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 log = logging.getLogger("zai_proxy.limiter")
 
@@ -155,6 +159,20 @@ class StepResult:
 RateCap = Callable[[str, float], float | None]
 
 
+def _step_event(result: StepResult) -> dict[str, str | int | float]:
+    """A pool's step as a span event's attributes."""
+    attributes: dict[str, str | int | float] = {
+        "zai_proxy.limiter.pool": result.pool,
+        "zai_proxy.limiter.ticks": result.ticks,
+        "zai_proxy.limiter.decision": result.decision.value,
+        "zai_proxy.limiter.cap_decision": result.state.cap_decision.value,
+        "zai_proxy.limiter.rate": result.rate,
+    }
+    if result.quota_cap is not None:
+        attributes["zai_proxy.limiter.quota_cap"] = result.quota_cap
+    return attributes
+
+
 class ControlLoop:
     """Steps the law for every active pool, once per tick, while this node leads."""
 
@@ -168,8 +186,11 @@ class ControlLoop:
         rate_cap: RateCap | None = None,
         on_step: Callable[[StepResult], None] | None = None,
         pools: Iterable[str] = (),
+        tracer: Tracer | None = None,
     ) -> None:
+        """``tracer``: a span per control step this node takes as leader (OTEL_*)."""
         self.store = store
+        self.tracer = tracer
         self.params = params
         self.state_max_age = state_max_age
         self.node = node or uuid.uuid4().hex[:12]
@@ -216,6 +237,18 @@ class ControlLoop:
             log.info("limiter node %s %s", self.node, "leads" if self.leader else "follows")
         if not self.leader:
             return []
+        if self.tracer is None:
+            return await self._step_all(now)
+        with self.tracer.start_as_current_span(
+            "limiter control step", attributes={"zai_proxy.limiter.node": self.node}
+        ) as span:
+            results = await self._step_all(now)
+            span.set_attribute("zai_proxy.limiter.pools_stepped", len(results))
+            for result in results:
+                span.add_event("pool stepped", _step_event(result))
+        return results
+
+    async def _step_all(self, now: float) -> list[StepResult]:
         due = self.store.config.tick_of(now - SETTLE_SECONDS) - 1
         results = []
         for pool in sorted(self.pools.union(await self.store.pools())):

@@ -7,12 +7,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from zai_proxy.limiter.control import ControlLoop, StepResult
 from zai_proxy.limiter.quota_control import QuotaControl
 from zai_proxy.limiter.settings import LimiterSettings
 from zai_proxy.limiter.store import LimiterStore, StoreError
 from zai_proxy.shared.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
 
 
 class ControlPlane:
@@ -23,6 +27,7 @@ class ControlPlane:
         store: LimiterStore,
         settings: LimiterSettings,
         on_step: Callable[[StepResult], None] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.quota = QuotaControl(settings)
         self._on_step = on_step
@@ -34,6 +39,7 @@ class ControlPlane:
             rate_cap=self.quota.cap,
             on_step=self._stepped,
             pools=(self.quota.pool,) if paced else (),
+            tracer=tracer,
         )
         self._task: asyncio.Task[None] | None = None
 
