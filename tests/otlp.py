@@ -1,9 +1,12 @@
-"""A real OTLP/HTTP receiver for the tests: decodes what exporters POST, as a collector would.
+"""A real OTLP receiver for the tests: decodes what exporters send, as a collector would.
 
 `with OTLPReceiver() as otlp:` serves http://127.0.0.1:<port> (OTEL_EXPORTER_OTLP_ENDPOINT),
 decodes every ExportTraceServiceRequest (/v1/traces) and ExportMetricsServiceRequest
 (/v1/metrics) with opentelemetry-proto, and keeps the spans and metric points it got.
 ``delay`` makes it a slow endpoint (each export waits that long before its answer).
+``OTLPReceiver(protocol="grpc")`` serves the same over gRPC instead (the collector's
+TraceService and MetricsService, from opentelemetry-proto's stubs and grpcio), for
+OTEL_EXPORTER_OTLP_PROTOCOL=grpc.
 """
 
 from __future__ import annotations
@@ -90,12 +93,17 @@ class Received:
 
 
 class OTLPReceiver:
-    """An OTLP/HTTP (protobuf) endpoint on loopback."""
+    """An OTLP/HTTP (protobuf) or OTLP/gRPC endpoint on loopback."""
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, protocol: str = "http/protobuf") -> None:
         self.delay = delay
+        self.protocol = protocol
         self.received = Received()
         self._lock = threading.Lock()
+        self._grpc: Any = None
+        if protocol == "grpc":
+            self._serve_grpc()
+            return
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -106,10 +114,10 @@ class OTLPReceiver:
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 if self.path == "/v1/traces":
-                    receiver._traces(body)
+                    receiver._traces(ExportTraceServiceRequest.FromString(body))
                     answer = ExportTraceServiceResponse().SerializeToString()
                 elif self.path == "/v1/metrics":
-                    receiver._metrics(body)
+                    receiver._metrics(ExportMetricsServiceRequest.FromString(body))
                     answer = ExportMetricsServiceResponse().SerializeToString()
                 else:
                     self.send_error(404)
@@ -128,16 +136,51 @@ class OTLPReceiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
+    def _serve_grpc(self) -> None:
+        from concurrent import futures
+
+        import grpc
+        from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
+
+        receiver = self
+
+        class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: Any, context: Any) -> ExportTraceServiceResponse:
+                if receiver.delay:
+                    time.sleep(receiver.delay)
+                receiver._traces(request)
+                return ExportTraceServiceResponse()
+
+        class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+            def Export(self, request: Any, context: Any) -> ExportMetricsServiceResponse:
+                if receiver.delay:
+                    time.sleep(receiver.delay)
+                receiver._metrics(request)
+                return ExportMetricsServiceResponse()
+
+        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), self._grpc)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), self._grpc)
+        port = self._grpc.add_insecure_port("127.0.0.1:0")
+        # An http:// endpoint tells the gRPC exporter to connect without TLS.
+        self.url = f"http://127.0.0.1:{port}"
+
     def __enter__(self) -> OTLPReceiver:
-        self._thread.start()
+        if self._grpc is not None:
+            self._grpc.start()
+        else:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._grpc is not None:
+            self._grpc.stop(grace=None)
+            return
         self.server.shutdown()
         self.server.server_close()
 
-    def _traces(self, body: bytes) -> None:
-        request = ExportTraceServiceRequest.FromString(body)
+    def _traces(self, request: ExportTraceServiceRequest) -> None:
         spans = []
         for resource_spans in request.resource_spans:
             resource = attributes_of(resource_spans.resource.attributes)
@@ -166,8 +209,7 @@ class OTLPReceiver:
             self.received.spans.extend(spans)
             self.received.exports += 1
 
-    def _metrics(self, body: bytes) -> None:
-        request = ExportMetricsServiceRequest.FromString(body)
+    def _metrics(self, request: ExportMetricsServiceRequest) -> None:
         points = []
         for resource_metrics in request.resource_metrics:
             for scope_metrics in resource_metrics.scope_metrics:

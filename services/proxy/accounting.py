@@ -197,11 +197,16 @@ class Accounting:
             return Request(orjson.dumps(updated), info, injected=True)
         return Request(body, info)
 
+    def reads_answer(self, request: Request, facts: ResponseFacts | None) -> bool:
+        """Whether the answer is parsed: to count its tokens, or (with counting off) for
+        what it says of itself on a recorded span."""
+        return request.counted and (self.enabled or facts is not None)
+
     def tap(
         self, route: Route, request: Request, facts: ResponseFacts | None = None
     ) -> StreamTap | None:
-        """A tap for a streamed answer, or None when it is not counted."""
-        if not self.enabled or not request.counted:
+        """A tap for a streamed answer, or None when it is not read."""
+        if not self.reads_answer(request, facts):
             return None
         return StreamTap(route.dialect, strip_usage=request.injected, facts=facts)
 

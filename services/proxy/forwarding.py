@@ -511,8 +511,7 @@ class Forwarder:
                 headers.append((b"cache-control", b"no-cache"))
         read_json = (
             tap is None
-            and request.counted
-            and self.accounting.enabled
+            and self.accounting.reads_answer(request, exchange.facts)
             and status < 300
             and "json" in content_type
         )
@@ -574,7 +573,7 @@ class Forwarder:
         exchange.size = len(body)
         exchange.finished = True
         await send({"type": "http.response.body", "body": body, "more_body": False})
-        if status < 300 and request.counted and self.accounting.enabled and body:
+        if status < 300 and body and self.accounting.reads_answer(request, exchange.facts):
             exchange.body_usage, exchange.output_text = self.accounting.usage_of_body(
                 route.dialect, body, exchange.facts
             )

@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from tests.otlp import OTLPReceiver, Span
-from tests.support import TEST_KEY, ServiceProcess, free_port, start_proxy
+from tests.support import TEST_KEY, ServiceProcess, free_port, start_proxy, wait_until
 from zai_proxy.proxy.tracing import DURATION_BUCKETS, TOKEN_BUCKETS
 from zai_proxy.simulator.process import SimulatorProcess
 
@@ -298,8 +298,13 @@ def test_a_request_without_traceparent_starts_a_trace_and_propagates_it(
     assert version == "00" and int(flags, 16) & 1 and trace_id != "0" * 32
     server, (attempt,) = server_span(otlp, trace_id)
     assert server.parent_id == "" and attempt.span_id == span_id
-    # The access log line leads to the trace.
-    line = next(line for line in proxy.log().splitlines() if request_id in line)
+
+    # The access log line leads to the trace (written in batches: FLUSH_SECONDS).
+    def logged() -> list[str]:
+        return [line for line in proxy.log().splitlines() if request_id in line]
+
+    wait_until(logged, timeout=5)
+    (line,) = logged()
     assert line.endswith(f"trace_id={trace_id}")
 
 
@@ -504,3 +509,94 @@ def test_without_an_endpoint_no_tracing_is_loaded_or_started() -> None:
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+def text_seen_by_client(dialect: str, response: httpx.Response) -> str:
+    """The answer's text as the client read it, whole or streamed."""
+    if "text/event-stream" not in response.headers.get("content-type", ""):
+        answer = response.json()
+        if dialect == "openai":
+            return answer["choices"][0]["message"]["content"]
+        return "".join(block["text"] for block in answer["content"] if block["type"] == "text")
+    text = []
+    for line in response.text.splitlines():
+        if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+            continue
+        event = orjson.loads(line[5:])
+        if dialect == "openai":
+            text += [c["delta"].get("content") or "" for c in event.get("choices") or []]
+        elif event.get("type") == "content_block_delta":
+            text.append(event["delta"].get("text", ""))
+    return "".join(text)
+
+
+@pytest.fixture(scope="module")
+def capturing(upstream: SimulatorProcess, otlp: OTLPReceiver) -> Iterator[ServiceProcess]:
+    env = traced_env(
+        otlp,
+        PROXY_API_KEYS=f"team-a:{CLIENT_KEY}",
+        OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT="true",
+    )
+    with start_proxy(upstream.url, env=env) as service:
+        yield service
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_opted_in_content_capture_puts_the_messages_on_the_span(
+    capturing: ServiceProcess, otlp: OTLPReceiver, dialect: str, stream: bool
+) -> None:
+    traceparent, trace_id, _ = new_traceparent()
+    response, _ = call(capturing, dialect, stream=stream, traceparent=traceparent)
+    assert response.status_code == 200
+    server, _ = server_span(otlp, trace_id)
+    inputs = orjson.loads(server.attributes["gen_ai.input.messages"])
+    assert inputs == [{"role": "user", "parts": [{"type": "text", "content": "hello there"}]}]
+    (output,) = orjson.loads(server.attributes["gen_ai.output.messages"])
+    assert output["role"] == "assistant"
+    assert output["parts"] == [{"type": "text", "content": text_seen_by_client(dialect, response)}]
+    assert output["parts"][0]["content"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_with_token_counting_off_the_span_still_says_what_the_answer_said(
+    upstream: SimulatorProcess, otlp: OTLPReceiver, dialect: str, stream: bool
+) -> None:
+    env = traced_env(otlp, PROXY_API_KEYS=f"team-a:{CLIENT_KEY}", TOKEN_COUNTING_ENABLED="false")
+    with start_proxy(upstream.url, env=env) as uncounted:
+        traceparent, trace_id, _ = new_traceparent()
+        response, _ = call(uncounted, dialect, stream=stream, traceparent=traceparent)
+        assert response.status_code == 200
+        server, _ = server_span(otlp, trace_id)
+    seen = seen_by_client(dialect, response)
+    assert server.attributes["gen_ai.response.id"] == seen["id"]
+    assert server.attributes["gen_ai.response.model"] == seen["model"]
+    assert server.attributes["gen_ai.response.finish_reasons"] == seen["finish"]
+    # Nothing counted them: no usage on the span.
+    assert server.attributes["zai_proxy.usage.source"] == "none"
+    assert "gen_ai.usage.input_tokens" not in server.attributes
+
+
+def test_spans_and_metrics_go_out_over_grpc_too(upstream: SimulatorProcess) -> None:
+    with OTLPReceiver(protocol="grpc") as grpc_otlp:
+        env = traced_env(
+            grpc_otlp,
+            OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+            PROXY_API_KEYS=f"team-a:{CLIENT_KEY}",
+            DEPLOYMENT_VARIANT="canary",
+        )
+        with start_proxy(upstream.url, env=env) as proxy:
+            traceparent, trace_id, client_span = new_traceparent()
+            response, _ = call(proxy, "openai", sim=USAGE_SCRIPT, traceparent=traceparent)
+            assert response.status_code == 200
+            server, (attempt,) = server_span(grpc_otlp, trace_id)
+            point = grpc_otlp.wait_for(
+                lambda r: latest(r, "gen_ai.client.token.usage", **{"gen_ai.token.type": "output"})
+            )
+    seen = seen_by_client("openai", response)
+    assert server.parent_id == client_span and server.name == "chat glm-4.6"
+    expected = expected_genai("openai", seen, False)
+    assert {name: server.attributes.get(name) for name in expected} == expected
+    assert attempt.kind == "client" and attempt.attributes["http.response.status_code"] == 200
+    assert (point.count, point.sum, point.bounds) == (1, 9, list(TOKEN_BUCKETS))
