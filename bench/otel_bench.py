@@ -6,11 +6,19 @@ sink on loopback that reads each batch and answers 200 (the SDK's batch processo
 exporter, as in production; no collector's CPU in the figures). wrk (2 threads, 32
 connections, bench/chat_completion.lua) runs against each in turn, the order rotated
 every round, with a direct run at the simulator as the machine's noise reference; the
-medians of the rounds are printed with each side's ratio to tracing off.
+medians of the rounds are printed with each side's ratio to tracing off. Beside req/s,
+each proxy's CPU time per request (utime + stime of its process, all threads: the batch
+exporter's too): on a machine others load, req/s swing by tens of percent from one run
+to the next, while CPU per request moves much less, and for a proxy bound by its one
+core, off's CPU per request over a side's is the req/s ratio that side can reach.
 
 Targets (issue 16): on at 100% keeps >= 85% of off's req/s; at 10%, >= 95%.
 
     .venv/bin/python bench/otel_bench.py --rounds 5 --duration 8 [--json out.json]
+        [--baseline ../before/.venv/bin/python]
+
+``--baseline`` adds a side "before": a proxy run by another checkout's Python (a
+worktree of the commit before tracing, with its own venv), for "off against before".
 """
 
 from __future__ import annotations
@@ -27,7 +35,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from proxy_bench import BenchConfig, ProxyProcess, run_wrk, simulator_proxy  # bench/ on sys.path
+from proxy_bench import (  # bench/ on sys.path
+    PROXY_COMMAND,
+    BenchConfig,
+    ProxyProcess,
+    run_wrk,
+    simulator_proxy,
+)
 
 from zai_proxy.simulator.process import start_simulator
 
@@ -70,23 +84,31 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     parser.add_argument("--json", metavar="PATH")
+    parser.add_argument("--baseline", metavar="PYTHON", help="another checkout's python")
     args = parser.parse_args()
+    sides: dict[str, dict[str, str]] = dict(SIDES)
+    if args.baseline:
+        sides = {"before": {}, **sides}
 
     sink = ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     endpoint = f"http://127.0.0.1:{sink.server_address[1]}"
     log = Path(tempfile.mkstemp(prefix="otel-bench-", suffix=".log")[1])
     config = BenchConfig(sections=("latency",), access_log="true")
-    results: dict[str, list[dict[str, float]]] = {side: [] for side in ["direct", *SIDES]}
+    results: dict[str, list[dict[str, float]]] = {side: [] for side in ["direct", *sides]}
     with contextlib.ExitStack() as stack:
         sim = stack.enter_context(start_simulator())
         proxies: dict[str, ProxyProcess] = {}
-        for side, extra in SIDES.items():
-            env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, **extra} if side != "off" else {}
+        for side, extra in sides.items():
+            traced = side not in ("off", "before")
+            env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, **extra} if traced else {}
+            command = (
+                (args.baseline, "-m", "zai_proxy", "proxy") if side == "before" else PROXY_COMMAND
+            )
             with patched_env(env):
-                if side == "off":
+                if not traced:
                     os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
-                proxies[side] = stack.enter_context(simulator_proxy(sim, config, log))
+                proxies[side] = stack.enter_context(simulator_proxy(sim, config, log, command))
         urls = {"direct": f"{sim.url}/api/paas/v4/chat/completions"}
         urls.update({side: f"{p.url}/v1/chat/completions" for side, p in proxies.items()})
         for url in urls.values():
@@ -94,13 +116,22 @@ def main() -> None:
         order = list(urls)
         for round_ in range(args.rounds):
             for side in order[round_ % len(order) :] + order[: round_ % len(order)]:
-                result = run_wrk(urls[side], 32, 2, args.duration)
+                pids = {side: proxies[side].pid} if side in proxies else {"direct": sim.process.pid}
+                result = run_wrk(urls[side], 32, 2, args.duration, pids=pids)
+                cpu = result.cpu_us[side if side in proxies else "direct"]
                 results[side].append(
-                    {"rps": result.rps, "p50_ms": result.p50_ms, "p99_ms": result.p99_ms}
+                    {
+                        "rps": result.rps,
+                        "p50_ms": result.p50_ms,
+                        "p99_ms": result.p99_ms,
+                        "cpu_us": cpu,
+                        "load": os.getloadavg()[0],
+                    }
                 )
                 print(
                     f"  round {round_ + 1} {side:<8} {result.rps:8.0f} req/s  "
-                    f"p50 {result.p50_ms:7.3f}  p99 {result.p99_ms:7.3f} ms",
+                    f"p50 {result.p50_ms:7.3f}  p99 {result.p99_ms:7.3f} ms  "
+                    f"{cpu:6.0f} µs CPU/req  load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
     sink.shutdown()
@@ -108,16 +139,20 @@ def main() -> None:
         side: {key: statistics.median(run[key] for run in runs) for key in runs[0]}
         for side, runs in results.items()
     }
-    off = medians["off"]["rps"]
+    off, off_cpu = medians["off"]["rps"], medians["off"]["cpu_us"]
     print(f"\n  medians of {args.rounds} rounds, c=32, {args.duration} s each (log: {log})")
-    print(f"  {'side':<9}{'req/s':>8}{'vs off':>9}{'p50 ms':>9}{'p99 ms':>9}")
+    print(
+        f"  {'side':<9}{'req/s':>8}{'vs off':>9}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'CPU µs/req':>12}{'off/side':>10}{'load':>6}"
+    )
     for side, m in medians.items():
-        ratio = m["rps"] / off
+        ratio, cpu_ratio = m["rps"] / off, off_cpu / m["cpu_us"]
         target = TARGETS.get(side)
         verdict = "" if target is None else (" met" if ratio >= target else " MISSED")
         verdict = f"  (target >= {target:.0%}){verdict}" if target is not None else ""
         print(
-            f"  {side:<9}{m['rps']:8.0f}{ratio:9.2f}{m['p50_ms']:9.3f}{m['p99_ms']:9.3f}{verdict}"
+            f"  {side:<9}{m['rps']:8.0f}{ratio:9.2f}{m['p50_ms']:9.3f}{m['p99_ms']:9.3f}"
+            f"{m['cpu_us']:12.0f}{cpu_ratio:10.2f}{m['load']:6.1f}{verdict}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps({"medians": medians, "runs": results}, indent=2))
