@@ -59,6 +59,10 @@ from zai_proxy.shared.proxy_metrics import ORIGIN_CLIENT, ORIGIN_PROXY, ORIGIN_U
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
+# 429s that say a key is full now. Its retry waits its turn on that key, whose limit the
+# 429 has just lowered (as with one key): sent to another key that has learned no limit
+# yet, as every key at a cold start, it would likely meet a 429 there too.
+LIMITED = frozenset({Outcome.RATE_FREQUENCY, Outcome.RATE_CONCURRENCY})
 Headers = list[tuple[bytes, bytes]]
 
 # Non-streamed answers with a known length up to this size are read whole and sent in
@@ -114,6 +118,7 @@ class Exchange:
     usage: Usage | None = None
     usage_source: str = ""
     held: int = 0  # bytes of the body budget reserved
+    limited_by: str = ""  # the upstream key whose 429 the next attempt waits its turn on
 
 
 class DisconnectWatch:
@@ -362,7 +367,7 @@ class Forwarder:
         The limiter admits first, then the attempt takes a worker: a request waiting for
         its turn at the upstream's rate holds no worker (MAX_WORKERS bounds what is upstream).
         """
-        key, ticket = await self.upstream.admit(skipped)
+        key, ticket = await self.upstream.admit(skipped, stay=exchange.limited_by)
         limiter = key.limiter
         metrics, pool = self.metrics, self.pool
         metrics.rate_limit_wait_child.observe(ticket.waited)
@@ -411,6 +416,8 @@ class Forwarder:
             raise RetryableAttempt(Outcome.NETWORK, error=err) from err
         except RetryableAttempt as failed:
             outcome = failed.outcome
+            if outcome in LIMITED:
+                exchange.limited_by = key.alias
             if failed.answer is None:
                 # An answer that broke off (or was empty) before anything reached the
                 # client; a 429 or 5xx answer was counted when it was read.
