@@ -255,3 +255,30 @@ def test_an_operator_parks_and_lifts_a_key_through_the_limiter_for_every_replica
             assert unknown.status_code == 400
             for secret in SECRETS:
                 assert secret not in limiter.log() and secret not in proxy.log()
+
+
+def test_a_key_one_replica_parked_is_skipped_by_the_others_without_asking_the_upstream(
+    real_redis_url: str,
+) -> None:
+    with (
+        own_prefix(real_redis_url) as prefix,
+        simulator(alpha={"quota_requests": "5h=1"}, beta={}) as upstream,
+    ):
+        env = proxy_env(f"alpha:{ALPHA},beta:{BETA}", REDIS_URL=real_redis_url, REDIS_PREFIX=prefix)
+        with (
+            start_proxy(upstream.url, env=env) as first,
+            start_proxy(upstream.url, env=env) as second,
+        ):
+            # The first replica spends alpha's quota and meets its 1308.
+            for _ in range(4):
+                assert httpx.post(f"{first.url}/v1/chat/completions", json=CHAT).status_code == 200
+            assert refused(upstream, "alpha", "1308") == 1
+            # The second never sends alpha anything more: the store refuses it as parked.
+            for _ in range(6):
+                assert httpx.post(f"{second.url}/v1/chat/completions", json=CHAT).status_code == 200
+            assert refused(upstream, "alpha", "1308") == 1
+            assert accepted(upstream, "alpha") == 1
+            wait_until(
+                lambda: scrape(second.url).value("proxy_upstream_key_parked", key="alpha") == 1,
+                timeout=5,
+            )
