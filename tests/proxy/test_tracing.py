@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from tests.otlp import OTLPReceiver, Span
-from tests.support import TEST_KEY, ServiceProcess, free_port, start_proxy
+from tests.support import TEST_KEY, ServiceProcess, free_port, start_proxy, wait_until
 from zai_proxy.proxy.tracing import DURATION_BUCKETS, TOKEN_BUCKETS
 from zai_proxy.simulator.process import SimulatorProcess
 
@@ -298,8 +298,13 @@ def test_a_request_without_traceparent_starts_a_trace_and_propagates_it(
     assert version == "00" and int(flags, 16) & 1 and trace_id != "0" * 32
     server, (attempt,) = server_span(otlp, trace_id)
     assert server.parent_id == "" and attempt.span_id == span_id
-    # The access log line leads to the trace.
-    line = next(line for line in proxy.log().splitlines() if request_id in line)
+
+    # The access log line (written once the answer is out) leads to the trace.
+    def logged() -> list[str]:
+        return [line for line in proxy.log().splitlines() if request_id in line]
+
+    wait_until(logged, 10.0)
+    (line,) = logged()
     assert line.endswith(f"trace_id={trace_id}")
 
 
