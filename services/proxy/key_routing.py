@@ -135,18 +135,21 @@ class KeyRouter:
             staying = [key for key in candidates if key.alias == stay]
             if len(candidates) == 1 or staying:
                 key = (staying or candidates)[0]
+                key.waiting += 1
                 try:
                     return key, self._took(key, await key.limiter.admit())
                 except Parked as parked:
-                    self._mark_parked(key, parked.seconds, parked.reason)
+                    self._parked_for(key, parked.seconds, parked.reason)
                     continue
+                finally:
+                    key.waiting -= 1
             best: UpstreamKey | None = None
             best_wait = math.inf
             for key in candidates:
                 try:
                     answer = await key.limiter.try_admit()
                 except Parked as parked:
-                    self._mark_parked(key, parked.seconds, parked.reason)
+                    self._parked_for(key, parked.seconds, parked.reason)
                     continue
                 if isinstance(answer, Ticket):
                     return key, self._took(key, answer)
@@ -160,7 +163,7 @@ class KeyRouter:
             try:
                 return best, self._took(best, await best.limiter.admit())
             except Parked as parked:
-                self._mark_parked(best, parked.seconds, parked.reason)
+                self._parked_for(best, parked.seconds, parked.reason)
             finally:
                 best.waiting -= 1
 
@@ -170,17 +173,20 @@ class KeyRouter:
 
     async def park(self, key: UpstreamKey, seconds: float, reason: str) -> None:
         """Park a key for every replica (kept here alone if the store cannot be reached)."""
+        until = time.time() + seconds
         try:
             held = await key.limiter.store.park(key.pool, seconds, reason)
         except StoreError as exc:
             log.warning("key=%s parking not shared (store unreachable: %s)", key.alias, exc)
         else:
-            seconds, reason = held.until - held.since, held.reason
-        self._mark_parked(key, seconds, reason)
+            # The parking in force may be an earlier, longer one (its end and reason win);
+            # the store's clock is Redis's, within clock skew of this one.
+            until, reason = held.until, held.reason
+        self._mark_parked(key, until, reason)
         log.warning(
             "key=%s parked %s: %s",
             key.alias,
-            "until lifted" if math.isinf(seconds) else f"for {seconds:.0f} s",
+            "until lifted" if math.isinf(until) else f"for {until - time.time():.0f} s",
             reason,
         )
 
@@ -219,10 +225,17 @@ class KeyRouter:
             key.parked_until, key.parked_reason = -math.inf, ""  # it came back
         return ticket
 
-    def _mark_parked(self, key: UpstreamKey, seconds: float, reason: str) -> None:
-        key.parked_until = time.time() + seconds
+    def _parked_for(self, key: UpstreamKey, seconds: float, reason: str) -> None:
+        """The store refused the key as parked, for ``seconds`` more."""
+        self._mark_parked(key, time.time() + seconds, reason)
+
+    def _mark_parked(self, key: UpstreamKey, until: float, reason: str) -> None:
+        """Skip the key until epoch time ``until`` (infinity: until lifted), asking the
+        store again after at most PARK_RECHECK_SECONDS."""
+        now = time.time()
+        key.parked_until = until
         key.parked_reason = reason
-        key.recheck_at = time.monotonic() + min(seconds, PARK_RECHECK_SECONDS)
+        key.recheck_at = time.monotonic() + max(0.0, min(until - now, PARK_RECHECK_SECONDS))
 
     def _all_parked(self, skipped: Collection[str]) -> KeysParked:
         now = time.time()

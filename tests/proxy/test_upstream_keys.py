@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,6 +256,23 @@ def test_an_operator_parks_and_lifts_a_key_through_the_limiter_for_every_replica
             )
             unknown = httpx.post(f"{limiter.url}/lift", json={"key": "nobody"}, headers=admin)
             assert unknown.status_code == 400
+
+            # `zai-proxy status` lists the pools by key alias, with their parking.
+            def status() -> str:
+                port = limiter.url.rsplit(":", 1)[1]
+                done = subprocess.run(
+                    [sys.executable, "-m", "zai_proxy", "status"],
+                    env={**os.environ, "LIMITER_PORT": port},
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                return done.stdout
+
+            wait_until(lambda: "until lifted" in status(), timeout=10, interval=0.5)
+            rows = {line.split()[0]: line.split() for line in status().splitlines() if line}
+            assert rows["key-gamma"][1] == "gamma" and rows["key-gamma"][-2:] == ["until", "lifted"]
+            assert rows["key-alpha"][1] == "alpha" and rows["key-alpha"][-1] == "no"
             for secret in SECRETS:
                 assert secret not in limiter.log() and secret not in proxy.log()
 
