@@ -109,6 +109,13 @@ class LimiterService:
         await self.store.close()
 
     def _show_quota(self) -> None:
+        for quota in self.quota.keys:
+            key_status = quota.status()
+            for window in key_status.windows if key_status is not None else ():
+                labels = (quota.pool, quota.alias, window.name)
+                self.metrics.key_quota_used.labels(*labels).set(window.used_ratio)
+                if window.reset_at is not None:
+                    self.metrics.key_quota_reset.labels(*labels).set(window.reset_at)
         status = self.quota.status()
         if status is None:
             return

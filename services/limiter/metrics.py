@@ -25,6 +25,8 @@ from zai_proxy.shared.limiter_metrics import (
     HOLD,
     KEY_PARKED,
     KEY_PARKED_UNTIL,
+    KEY_QUOTA_RESET,
+    KEY_QUOTA_USED,
     LEADER,
     QUOTA_AGE,
     QUOTA_CAP,
@@ -88,6 +90,14 @@ class LimiterMetrics:
             QUOTA_RESET, "When a quota window resets (epoch seconds).", ["window"], registry=r
         )
         self.quota_age = Gauge(QUOTA_AGE, "Seconds since the last good quota sample.", registry=r)
+        self.key_quota_used = Gauge(
+            KEY_QUOTA_USED, "Share of an upstream key's quota window used (key: its alias).",
+            ["pool", "key", "window"], registry=r,
+        )  # fmt: skip
+        self.key_quota_reset = Gauge(
+            KEY_QUOTA_RESET, "When an upstream key's quota window resets (epoch seconds).",
+            ["pool", "key", "window"], registry=r,
+        )  # fmt: skip
         self.key_parked = Gauge(
             KEY_PARKED, "1 while the upstream key's pool is parked (key: its alias).",
             ["pool", "key"], registry=r,

@@ -29,7 +29,7 @@ class ControlPlane:
         on_step: Callable[[StepResult], None] | None = None,
         tracer: Tracer | None = None,
     ) -> None:
-        self.quota = QuotaControl(settings)
+        self.quota = QuotaControl(settings, store)
         self._on_step = on_step
         paced = settings.quota_poll_enabled and settings.quota_pacing_enabled
         self.loop = ControlLoop(
@@ -38,7 +38,7 @@ class ControlPlane:
             state_max_age=settings.rate_limit_state_max_age,
             rate_cap=self.quota.cap,
             on_step=self._stepped,
-            pools=(self.quota.pool,) if paced else (),
+            pools=self.quota.pools if paced else (),
             tracer=tracer,
         )
         self._task: asyncio.Task[None] | None = None

@@ -64,6 +64,10 @@ if TYPE_CHECKING:
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
+# 429s that say a key is full now. Its retry waits its turn on that key, whose limit the
+# 429 has just lowered (as with one key): sent to another key that has learned no limit
+# yet, as every key at a cold start, it would likely meet a 429 there too.
+LIMITED = frozenset({Outcome.RATE_FREQUENCY, Outcome.RATE_CONCURRENCY})
 Headers = list[tuple[bytes, bytes]]
 
 # Non-streamed answers with a known length up to this size are read whole and sent in
@@ -121,6 +125,7 @@ class Exchange:
     held: int = 0  # bytes of the body budget reserved
     trace: RequestTrace | None = None  # tracing on (tracing.py)
     facts: ResponseFacts | None = None  # what the answer says of itself, when traced
+    limited_by: str = ""  # the upstream key whose 429 the next attempt waits its turn on
 
 
 class DisconnectWatch:
@@ -378,7 +383,7 @@ class Forwarder:
         trace = exchange.trace
         if trace is not None:
             trace.admitting()
-        key, ticket = await self.upstream.admit(skipped)
+        key, ticket = await self.upstream.admit(skipped, stay=exchange.limited_by)
         limiter = key.limiter
         metrics, pool = self.metrics, self.pool
         metrics.rate_limit_wait_child.observe(ticket.waited)
@@ -433,6 +438,8 @@ class Forwarder:
             outcome = failed.outcome
             if trace is not None:
                 trace.retryable(failed)
+            if outcome in LIMITED:
+                exchange.limited_by = key.alias
             if failed.answer is None:
                 # An answer that broke off (or was empty) before anything reached the
                 # client; a 429 or 5xx answer was counted when it was read.

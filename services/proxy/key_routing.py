@@ -7,9 +7,12 @@ their share of the learned cap (this replica's attempts in flight on the key ove
 replicas; a key with no cap learned counts as empty), ties broken by fewest in flight and
 then in turn. Each is asked for a slot *now* (``ProxyLimiter.try_admit``: one store round
 trip, no wait); the first that has one takes the attempt. Usually that is the first key
-asked: one round trip, as with one key. When none has room, the attempt waits its turn on
-the key whose refusal said the shortest wait (``ProxyLimiter.admit``), so at saturation
-an attempt costs one round trip per key and one more.
+asked: one round trip, as with one key. When none has room, the attempt waits its turn
+(``ProxyLimiter.admit``) on the key where it expects to wait least: at a concurrency cap,
+the fewest of this replica's waiters per slot ((waiting + 1) / cap, so the queues grow in
+proportion to the caps and drain together), at a rate, the refusal's wait plus the
+waiters ahead at that rate (a round trip is taken as a second where the two meet). So at
+saturation an attempt costs one round trip per key and one more.
 
 Parking (``park``): after a quota-class answer the key's pool is parked in the store for
 every replica (``LimiterStore.park``), and this replica skips it without asking the store
@@ -32,7 +35,7 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from zai_proxy.limiter.store import StoreError
+from zai_proxy.limiter.store import Admission, StoreError
 from zai_proxy.proxy.errors import ProxyError
 from zai_proxy.proxy.headers import UpstreamAuth
 from zai_proxy.proxy.limiting import Parked, ProxyLimiter, Ticket
@@ -65,6 +68,7 @@ class UpstreamKey:
     auth: UpstreamAuth
     limiter: ProxyLimiter
     in_flight: int = 0  # this replica's attempts on the key now
+    waiting: int = 0  # this replica's attempts waiting for the key's turn now
     busy_until: float = -math.inf  # monotonic: its last refusal's wait
     recheck_at: float = -math.inf  # monotonic: skip it without asking until then
     parked_until: float = -math.inf  # epoch seconds (inf: until lifted)
@@ -85,6 +89,15 @@ class UpstreamKey:
         if cap is None:
             return 0.0
         return self.in_flight / max(1.0, cap / max(1, self.limiter.replicas))
+
+
+def _expected_wait(key: UpstreamKey, refusal: Admission) -> float:
+    """Seconds an attempt expects to wait for ``key``'s turn, behind this replica's waiters
+    (a slot is taken to turn over once a second: only the ratio between keys matters)."""
+    if refusal.reason == "concurrency" and refusal.concurrency:
+        return (key.waiting + 1) / refusal.concurrency
+    rate = refusal.rate if refusal.rate > 0 else 1.0
+    return refusal.wait + key.waiting / rate
 
 
 class KeyRouter:
@@ -108,40 +121,51 @@ class KeyRouter:
         """Whether any key is left outside ``skipped`` (parked or not)."""
         return any(key.alias not in skipped for key in self.keys)
 
-    async def admit(self, skipped: Collection[str] = ()) -> tuple[UpstreamKey, Ticket]:
-        """A key and its ticket for one attempt (see the module docstring); KeysParked
-        when every key outside ``skipped`` is parked, RateLimited when the chosen key's
-        wait is over budget."""
+    async def admit(
+        self, skipped: Collection[str] = (), stay: str = ""
+    ) -> tuple[UpstreamKey, Ticket]:
+        """A key and its ticket for one attempt (see the module docstring); with ``stay``
+        (the key whose 429 this attempt retries), a turn on that key unless it is parked.
+        KeysParked when every key outside ``skipped`` is parked, RateLimited when the
+        chosen key's wait is over budget."""
         while True:
             candidates = self._candidates(skipped)
             if not candidates:
                 raise self._all_parked(skipped)
-            if len(candidates) == 1:
-                key = candidates[0]
+            staying = [key for key in candidates if key.alias == stay]
+            if len(candidates) == 1 or staying:
+                key = (staying or candidates)[0]
+                key.waiting += 1
                 try:
                     return key, self._took(key, await key.limiter.admit())
                 except Parked as parked:
-                    self._mark_parked(key, parked.seconds, parked.reason)
+                    self._parked_for(key, parked.seconds, parked.reason)
                     continue
+                finally:
+                    key.waiting -= 1
             best: UpstreamKey | None = None
             best_wait = math.inf
             for key in candidates:
                 try:
                     answer = await key.limiter.try_admit()
                 except Parked as parked:
-                    self._mark_parked(key, parked.seconds, parked.reason)
+                    self._parked_for(key, parked.seconds, parked.reason)
                     continue
                 if isinstance(answer, Ticket):
                     return key, self._took(key, answer)
                 key.busy_until = time.monotonic() + answer.wait
-                if answer.wait < best_wait:
-                    best, best_wait = key, answer.wait
+                expected = _expected_wait(key, answer)
+                if expected < best_wait:
+                    best, best_wait = key, expected
             if best is None:
                 continue  # every candidate turned out parked: look again
+            best.waiting += 1
             try:
                 return best, self._took(best, await best.limiter.admit())
             except Parked as parked:
-                self._mark_parked(best, parked.seconds, parked.reason)
+                self._parked_for(best, parked.seconds, parked.reason)
+            finally:
+                best.waiting -= 1
 
     def release(self, key: UpstreamKey) -> None:
         """An attempt on ``key`` is over."""
@@ -149,17 +173,20 @@ class KeyRouter:
 
     async def park(self, key: UpstreamKey, seconds: float, reason: str) -> None:
         """Park a key for every replica (kept here alone if the store cannot be reached)."""
+        until = time.time() + seconds
         try:
             held = await key.limiter.store.park(key.pool, seconds, reason)
         except StoreError as exc:
             log.warning("key=%s parking not shared (store unreachable: %s)", key.alias, exc)
         else:
-            seconds, reason = held.until - held.since, held.reason
-        self._mark_parked(key, seconds, reason)
+            # The parking in force may be an earlier, longer one (its end and reason win);
+            # the store's clock is Redis's, within clock skew of this one.
+            until, reason = held.until, held.reason
+        self._mark_parked(key, until, reason)
         log.warning(
             "key=%s parked %s: %s",
             key.alias,
-            "until lifted" if math.isinf(seconds) else f"for {seconds:.0f} s",
+            "until lifted" if math.isinf(until) else f"for {until - time.time():.0f} s",
             reason,
         )
 
@@ -198,10 +225,17 @@ class KeyRouter:
             key.parked_until, key.parked_reason = -math.inf, ""  # it came back
         return ticket
 
-    def _mark_parked(self, key: UpstreamKey, seconds: float, reason: str) -> None:
-        key.parked_until = time.time() + seconds
+    def _parked_for(self, key: UpstreamKey, seconds: float, reason: str) -> None:
+        """The store refused the key as parked, for ``seconds`` more."""
+        self._mark_parked(key, time.time() + seconds, reason)
+
+    def _mark_parked(self, key: UpstreamKey, until: float, reason: str) -> None:
+        """Skip the key until epoch time ``until`` (infinity: until lifted), asking the
+        store again after at most PARK_RECHECK_SECONDS."""
+        now = time.time()
+        key.parked_until = until
         key.parked_reason = reason
-        key.recheck_at = time.monotonic() + min(seconds, PARK_RECHECK_SECONDS)
+        key.recheck_at = time.monotonic() + max(0.0, min(until - now, PARK_RECHECK_SECONDS))
 
     def _all_parked(self, skipped: Collection[str]) -> KeysParked:
         now = time.time()

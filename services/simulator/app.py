@@ -264,7 +264,9 @@ class SimulatorApp:
             else:
                 await _send_fixed(send, found, behaviour)
         elif route is Route.QUOTA:
-            answer = NO_QUOTA if self._quota is None else self._quota.to_json()
+            lane = self._lanes.get(_presented_key(scope["headers"]) or b"")
+            quota = self._quota if lane is None else lane.quota
+            answer = NO_QUOTA if quota is None else quota.to_json()
             await _send_fixed(send, answer, behaviour)
         else:
             await _send_fixed(send, orjson.dumps(request_view(scope, body)), behaviour)

@@ -8,6 +8,9 @@ running alone (no REDIS_URL) is started as a real process.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import math
 from collections.abc import Iterator, Mapping
 
 import httpx
@@ -279,6 +282,50 @@ async def test_the_control_plane_paces_the_first_request_with_the_quota_polled_a
         assert status is not None and status.windows[0].used_ratio == pytest.approx(0.975)
     finally:
         await plane.stop()
+
+
+async def test_each_upstream_key_is_paced_by_its_own_quota_and_a_usable_one_is_lifted() -> None:
+    alpha, beta = "sk-quota-alpha-0001", "sk-quota-beta-00002"
+    keys = {
+        "alpha": {"key": alpha, "quota_requests": "5h=40"},
+        "beta": {"key": beta, "quota_requests": "5h=1000"},
+    }
+    with start_simulator("--keys", json.dumps(keys)) as simulator:
+        async with httpx.AsyncClient(base_url=simulator.url) as client:
+            auth = {"authorization": f"Bearer {alpha}"}
+            for _ in range(40):  # alpha's five-hour window is spent; beta's is untouched
+                answer = await client.post("/api/paas/v4/chat/completions", json=CHAT, headers=auth)
+                assert answer.status_code == 200
+        settings = LimiterSettings(
+            zai_api_keys=SecretStr(f"alpha:{alpha},beta:{beta}"),
+            zai_target_url=f"{simulator.url}/api/paas/v4",
+            quota_poll_enabled=True,
+            quota_pacing_enabled=True,
+            quota_poll_interval=3600.0,
+            rate_limit_min=0.5,
+            rate_limit_initial=1000.0,
+        )
+        store = MemoryStore(settings.store_config())
+        # Both parked (a 1308, a 1113); the polls at start show alpha spent, beta usable.
+        await store.park("key-alpha", 3600.0, "its 5-hour quota is spent (Z.ai 1308)")
+        await store.park("key-beta", math.inf, "its account is in arrears (Z.ai 1113)")
+        plane = ControlPlane(store, settings)
+        await plane.start()
+        try:
+            assert plane.quota.pools == ["key-alpha", "key-beta"]
+            await asyncio.sleep(0.1)  # a lift runs as a task of the poll's callback
+            assert await store.parking("key-beta") is None
+            assert await store.parking("key-alpha") is not None
+            await store.lift("key-alpha")  # to read its rate: acquire refuses a parked pool
+            assert (await store.acquire("key-alpha", "a", 60.0, 30.0)).rate == 0.5
+            assert (await store.acquire("key-beta", "b", 60.0, 30.0)).rate == 1000.0
+            state = plane.quota.state()
+            assert state is not None
+            assert set(state["keys"]) == {"alpha", "beta"}
+            assert state["keys"]["alpha"]["windows"][0]["used_ratio"] == 1.0
+            assert state["keys"]["beta"]["windows"][0]["used_ratio"] == 0.0
+        finally:
+            await plane.stop()
 
 
 def test_a_proxy_running_alone_polls_the_quota_at_start_and_paces_from_the_first_request(

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -253,5 +256,49 @@ def test_an_operator_parks_and_lifts_a_key_through_the_limiter_for_every_replica
             )
             unknown = httpx.post(f"{limiter.url}/lift", json={"key": "nobody"}, headers=admin)
             assert unknown.status_code == 400
+
+            # `zai-proxy status` lists the pools by key alias, with their parking.
+            def status() -> str:
+                port = limiter.url.rsplit(":", 1)[1]
+                done = subprocess.run(
+                    [sys.executable, "-m", "zai_proxy", "status"],
+                    env={**os.environ, "LIMITER_PORT": port},
+                    capture_output=True,
+                    text=True,
+                    timeout=30,
+                )
+                return done.stdout
+
+            wait_until(lambda: "until lifted" in status(), timeout=10, interval=0.5)
+            rows = {line.split()[0]: line.split() for line in status().splitlines() if line}
+            assert rows["key-gamma"][1] == "gamma" and rows["key-gamma"][-2:] == ["until", "lifted"]
+            assert rows["key-alpha"][1] == "alpha" and rows["key-alpha"][-1] == "no"
             for secret in SECRETS:
                 assert secret not in limiter.log() and secret not in proxy.log()
+
+
+def test_a_key_one_replica_parked_is_skipped_by_the_others_without_asking_the_upstream(
+    real_redis_url: str,
+) -> None:
+    with (
+        own_prefix(real_redis_url) as prefix,
+        simulator(alpha={"quota_requests": "5h=1"}, beta={}) as upstream,
+    ):
+        env = proxy_env(f"alpha:{ALPHA},beta:{BETA}", REDIS_URL=real_redis_url, REDIS_PREFIX=prefix)
+        with (
+            start_proxy(upstream.url, env=env) as first,
+            start_proxy(upstream.url, env=env) as second,
+        ):
+            # The first replica spends alpha's quota and meets its 1308.
+            for _ in range(4):
+                assert httpx.post(f"{first.url}/v1/chat/completions", json=CHAT).status_code == 200
+            assert refused(upstream, "alpha", "1308") == 1
+            # The second never sends alpha anything more: the store refuses it as parked.
+            for _ in range(6):
+                assert httpx.post(f"{second.url}/v1/chat/completions", json=CHAT).status_code == 200
+            assert refused(upstream, "alpha", "1308") == 1
+            assert accepted(upstream, "alpha") == 1
+            wait_until(
+                lambda: scrape(second.url).value("proxy_upstream_key_parked", key="alpha") == 1,
+                timeout=5,
+            )

@@ -163,6 +163,10 @@ export interface LimiterPool {
   tick: number | null
   updated_at: number | null
   replicas: number
+  /** The alias of the upstream key this pool is (ZAI_API_KEYS; default: ZAI_API_KEY). */
+  key?: string | null
+  /** Set while the key is parked (quota spent, arrears, expired plan); until null: until lifted. */
+  parked?: { until: number | null; reason: string; since: number } | null
 }
 
 export interface QuotaWindowState {
