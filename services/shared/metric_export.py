@@ -142,7 +142,12 @@ class MetricExport:
         deadline = time.monotonic() + timeout
         self._stop.set()
         self._thread.join(timeout)
-        if not self._thread.is_alive():
-            self.export()
-        remaining = max(deadline - time.monotonic(), 0.0)
-        self._exporter.shutdown(timeout_millis=remaining * 1000)
+        remaining = deadline - time.monotonic()
+        if not self._thread.is_alive() and remaining > 0:
+            # The HTTP exporter retries on its own schedule (up to OTEL_EXPORTER_OTLP_TIMEOUT,
+            # 10 s) whatever timeout it is given: the last export gets what is left, on a
+            # daemon thread, and is abandoned after.
+            last = threading.Thread(target=self.export, name="zai-metric-export-last", daemon=True)
+            last.start()
+            last.join(remaining)
+        self._exporter.shutdown(timeout_millis=max(deadline - time.monotonic(), 0.0) * 1000)

@@ -3,9 +3,12 @@ collection; and their export through the SDK's OTLP exporter to a real receiver.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.otlp import OTLPReceiver
+from tests.support import free_port
 from zai_proxy.shared.histograms import BucketHistogram
 from zai_proxy.shared.telemetry import telemetry_from_env
 
@@ -97,3 +100,19 @@ def test_the_series_reach_an_otlp_receiver_as_histogram_points(
         telemetry.shutdown()
         last = otlp.points()[-1]
         assert last.count == (5 if temporality == "cumulative" else 1)
+
+
+def test_shutdown_with_the_endpoint_down_keeps_to_its_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("OTEL_METRIC_EXPORT_INTERVAL", "60000")
+    telemetry = telemetry_from_env("histogram-test")
+    assert telemetry is not None and telemetry.metrics is not None
+    h = telemetry.metrics.histogram(
+        "test.duration", unit="s", description="d", bounds=BOUNDS, attributes=lambda key: {}
+    )
+    h.record("x", 1.0)
+    started = time.monotonic()
+    telemetry.metrics.shutdown(1.0)  # the last export retries against nothing until then
+    assert time.monotonic() - started < 3.0
