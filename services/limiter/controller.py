@@ -26,12 +26,6 @@ The request rate:
   every replica (the store puts back ``probe_base`` when the 429 is reported: a push, not
   the next step). Probes are paid for from a budget of ``probe_budget`` of the accepted
   attempts, so at a steady limit they cost that share of 429s at most.
-- *A retry proves what clean steps could not.* Clean steps above a token bucket may only
-  spend tokens it saved, so a probe's 429 puts back where it started (unless it climbed
-  far: a limit that rose), and its last clean step is retried at once: right after a 429
-  a bucket is empty, and what it accepts from then on is a rate it has proven. The retry
-  holds what it proved and searches on, half way to the rate that failed; later probes
-  bisect toward a rate seen over the limit lately.
 
 The concurrency cap (Z.ai 1302) follows the same shape with in-flight counts, which are
 exact evidence: a 1302 that came with n attempts in flight (its own included) says the
@@ -106,8 +100,6 @@ PAUSE_SHARE = 0.05
 RISE_EVIDENCE = 1.5
 # The first step of a probe runs at most this long (see _probe).
 MAX_FIRST_STEP_SECONDS = 3.0
-# A retry proves its rate within this long, or holds what it did prove (see _step_rate).
-PROVE_SECONDS = 3.0
 # A rate seen over the limit bounds probes (they bisect below it) for this long.
 OVER_MEMORY_SECONDS = 4.0
 # A learned horizon is forgotten after this long without a pause.
@@ -229,11 +221,6 @@ class RateState:
     charged: int = 0  # 429s charged to the last probe so far (at most MAX_PROBE_CHARGE)
     held_since: float | None = None  # when the rate reached the hold point
     limited_at: float = 0.0  # when the last frequency 429 was seen
-    # Accepted since the last frequency 429, and over how long: a token bucket that refused
-    # was empty then, so what it accepted since is a rate it has proven (see _proven).
-    clean_accepted: int = 0
-    clean_seconds: float = 0.0
-    retry: float | None = None  # the last clean step of a probe that a 429 ended
     # The sequential test over the attempts sent at this rate, and how many it rests on.
     llr: float = 0.0
     run_sent: int = 0
@@ -254,7 +241,6 @@ class RateState:
     horizon: float = 0.0
     horizon_at: float = 0.0
     returning: bool = False  # the probe is a return to ``memory``, not a search above it
-    proving: bool = False  # the probe is a retry, judged by what it proves (see _proven)
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,25 +369,11 @@ def _step_rate(
     over = s.over if s.over is not None and now - s.over_at < OVER_MEMORY_SECONDS else None
     hold = learned * (1 - params.margin)
     if s.base is not None:
-        proven = _proven(s)
-        if s.proving and now - s.since >= dwell and proven >= s.rate * (1 - params.margin):
-            pass  # a retry proved its rate before its time was up (see below)
-        elif now < s.step_until:
+        if now < s.step_until:
             return s, Decision.HOLD
         if s.rate <= learned * (1 + _REL_EPS):
             # A resume that stayed clean: it holds there.
             return replace(s, base=None, held_since=now), Decision.HOLD
-        if s.proving:
-            # A retry holds what it proved: its rate, once what the upstream accepted since
-            # the 429 reaches it, or what it did prove when its time is up.
-            limit = s.rate if proven >= s.rate * (1 - params.margin) else max(learned, proven)
-            if over is not None and over > limit * (1 + params.probe_gain):
-                # The rate that failed is well above: search on, half way up to it.
-                raised = replace(s, limit=limit, base=None, probe_from=None, proving=False)
-                probe = _probe(raised, limit, (limit + over) / 2, now, dwell, params)
-                return probe, Decision.PROBE
-            settled = _set_rate(s, limit * (1 - params.margin), now, params, limit=limit)
-            return replace(settled, held_since=now), Decision.INCREASE
         if s.returning:
             # Back where the limit was before it was cut: it holds there, and searching
             # above it waits for the usual evidence and budget.
@@ -430,15 +402,6 @@ def _step_rate(
     held_since = s.held_since if s.held_since is not None else now
     if now - held_since < dwell:
         return replace(s, held_since=held_since), Decision.HOLD
-    if s.retry is not None and s.retry > learned * (1 + params.margin) and not _horizon(s, now):
-        # A probe's 429 came after clean steps: retry the last at once. Right after a 429 a
-        # token bucket is empty, so a retry that stays clean proves its rate within seconds
-        # (see _proven), and one above a bucket that had saved tokens is refused at once. A
-        # window (a limit that paused) is not empty after its 429: it is not retried.
-        target = min(s.retry, (learned + over) / 2) if over is not None else s.retry
-        probe = _probe(s, learned, target, now, dwell, params)
-        retry = replace(probe, proving=True, step_until=now + PROVE_SECONDS)
-        return replace(retry, retry=None), Decision.PROBE
     if s.memory is not None and s.memory > learned * (1 + params.probe_gain):
         # Cut below where the limit was on evidence that is now clean: go back at once,
         # as a probe that the first 429 ends (CUBIC's fast return to its last maximum).
@@ -452,18 +415,13 @@ def _step_rate(
     # a hold that is itself a little over the limit must be found and cut first.
     if now - held_since < PROBE_HOLD_SECONDS or s.llr > _CLEAN or not (wide or s.credit >= 1):
         return replace(s, held_since=held_since), Decision.HOLD
-    target = learned * (1 + params.probe_gain)
-    if over is not None and (wide or over > learned * (1 + params.margin)):
-        target = (learned + over) / 2  # it bisects toward a rate seen over the limit lately
+    target = (
+        (learned + over) / 2 if wide and over is not None else learned * (1 + params.probe_gain)
+    )
     probe = _probe(s, learned, target, now, dwell, params)
     if probe.rate <= s.rate * (1 + _REL_EPS):
         return replace(s, held_since=held_since), Decision.HOLD  # at max_rate
     return probe, Decision.PROBE
-
-
-def _proven(s: RateState) -> float:
-    """The rate accepted since the last 429: at least any token bucket's limit."""
-    return s.clean_accepted / s.clean_seconds if s.clean_seconds > 0 else 0.0
 
 
 def _filled(ticks: Sequence[Tick], rate: float, params: Params) -> bool:
@@ -480,15 +438,10 @@ def _weigh(s: RateState, ticks: Sequence[Tick], params: Params) -> RateState:
     recent = s.recent
     cycle_seconds, cycle_accepted = s.cycle_seconds, s.cycle_accepted
     credit, charged = s.credit, s.charged
-    clean_accepted, clean_seconds = s.clean_accepted, s.clean_seconds
     for tick in ticks:
         accepted = max(0, tick.sent - tick.limited)
         if tick.limited:
             limited_at = max(limited_at, tick.start + params.tick_seconds)
-            clean_accepted, clean_seconds = 0, 0.0
-        else:
-            clean_accepted += accepted
-            clean_seconds += params.tick_seconds
         recent = (*recent[-(RECENT_TICKS - 1) :], (tick.sent, accepted))
         cycle_seconds += params.tick_seconds
         cycle_accepted += accepted
@@ -522,8 +475,6 @@ def _weigh(s: RateState, ticks: Sequence[Tick], params: Params) -> RateState:
         recent=recent,
         credit=credit,
         charged=charged,
-        clean_accepted=clean_accepted,
-        clean_seconds=clean_seconds,
     )
 
 
@@ -599,7 +550,6 @@ def _cut(s: RateState, now: float, params: Params) -> RateState:
         over_at=over_at,
         held_since=now,
         memory=memory,
-        retry=None,
     )
 
 
@@ -633,7 +583,6 @@ def _set_rate(
         run_seconds=0.0,
         paused=False,
         returning=False,
-        proving=False,
     )
 
 
@@ -823,15 +772,12 @@ def rate_pushed(state: State, now: float) -> State:
     r = state.rate
     if r.base is None:
         return state
-    # A probe that climbed clean steps is retried at its last (see _step_rate).
-    retry = r.limit if r.base_limit is not None and not r.proving else None
     r = replace(
         r,
         rate=r.base,
         limit=r.base_limit if r.base_limit is not None else r.limit,
         since=now,
         memory=None,
-        retry=retry,
         base=None,
         base_limit=None,
         probe_from=None,
@@ -847,7 +793,6 @@ def rate_pushed(state: State, now: float) -> State:
         run_accepted=0,
         run_seconds=0.0,
         returning=False,
-        proving=False,
     )
     return replace(state, rate=r)
 
