@@ -208,6 +208,8 @@ class KeyRouter:
             for key in self.keys
             if key.alias not in skipped and (key.recheck_at <= monotonic or not key.parked(now))
         ]
+        if len(keys) < 2:
+            return keys  # one key (the usual set-up): nothing to order, per attempt
         turn = next(self._turn)
         return sorted(
             keys,
