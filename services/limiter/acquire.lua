@@ -1,17 +1,34 @@
 -- Admit one request to a pool, on Redis's clock: a parked pool refuses, then the
--- concurrency lease, then GCRA. A refusal reserves nothing (no TAT advance, no lease).
+-- client's budgets, then the concurrency lease and the fair share of it, then GCRA. A
+-- refusal reserves nothing (no TAT advance, no lease).
 --
--- KEYS: state hash, tat string, leases zset, parked hash (all in the pool's hash slot)
--- ARGV: initial_rate, burst_seconds, max_wait, lease id, lease_ttl, concurrency_retry
+-- KEYS: state hash, tat string, leases zset, parked hash, waiters zset (all in the pool's
+-- hash slot)
+-- ARGV: initial_rate, burst_seconds, max_wait, lease id, lease_ttl, concurrency_retry,
+--   flow ('' without a claim), queue (1: a refused request waits and asks again),
+--   charge (1: a grant counts against the requests-per-minute budget), client key base
+--   ('' without budgets: the client's keys, '{prefix}:{client:<alias>}:', another hash
+--   slot), rpm, concurrent, tokens_per_day ('' for none), waiting_seconds, pool name
 -- Returns {granted 1/0, reason, wait, rate, cap ('' for none), in_flight, epoch, now,
--- parked reason ('' unless parked)}.
+-- parked reason ('' unless parked), budget ('' unless refused by one)}.
 -- Floats go back as %.17g strings: Redis truncates Lua numbers to integers on the way out.
+-- The fair share (store.fair_shares and store.over_share say the same in Python): the
+-- flow of every lease and waiter is in its id ('rank:weight:client/...'), so it is
+-- counted from the sets themselves, with nothing to drift.
 local state_key, tat_key, leases_key, parked_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local waiters_key = KEYS[5]
 local burst = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])
 local lease = ARGV[4]
 local lease_ttl = tonumber(ARGV[5])
 local concurrency_retry = tonumber(ARGV[6])
+local flow = ARGV[7]
+local queue = ARGV[8] == '1'
+local charge = ARGV[9] == '1'
+local client_base = ARGV[10]
+local rpm, concurrent, tokens_per_day = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
+local waiting_seconds = tonumber(ARGV[14])
+local pool_name = ARGV[15]
 
 local function fmt(x)
   return string.format('%.17g', x)
@@ -48,7 +65,43 @@ if parked[1] then
   if forever or (parked_until and parked_until > now) then
     local wait = forever and 'inf' or fmt(parked_until - now)
     return {0, 'parked', wait, rate_text, cap_text, redis.call('ZCARD', leases_key), epoch,
-      fmt(now), parked[2] or ''}
+      fmt(now), parked[2] or '', ''}
+  end
+end
+
+-- The client's budgets, fleet-wide (its keys are in its own hash slot): tokens today,
+-- requests in flight in every pool, requests per minute (GCRA: interval 60 / rpm, a
+-- minute's worth of burst, so at most rpm in any minute).
+local rpm_key, client_leases_key, rpm_tat = nil, nil, nil
+local function over_budget(name, wait)
+  return {0, 'budget', fmt(wait), rate_text, cap_text, redis.call('ZCARD', leases_key), epoch,
+    fmt(now), '', name}
+end
+if client_base ~= '' then
+  if tokens_per_day then
+    local day = math.floor(now / 86400)
+    local used = tonumber(redis.call('GET', client_base .. 'tokens:' .. day)) or 0
+    if used >= tokens_per_day then
+      return over_budget('tokens_per_day', (day + 1) * 86400 - now)
+    end
+  end
+  if concurrent then
+    client_leases_key = client_base .. 'leases'
+    redis.call('ZREMRANGEBYSCORE', client_leases_key, '-inf', now)
+    if redis.call('ZCARD', client_leases_key) >= concurrent then
+      local first = redis.call('ZRANGE', client_leases_key, 0, 0, 'WITHSCORES')
+      return over_budget('concurrent', math.min(1, tonumber(first[2]) - now))
+    end
+  end
+  if rpm and charge then
+    rpm_key = client_base .. 'rpm'
+    local interval = 60 / rpm
+    rpm_tat = math.max(tonumber(redis.call('GET', rpm_key)) or now, now)
+    local ahead = rpm_tat - (60 - interval) - now
+    if ahead > 0 then
+      return over_budget('rpm', ahead)
+    end
+    rpm_tat = rpm_tat + interval
   end
 end
 
@@ -88,13 +141,116 @@ end
 -- A lease past its expiry belongs to a proxy that crashed or lost its report: free it.
 redis.call('ZREMRANGEBYSCORE', leases_key, '-inf', now)
 local in_flight = redis.call('ZCARD', leases_key)
-if cap and in_flight >= cap then
+
+-- A refused request that will ask again waits (for the fair share) until it asks again.
+local function refuse_slot(reason, wait)
+  if queue and flow ~= '' then
+    redis.call('ZADD', waiters_key, now + waiting_seconds, lease)
+    redis.call('PEXPIRE', waiters_key, math.ceil(waiting_seconds * 1000) + 1000)
+  end
+  return {0, reason, fmt(wait), rate_text, cap_text, in_flight, epoch, fmt(now), '', ''}
+end
+
+local function slot_wait()
   local wait = concurrency_retry
   local first = redis.call('ZRANGE', leases_key, 0, 0, 'WITHSCORES')
   if first[2] then
     wait = math.min(wait, tonumber(first[2]) - now)
   end
-  return {0, 'concurrency', fmt(wait), rate_text, cap_text, in_flight, epoch, fmt(now), ''}
+  return wait
+end
+
+if cap and in_flight >= cap then
+  return refuse_slot('concurrency', slot_wait())
+end
+
+-- Weighted max-min shares of the cap (rank by rank, each flow's demand its leases and
+-- its waiters), weighed only while someone else waits: a free slot is refused to a flow
+-- at or over its share only for the sake of another below its share that waits.
+local function parse_flow(name)
+  local rank, weight = string.match(name, '^(%d+):([^:]+):')
+  return tonumber(rank) or 0, tonumber(weight) or 1
+end
+
+local function over_share()
+  local flows, order = {}, {}
+  local function entry(name)
+    local e = flows[name]
+    if not e then
+      local rank, weight = parse_flow(name)
+      e = {rank = rank, weight = weight, held = 0, waiting = 0}
+      flows[name] = e
+      order[#order + 1] = name
+    end
+    return e
+  end
+  for _, member in ipairs(redis.call('ZRANGE', leases_key, 0, -1)) do
+    local e = entry(string.match(member, '^(.-)/') or '')
+    e.held = e.held + 1
+  end
+  for _, member in ipairs(redis.call('ZRANGE', waiters_key, 0, -1)) do
+    if member ~= lease then
+      local e = entry(string.match(member, '^(.-)/') or '')
+      e.waiting = e.waiting + 1
+    end
+  end
+  local me = entry(flow)
+  me.waiting = me.waiting + 1
+  -- Water-filling, rank by rank (lower first), as store.fair_shares.
+  local ranks, seen = {}, {}
+  for _, name in ipairs(order) do
+    local rank = flows[name].rank
+    if not seen[rank] then
+      seen[rank] = true
+      ranks[#ranks + 1] = rank
+    end
+  end
+  table.sort(ranks)
+  local capacity = cap
+  for _, rank in ipairs(ranks) do
+    local open = {}
+    for _, name in ipairs(order) do
+      if flows[name].rank == rank then open[#open + 1] = name end
+    end
+    while #open > 0 do
+      local weights = 0
+      for _, name in ipairs(open) do weights = weights + flows[name].weight end
+      local level = math.max(0, capacity) / weights
+      local rest = {}
+      for _, name in ipairs(open) do
+        local e = flows[name]
+        if e.held + e.waiting <= level * e.weight then
+          e.share = e.held + e.waiting
+        else
+          rest[#rest + 1] = name
+        end
+      end
+      if #rest == #open then
+        for _, name in ipairs(open) do flows[name].share = level * flows[name].weight end
+        capacity = 0
+        break
+      end
+      for _, name in ipairs(open) do
+        local e = flows[name]
+        if e.share then capacity = capacity - e.share end
+      end
+      open = rest
+    end
+  end
+  if me.held < me.share then return false end
+  for _, name in ipairs(order) do
+    local e = flows[name]
+    if name ~= flow and e.waiting > 0 and e.held < e.share then return true end
+  end
+  return false
+end
+
+if cap and flow ~= '' then
+  redis.call('ZREMRANGEBYSCORE', waiters_key, '-inf', now)
+  local others = redis.call('ZCARD', waiters_key) - redis.call('ZREM', waiters_key, lease)
+  if others > 0 and over_share() then
+    return refuse_slot('share', concurrency_retry)
+  end
 end
 
 -- GCRA: emission interval 1/rate, tolerance burst_seconds; no rate, no wait.
@@ -104,7 +260,7 @@ if unlimited then
 else
   wait = math.max(0, tat - burst - now)
   if wait > max_wait then
-    return {0, 'rate', fmt(wait), rate_text, cap_text, in_flight, epoch, fmt(now), ''}
+    return {0, 'rate', fmt(wait), rate_text, cap_text, in_flight, epoch, fmt(now), '', ''}
   end
   save_tat(tat + 1 / rate)
 end
@@ -114,4 +270,13 @@ local lease_ms = math.max(1, math.ceil(lease_ttl * 1000))
 if redis.call('PTTL', leases_key) < lease_ms then
   redis.call('PEXPIRE', leases_key, lease_ms)
 end
-return {1, 'ok', fmt(wait), rate_text, cap_text, in_flight + added, epoch, fmt(now), ''}
+if client_leases_key then
+  redis.call('ZADD', client_leases_key, now + lease_ttl, pool_name .. ' ' .. lease)
+  if redis.call('PTTL', client_leases_key) < lease_ms then
+    redis.call('PEXPIRE', client_leases_key, lease_ms)
+  end
+end
+if rpm_key then
+  redis.call('SET', rpm_key, fmt(rpm_tat), 'PX', math.max(1, math.ceil((rpm_tat - now) * 1000)))
+end
+return {1, 'ok', fmt(wait), rate_text, cap_text, in_flight + added, epoch, fmt(now), '', ''}

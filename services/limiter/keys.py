@@ -37,6 +37,21 @@ key                                type    TTL                    written by / r
                                            ends (none while it    or ``forever``, ``reason``,
                                            lasts until lifted)    ``since``), ``lift`` deletes /
                                                                   ``acquire``, ``parking``
+``{prefix}:{pool}:waiters``        zset    WAITING_SECONDS past   ``acquire`` (the lease ids of
+                                           the last refusal       requests refused a slot that
+                                                                  will ask again -> until when
+                                                                  they count as waiting),
+                                                                  ``report`` removes (gave up)
+                                                                  / ``acquire`` (fair share)
+``{prefix}:{client:<alias>}:rpm``  string  until its TAT passes   ``acquire`` (a client's
+                                                                  requests-per-minute GCRA)
+``{prefix}:{client:<alias>}:       zset    the longest lease      ``acquire`` adds ("<pool>
+leases``                                                          <lease>" -> expiry),
+                                                                  ``renew``, ``report`` /
+                                                                  ``acquire`` (concurrent
+                                                                  budget)
+``{prefix}:{client:<alias>}:       string  2 days                 ``report`` (tokens of the
+tokens:{day}``                                                    UTC day) / ``acquire``
 ``{prefix}:{pool}:freed``          pubsub  none (a channel:       ``report``, ``save_state``,
                                            nothing is kept)       ``reset`` (slots freed while
                                                                   a cap is in force) /
@@ -53,6 +68,12 @@ ever written: a missing field is a zero count (for ``ok_at`` and ``refused_at``:
 
 The pool registry is the one key ``acquire`` cannot touch from its script (another slot),
 so a store registers a pool with its own small script at most once per REGISTER_SECONDS.
+
+A client's budget keys carry the client as their hash tag (``{client:<alias>}``): a
+budget holds in every pool together. ``acquire``, ``report`` and ``renew`` reach them
+from the pool's script when the client has a budget (the name built in the script from
+the prefix passed in), so a budgeted client's scripts touch two slots: standalone Redis,
+Sentinel and Valkey run them; a Redis Cluster would refuse them (ADR 0020).
 """
 
 from __future__ import annotations
@@ -73,6 +94,7 @@ class PoolKeys:
     tick_prefix: str  # + tick index
     freed: str  # the pub/sub channel of slots freed
     parked: str  # why and until when the pool's key refuses work
+    waiters: str  # the requests refused a slot that will ask again (the fair share)
 
     def tick(self, index: int) -> str:
         """The counter hash of one tick."""
@@ -94,7 +116,18 @@ def pool_keys(prefix: str, pool: str) -> PoolKeys:
         tick_prefix=f"{base}:t:",
         freed=f"{base}:freed",
         parked=f"{base}:parked",
+        waiters=f"{base}:waiters",
     )
+
+
+def clients_prefix(prefix: str) -> str:
+    """What a client's key names start with, up to the alias: ``{prefix}:{client:``."""
+    return f"{prefix}:{{client:"
+
+
+def client_base(prefix: str, client: str) -> str:
+    """The start of a client's budget keys: ``{prefix}:{client:<alias>}:``."""
+    return f"{clients_prefix(prefix)}{client}}}:"
 
 
 def pools_key(prefix: str) -> str:

@@ -17,15 +17,24 @@ from dataclasses import dataclass, field
 from zai_proxy.limiter import store as s
 from zai_proxy.limiter.store import (
     CONCURRENCY_RETRY_SECONDS,
+    DAY_SECONDS,
+    MINUTE_SECONDS,
     REGISTER_SECONDS,
     STATE_TTL_SECONDS,
+    WAITING_SECONDS,
     Admission,
+    Claim,
+    Flow,
     StoreConfig,
     check_parking,
+    count_flows,
+    flow_of,
+    over_share,
     parse_cap,
     parse_rate,
     pushed_cap,
     state_version,
+    utc_day,
 )
 
 
@@ -46,12 +55,17 @@ class _Pool:
     ticks: dict[int, _Tick] = field(default_factory=dict)
     seen: float = -math.inf  # last acquire, for pools()
     parked: s.Parking | None = None
+    waiters: dict[str, float] = field(default_factory=dict)  # lease id -> waiting until
 
     def drop_expired_leases(self, now: float) -> None:
         self.leases = {lease: end for lease, end in self.leases.items() if end > now}
 
+    def drop_expired_waiters(self, now: float) -> None:
+        self.waiters = {lease: end for lease, end in self.waiters.items() if end > now}
+
     def drop_expired(self, now: float, ttl: float) -> None:
         self.drop_expired_leases(now)
+        self.drop_expired_waiters(now)
         self.replicas = {name: end for name, end in self.replicas.items() if end > now}
         self.ticks = {index: t for index, t in self.ticks.items() if t.expiry > now}
         if self.state is not None and self.state_expiry <= now:
@@ -70,6 +84,7 @@ class _Pool:
             or self.ticks
             or self.seen > -math.inf
             or self.parked is not None
+            or self.waiters
         )
 
     def parking(self, now: float) -> s.Parking | None:
@@ -82,6 +97,23 @@ class _Pool:
         return self.state
 
 
+@dataclass(slots=True)
+class _Client:
+    """A client's budget state (as its ``{client:<alias>}`` keys on Redis)."""
+
+    rpm_tat: float = 0.0
+    leases: dict[str, float] = field(default_factory=dict)  # "<pool> <lease>" -> expiry
+    tokens: dict[int, int] = field(default_factory=dict)  # UTC day -> tokens
+
+    def drop_expired(self, now: float) -> None:
+        self.leases = {lease: end for lease, end in self.leases.items() if end > now}
+        today = utc_day(now)
+        self.tokens = {day: n for day, n in self.tokens.items() if day >= today - 1}
+
+    def is_empty(self, now: float) -> bool:
+        return self.rpm_tat <= now and not self.leases and not self.tokens
+
+
 class MemoryStore:
     """The limiter store for one process, on an injectable clock."""
 
@@ -89,6 +121,7 @@ class MemoryStore:
         self.config = config
         self._clock = clock
         self._pools: dict[str, _Pool] = {}
+        self._clients: dict[str, _Client] = {}
         self._bounds: dict[str, dict[str, str]] = {}  # operator configuration: never expires
         self._leader: tuple[str, float] | None = None  # node, expiry
         self._next_sweep = -math.inf
@@ -98,9 +131,20 @@ class MemoryStore:
     @property
     def footprint(self) -> int:
         """How many entries the store holds (pools, ticks, leases, replicas): for tests."""
-        return sum(1 + len(p.ticks) + len(p.leases) + len(p.replicas) for p in self._pools.values())
+        pools = sum(
+            1 + len(p.ticks) + len(p.leases) + len(p.replicas) + len(p.waiters)
+            for p in self._pools.values()
+        )
+        return pools + sum(1 + len(c.leases) + len(c.tokens) for c in self._clients.values())
 
-    async def acquire(self, pool: str, lease: str, max_wait: float, lease_ttl: float) -> Admission:
+    async def acquire(
+        self,
+        pool: str,
+        lease: str,
+        max_wait: float,
+        lease_ttl: float,
+        claim: Claim | None = None,
+    ) -> Admission:
         """Reserve a slot and a lease, unless the wait exceeds max_wait (as acquire.lua)."""
         if max_wait < 0 or lease_ttl <= 0:
             raise ValueError("max_wait must be >= 0 and lease_ttl > 0")
@@ -118,6 +162,32 @@ class MemoryStore:
             wait = parked.until - now
             held = len(state.leases)
             return Admission(False, wait, "parked", rate, cap, held, epoch, now, parked.reason)
+        client: _Client | None = None
+        rpm_tat = 0.0
+        if claim is not None and claim.budgets:
+            # The client's budgets (see acquire.lua).
+            budgets = claim.budgets
+            client = self._client(claim.client)
+            refusal = ""
+            wait = 0.0
+            if budgets.tokens_per_day is not None:
+                day = utc_day(now)
+                if client.tokens.get(day, 0) >= budgets.tokens_per_day:
+                    refusal, wait = "tokens_per_day", (day + 1) * DAY_SECONDS - now
+            if not refusal and budgets.concurrent is not None:
+                client.drop_expired(now)
+                if len(client.leases) >= budgets.concurrent:
+                    refusal, wait = "concurrent", min(1.0, min(client.leases.values()) - now)
+            if not refusal and budgets.rpm is not None and claim.charge:
+                interval = MINUTE_SECONDS / budgets.rpm
+                rpm_tat = max(client.rpm_tat, now)
+                ahead = rpm_tat - (MINUTE_SECONDS - interval) - now
+                if ahead > 0:
+                    refusal, wait = "rpm", ahead
+                rpm_tat += interval
+            if refusal:
+                held = len(state.leases)
+                return Admission(False, wait, "budget", rate, cap, held, epoch, now, budget=refusal)
         burst = self.config.burst_seconds
         if state.tat > now and 0 < state.tat_rate != rate and math.isfinite(rate):
             # The backlog waits at the rate in force (see acquire.lua).
@@ -129,9 +199,19 @@ class MemoryStore:
         # A lease past its expiry belongs to a proxy that crashed or lost its report.
         state.drop_expired_leases(now)
         in_flight = len(state.leases)
+        flow = "" if claim is None else claim.flow
         if cap is not None and in_flight >= cap:
             wait = min(CONCURRENCY_RETRY_SECONDS, min(state.leases.values()) - now)
+            self._wait(state, claim, lease, now)
             return Admission(False, wait, "concurrency", rate, cap, in_flight, epoch, now)
+        if cap is not None and flow:
+            # The fair share of the cap, weighed while another request waits (acquire.lua).
+            state.drop_expired_waiters(now)
+            state.waiters.pop(lease, None)
+            if state.waiters and over_share(flow, *_counts(state, flow), cap):
+                self._wait(state, claim, lease, now)
+                wait = CONCURRENCY_RETRY_SECONDS
+                return Admission(False, wait, "share", rate, cap, in_flight, epoch, now)
 
         wait = 0.0
         if math.isfinite(rate):
@@ -143,17 +223,34 @@ class MemoryStore:
         else:
             state.tat, state.tat_rate = 0.0, 0.0
         state.leases[lease] = now + lease_ttl
+        if client is not None and claim is not None:
+            if claim.budgets.concurrent is not None:
+                client.leases[f"{pool} {lease}"] = now + lease_ttl
+            if claim.budgets.rpm is not None and claim.charge:
+                client.rpm_tat = rpm_tat
         return Admission(True, wait, "ok", rate, cap, in_flight + 1, epoch, now)
+
+    @staticmethod
+    def _wait(state: _Pool, claim: Claim | None, lease: str, now: float) -> None:
+        """A refused request that will ask again waits until then (acquire.lua)."""
+        if claim is not None and claim.queue:
+            state.waiters[lease] = now + WAITING_SECONDS
 
     async def report(
         self,
         pool: str,
         ticks: Mapping[int, Mapping[str, float]],
         release: Sequence[str] = (),
+        tokens: Mapping[str, int] | None = None,
     ) -> None:
-        """Add tick counts, release leases, and push (as report.lua)."""
+        """Add tick counts, release leases, count tokens, and push (as report.lua)."""
         now = self._clock()
         self._maybe_sweep(now)
+        today = utc_day(now)
+        for client, n in (tokens or {}).items():
+            if n > 0:
+                spent = self._client(client).tokens
+                spent[today] = spent.get(today, 0) + int(n)
         if not ticks and not release:
             return
         state = self._pool(pool)
@@ -175,6 +272,11 @@ class MemoryStore:
             limited = limited or counts.get("rate_frequency", 0) > 0
             concurrency_limited = concurrency_limited or counts.get("rate_concurrency", 0) > 0
         freed = sum(1 for lease in release if state.leases.pop(lease, None) is not None)
+        for lease in release:
+            state.waiters.pop(lease, None)
+            owner = self._clients.get(flow_of(lease).rpartition(":")[2])
+            if owner is not None:
+                owner.leases.pop(f"{pool} {lease}", None)
         saved = state.live_state(now)
         if saved and (limited or concurrency_limited):
             _push(saved, now, limited, concurrency_limited, refused_at)
@@ -195,7 +297,20 @@ class MemoryStore:
             if lease in state.leases:
                 state.leases[lease] = now + ttl
                 renewed += 1
+                client = self._clients.get(flow_of(lease).rpartition(":")[2])
+                name = f"{pool} {lease}"
+                if client is not None and client.leases.get(name, -math.inf) > now:
+                    client.leases[name] = now + ttl
         return renewed
+
+    async def flows(self, pool: str) -> list[Flow]:
+        """The pool's flows now, counted from its leases and waiters."""
+        state = self._pools.get(pool)
+        if state is None:
+            return []
+        now = self._clock()
+        leases = [lease for lease, end in state.leases.items() if end > now]
+        return count_flows(leases, [lease for lease, end in state.waiters.items() if end > now])
 
     async def heartbeat(self, pool: str, replica: str, ttl: float) -> int:
         """Mark a replica alive for ``ttl`` seconds; return how many replicas are alive."""
@@ -316,6 +431,7 @@ class MemoryStore:
             state.state = None
             state.tat = state.tat_rate = 0.0
             state.leases.clear()
+            state.waiters.clear()
         self._announce(pool, s.ALL_SLOTS)
 
     async def lead(self, node: str, ttl: float) -> bool:
@@ -335,6 +451,12 @@ class MemoryStore:
         for queue in self._listeners.get(pool, ()):
             queue.put_nowait(slots)
 
+    def _client(self, client: str) -> _Client:
+        held = self._clients.get(client)
+        if held is None:
+            held = self._clients[client] = _Client()
+        return held
+
     def _pool(self, pool: str) -> _Pool:
         state = self._pools.get(pool)
         if state is None:
@@ -351,8 +473,27 @@ class MemoryStore:
             state.drop_expired(now, ttl)
             if state.is_empty(now):
                 del self._pools[name]
+        for name in list(self._clients):
+            client = self._clients[name]
+            client.drop_expired(now)
+            if client.is_empty(now):
+                del self._clients[name]
         if self._leader is not None and self._leader[1] <= now:
             self._leader = None
+
+
+def _counts(state: _Pool, flow: str) -> tuple[dict[str, int], dict[str, int]]:
+    """Every flow's leases held and requests waiting, the asking request (of ``flow``)
+    counted as waiting (acquire.lua)."""
+    held: dict[str, int] = {}
+    for lease in state.leases:
+        name = flow_of(lease)
+        held[name] = held.get(name, 0) + 1
+    waiting = {flow: 1}
+    for lease in state.waiters:
+        name = flow_of(lease)
+        waiting[name] = waiting.get(name, 0) + 1
+    return held, waiting
 
 
 def _push(

@@ -27,12 +27,16 @@ from zai_proxy.limiter.store import (
     CONCURRENCY_RETRY_SECONDS,
     REGISTER_SECONDS,
     STATE_TTL_SECONDS,
+    WAITING_SECONDS,
     Admission,
+    Claim,
+    Flow,
     Parking,
     StoreConfig,
     StoreError,
     StoreUnavailable,
     check_parking,
+    count_flows,
     parse_cap,
 )
 
@@ -60,15 +64,11 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,  # includes the built-in TimeoutError
 )
 
-_REASONS: dict[bytes | str, Literal["ok", "rate", "concurrency", "parked"]] = {
-    b"ok": "ok",
-    b"rate": "rate",
-    b"concurrency": "concurrency",
-    b"parked": "parked",
-    "ok": "ok",
-    "rate": "rate",
-    "concurrency": "concurrency",
-    "parked": "parked",
+_Reason = Literal["ok", "rate", "concurrency", "parked", "share", "budget"]
+_REASON_NAMES: tuple[_Reason, ...] = ("ok", "rate", "concurrency", "parked", "share", "budget")
+_REASONS: dict[bytes | str, _Reason] = {
+    **{name: name for name in _REASON_NAMES},
+    **{name.encode(): name for name in _REASON_NAMES},
 }
 
 
@@ -123,6 +123,7 @@ class RedisStore:
         self._lead = redis.register_script(_script("lead.lua"))
         self._park = redis.register_script(_script("park.lua"))
         self._pools_key = keys.pools_key(config.prefix)
+        self._clients_prefix = keys.clients_prefix(config.prefix)
         self._leader_key = keys.leader_key(config.prefix)
         self._tick_ttl_ms = _millis(config.tick_ttl_seconds)
         # Pool -> monotonic time of its next registration (see the keys module docstring).
@@ -155,17 +156,42 @@ class RedisStore:
         )
         return cls(Redis.from_pool(pool), config, owns_client=True)
 
-    async def acquire(self, pool: str, lease: str, max_wait: float, lease_ttl: float) -> Admission:
+    async def acquire(
+        self,
+        pool: str,
+        lease: str,
+        max_wait: float,
+        lease_ttl: float,
+        claim: Claim | None = None,
+    ) -> Admission:
         """Reserve a slot and a lease in one script run, unless the wait exceeds max_wait."""
         if max_wait < 0 or lease_ttl <= 0:
             raise ValueError("max_wait must be >= 0 and lease_ttl > 0")
         pool_keys = keys.pool_keys(self.config.prefix, pool)
         config = self.config
+        claimed: tuple[str | int, ...] = ("", 0, 0, "", "", "", "")
+        if claim is not None:
+            budgets = claim.budgets
+            claimed = (
+                claim.flow,
+                int(claim.queue),
+                int(claim.charge),
+                keys.client_base(config.prefix, claim.client) if budgets else "",
+                "" if budgets.rpm is None else budgets.rpm,
+                "" if budgets.concurrent is None else budgets.concurrent,
+                "" if budgets.tokens_per_day is None else budgets.tokens_per_day,
+            )
         with _translate_errors:
             if self._next_registration.get(pool, -math.inf) <= time.monotonic():
                 await self._register_pool(pool)
             reply = await self._acquire(
-                keys=(pool_keys.state, pool_keys.tat, pool_keys.leases, pool_keys.parked),
+                keys=(
+                    pool_keys.state,
+                    pool_keys.tat,
+                    pool_keys.leases,
+                    pool_keys.parked,
+                    pool_keys.waiters,
+                ),
                 args=(
                     config.initial_rate,
                     config.burst_seconds,
@@ -173,9 +199,12 @@ class RedisStore:
                     lease,
                     lease_ttl,
                     CONCURRENCY_RETRY_SECONDS,
+                    *claimed,
+                    WAITING_SECONDS,
+                    pool,
                 ),
             )
-        granted, reason, wait, rate, cap, in_flight, epoch, now, parked = reply
+        granted, reason, wait, rate, cap, in_flight, epoch, now, parked, budget = reply
         return Admission(
             granted=granted == 1,
             wait=float(wait),
@@ -186,6 +215,7 @@ class RedisStore:
             epoch=int(epoch),
             now=float(now),
             parked=_text(parked),
+            budget=_text(budget),
         )
 
     async def report(
@@ -193,8 +223,9 @@ class RedisStore:
         pool: str,
         ticks: Mapping[int, Mapping[str, float]],
         release: Sequence[str] = (),
+        tokens: Mapping[str, int] | None = None,
     ) -> None:
-        """Add tick counts, release leases and push, in one script run."""
+        """Add tick counts, release leases, count tokens and push, in one script run."""
         triples: list[str | int | float] = []
         for index, counts in ticks.items():
             for name, value in counts.items():
@@ -202,18 +233,23 @@ class RedisStore:
                     triples += (index, name, repr(float(value)))
                 elif value:
                     triples += (index, name, int(value))  # HINCRBY takes integers only
-        if not triples and not release:
+        spent = [(client, int(n)) for client, n in (tokens or {}).items() if n > 0]
+        if not triples and not release and not spent:
             return
         pool_keys = keys.pool_keys(self.config.prefix, pool)
         with _translate_errors:
             await self._report(
-                keys=(pool_keys.state, pool_keys.leases),
+                keys=(pool_keys.state, pool_keys.leases, pool_keys.waiters),
                 args=(
                     pool_keys.tick_prefix,
                     self._tick_ttl_ms,
                     pool_keys.freed,
+                    self._clients_prefix,
+                    pool,
                     len(release),
                     *release,
+                    len(spent),
+                    *(x for pair in spent for x in pair),
                     *triples,
                 ),
             )
@@ -226,7 +262,26 @@ class RedisStore:
             return 0
         leases_key = keys.pool_keys(self.config.prefix, pool).leases
         with _translate_errors:
-            return int(await self._renew(keys=(leases_key,), args=(ttl, *leases)))
+            return int(
+                await self._renew(
+                    keys=(leases_key,), args=(ttl, self._clients_prefix, pool, *leases)
+                )
+            )
+
+    async def flows(self, pool: str) -> list[Flow]:
+        """The pool's flows now, counted from its leases and waiters in one pipelined trip."""
+        pool_keys = keys.pool_keys(self.config.prefix, pool)
+        with _translate_errors:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.time()
+                pipe.zrange(pool_keys.leases, 0, -1, withscores=True)
+                pipe.zrange(pool_keys.waiters, 0, -1, withscores=True)
+                (seconds, micros), leases, waiters = await pipe.execute()
+        now = seconds + micros / 1_000_000
+        return count_flows(
+            [_text(m) for m, end in leases if end > now],
+            [_text(m) for m, end in waiters if end > now],
+        )
 
     async def heartbeat(self, pool: str, replica: str, ttl: float) -> int:
         """Mark a replica alive for ``ttl`` seconds; return how many replicas are alive."""
@@ -364,7 +419,7 @@ class RedisStore:
         pool_keys = keys.pool_keys(self.config.prefix, pool)
         with _translate_errors:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(pool_keys.state, pool_keys.tat, pool_keys.leases)
+                pipe.delete(pool_keys.state, pool_keys.tat, pool_keys.leases, pool_keys.waiters)
                 pipe.publish(pool_keys.freed, s.ALL_SLOTS)
                 await pipe.execute()
 

@@ -1,27 +1,49 @@
 -- Add the proxies' tick counts, release leases, and push what a 429 changes at once.
 --
--- KEYS: state hash, leases zset (in the pool's hash slot)
--- ARGV: tick key prefix, tick_ttl_ms, the pool's freed channel, number of releases R, R
---       lease ids, then triples of
+-- KEYS: state hash, leases zset, waiters zset (in the pool's hash slot)
+-- ARGV: tick key prefix, tick_ttl_ms, the pool's freed channel, the clients' key prefix
+--       ('{prefix}:{client:'), the pool's name, number of releases R, R lease ids,
+--       number of clients T, T pairs (alias, tokens), then triples of
 --       (tick index, field, value). ok_at keeps the highest value, refused_at and told
 --       the lowest, latency_sum adds floats; the rest add integers.
+-- A released lease also leaves the waiters (a request that gave up waiting) and its
+-- client's leases ('{prefix}:{client:<alias>}:leases', the concurrent budget: another
+-- hash slot); tokens go to the client's count of the UTC day.
 -- The push (stores.pushed_cap and memory_store._push say the same): a frequency 429
 -- while the rate probes puts probe_base back in force; a 1302 puts cap_base back, or caps
 -- an uncapped pool at one below the lowest in-flight count a 1302 came at.
 -- While a cap is in force, the number of leases released is published on the freed
 -- channel, so that every replica wakes as many of its requests waiting for a slot.
 -- Returns 1.
-local state_key, leases_key = KEYS[1], KEYS[2]
+local state_key, leases_key, waiters_key = KEYS[1], KEYS[2], KEYS[3]
 local prefix, ttl_ms, channel = ARGV[1], ARGV[2], ARGV[3]
-local releases = tonumber(ARGV[4])
+local client_prefix, pool_name = ARGV[4], ARGV[5]
+local releases = tonumber(ARGV[6])
 local freed = 0
-for i = 5, 4 + releases do
-  freed = freed + redis.call('ZREM', leases_key, ARGV[i])
+for i = 7, 6 + releases do
+  local lease = ARGV[i]
+  freed = freed + redis.call('ZREM', leases_key, lease)
+  redis.call('ZREM', waiters_key, lease)
+  local client = string.match(lease, '^%d+:[^:]+:([^/]+)/')
+  if client then
+    redis.call('ZREM', client_prefix .. client .. '}:leases', pool_name .. ' ' .. lease)
+  end
+end
+local i = 7 + releases
+local clients = tonumber(ARGV[i])
+if clients > 0 then
+  local clock = redis.call('TIME')
+  local day = math.floor(tonumber(clock[1]) / 86400)
+  for j = i + 1, i + 2 * clients, 2 do
+    local key = client_prefix .. ARGV[j] .. '}:tokens:' .. day
+    redis.call('INCRBY', key, ARGV[j + 1])
+    redis.call('EXPIRE', key, 2 * 86400)
+  end
 end
 
 local limited, concurrency_limited, refused_at = false, false, nil
 local touched = {}
-local i = 5 + releases
+i = i + 1 + 2 * clients
 while i + 2 <= #ARGV do
   local key, field, value = prefix .. ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if field == 'ok_at' then

@@ -20,6 +20,21 @@ Hot path (proxies), one round trip each:
 - ``freed``: hear, from every replica, how many concurrency slots came free while a cap is
   in force (leases released, a cap raised or lifted), to wake requests waiting for one.
 
+Clients (ADR 0020). An acquire may carry a ``Claim``: the client's alias, weight and
+priority rank, and its budgets. The lease id then names the claim's flow
+(``lease_id``), so every lease and every waiting request says whose it is, and nothing
+else needs counting (no counter to drift when a lease expires):
+- **Fair share of a cap.** While a concurrency cap is in force and requests wait for it
+  (``waiters``: the leases of requests refused that will ask again, each until
+  WAITING_SECONDS unless it asks again), a free slot goes to a flow below its weighted
+  max-min share (``fair_shares``: priority ranks first, each flow's demand its leases
+  held plus its waiters), unless no other flow below its share is waiting: a flow over
+  its share is refused with reason "share" only for the sake of one that waits.
+- **Budgets**, per client and fleet-wide: requests per minute (GCRA, charged when a
+  request is first granted), concurrent requests (the client's leases in every pool) and
+  tokens per UTC day (added by ``report``); a client over one is refused with reason
+  "budget", which one, and the wait until it allows another.
+
 Control plane (the limiter's leader): ``pools``, ``read_ticks``, ``load_state``,
 ``save_state`` (compare-and-set on ``version``, so a step never overwrites a push made
 meanwhile), ``load_bounds``, ``save_bounds``, ``replicas``, ``reset``, ``lead``; and
@@ -54,6 +69,17 @@ CONCURRENCY_RETRY_SECONDS = 0.05
 ALL_SLOTS = 1_000_000
 # A pool is registered in the pool list at most this often by each store.
 REGISTER_SECONDS = 5.0
+# A request refused for a slot counts as waiting (for the fair share) this long unless it
+# asks again: a waiter asks at least every CONCURRENCY_POLL_MAX_SECONDS (0.5 s), and one
+# that gives up releases its lease at once; this bounds a waiter whose proxy died.
+WAITING_SECONDS = 1.0
+# The client budgets' periods: requests per minute, tokens per UTC day.
+MINUTE_SECONDS = 60.0
+DAY_SECONDS = 86_400.0
+# Tokens counted for a day are kept one day past it.
+TOKENS_TTL_SECONDS = 2 * DAY_SECONDS
+# Priority classes, first served first (a Claim's rank is the index).
+PRIORITIES = ("interactive", "batch")
 
 # Tick counts that are extremes, not sums: the highest in-flight count an attempt sent
 # under the cap in force was answered ok at, and the lowest one a 1302 came at.
@@ -111,20 +137,163 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Budgets:
+    """A client's optional caps, fleet-wide (None: no cap)."""
+
+    rpm: int | None = None  # requests per minute
+    concurrent: int | None = None  # requests in flight, in every pool together
+    tokens_per_day: int | None = None  # input and output tokens per UTC day
+
+    def __post_init__(self) -> None:
+        for name in ("rpm", "concurrent", "tokens_per_day"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"a client's {name} budget must be at least 1")
+
+    def __bool__(self) -> bool:
+        return not (self.rpm is None and self.concurrent is None and self.tokens_per_day is None)
+
+
+NO_BUDGETS = Budgets()
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """Who asks for a slot: a client's flow in the pool's fair share, and its budgets."""
+
+    client: str  # the alias (letters, digits, '.', '_', '-')
+    weight: float = 1.0
+    rank: int = 0  # index in PRIORITIES: lower ranks are served first
+    budgets: Budgets = NO_BUDGETS
+    # Refused, the request waits and asks again: it counts as waiting for the fair share.
+    queue: bool = True
+    # A grant counts against the requests-per-minute budget (the request's first grant).
+    charge: bool = True
+
+    def __post_init__(self) -> None:
+        if not (0 < self.weight < math.inf):
+            raise ValueError("a client's weight must be > 0")
+        if not 0 <= self.rank < len(PRIORITIES):
+            raise ValueError(f"a rank is 0-{len(PRIORITIES) - 1}")
+        if not self.client or any(c in self.client for c in "/:{} "):
+            raise ValueError("a client alias has no '/', ':', braces or spaces")
+
+    @property
+    def flow(self) -> str:
+        """The flow's name, as lease ids carry it: ``rank:weight:client``."""
+        return f"{self.rank}:{self.weight:g}:{self.client}"
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """One flow of a pool now: the leases it holds and its requests waiting."""
+
+    client: str
+    rank: int
+    weight: float
+    held: int
+    waiting: int
+
+
+def lease_id(claim: Claim | None, name: str) -> str:
+    """A lease id that names the claim's flow (``flow/name``); ``name`` alone without one."""
+    return name if claim is None else f"{claim.flow}/{name}"
+
+
+def parse_flow(flow: str) -> tuple[int, float, str]:
+    """(rank, weight, client) of a flow's name; an unreadable one is rank 0, weight 1."""
+    rank, _, rest = flow.partition(":")
+    weight, _, client = rest.partition(":")
+    try:
+        return int(rank), float(weight), client
+    except ValueError:
+        return 0, 1.0, client
+
+
+def flow_of(lease: str) -> str:
+    """The flow a lease id names ("" for a lease taken without a claim)."""
+    flow, sep, _ = lease.partition("/")
+    return flow if sep else ""
+
+
+def fair_shares(flows: Mapping[str, tuple[int, float, float]], capacity: float) -> dict[str, float]:
+    """Weighted max-min shares of ``capacity`` between flows {name: (rank, weight,
+    demand)}: rank by rank (lower first), each rank's flows filled to the same level per
+    unit of weight, a flow never above its demand; what a rank leaves goes to the next.
+    acquire.lua computes the same."""
+    shares: dict[str, float] = {}
+    for rank in sorted({rank for rank, _, _ in flows.values()}):
+        open_ = [name for name, (r, _, _) in flows.items() if r == rank]
+        while open_:
+            level = max(0.0, capacity) / sum(flows[name][1] for name in open_)
+            settled = [name for name in open_ if flows[name][2] <= level * flows[name][1]]
+            if not settled:
+                for name in open_:
+                    shares[name] = level * flows[name][1]
+                capacity = 0.0
+                break
+            for name in settled:
+                shares[name] = flows[name][2]
+                capacity -= flows[name][2]
+            open_ = [name for name in open_ if name not in settled]
+    return shares
+
+
+def over_share(flow: str, held: Mapping[str, int], waiting: Mapping[str, int], cap: int) -> bool:
+    """Whether a flow asking for a slot must leave it to another: it holds its fair share
+    of ``cap`` or more while another flow below its share waits. ``held`` and ``waiting``
+    count every flow's leases and waiting requests, the asking one's request among them."""
+    names = set(held) | set(waiting)
+    flows: dict[str, tuple[int, float, float]] = {}
+    for name in names:
+        rank, weight, _ = parse_flow(name)
+        flows[name] = (rank, weight, held.get(name, 0) + waiting.get(name, 0))
+    shares = fair_shares(flows, cap)
+    if held.get(flow, 0) < shares.get(flow, 0.0):
+        return False
+    return any(
+        name != flow and waiting.get(name, 0) > 0 and held.get(name, 0) < shares[name]
+        for name in names
+    )
+
+
+def count_flows(leases: Sequence[str], waiters: Sequence[str]) -> list[Flow]:
+    """Flows counted from lease ids (``store.lease_id``); leases without a claim left out."""
+    held: dict[str, int] = {}
+    waiting: dict[str, int] = {}
+    for counts, members in ((held, leases), (waiting, waiters)):
+        for member in members:
+            flow = flow_of(member)
+            if flow:
+                counts[flow] = counts.get(flow, 0) + 1
+    return [
+        Flow(client, rank, weight, held.get(name, 0), waiting.get(name, 0))
+        for name in sorted(held.keys() | waiting.keys())
+        for rank, weight, client in (parse_flow(name),)
+    ]
+
+
+def utc_day(now: float) -> int:
+    """The UTC day of a store-clock time (days since the epoch): the tokens budget's period."""
+    return int(now // DAY_SECONDS)
+
+
+@dataclass(frozen=True, slots=True)
 class Admission:
     """The store's answer to one request for a slot."""
 
     granted: bool
     # granted: seconds to wait before sending; refused: the wait it would need (parked:
-    # until the pool comes back, FOREVER until it is lifted)
+    # until the pool comes back, FOREVER until it is lifted; a budget: until it allows one)
     wait: float
-    reason: Literal["ok", "rate", "concurrency", "parked"]
+    reason: Literal["ok", "rate", "concurrency", "parked", "share", "budget"]
     rate: float  # the pool's rate now (infinity: none)
     concurrency: int | None  # the pool's cap now (None: none)
     in_flight: int  # leases held in the pool, this one's included when granted
     epoch: int  # the cap's epoch
     now: float  # the store's clock (epoch seconds), so callers can align ticks
     parked: str = ""  # refused as parked: why (as ``park`` was told)
+    budget: str = ""  # refused by a budget: which ("rpm", "concurrent", "tokens_per_day")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,12 +355,20 @@ class LimiterStore(Protocol):
 
     config: StoreConfig
 
-    async def acquire(self, pool: str, lease: str, max_wait: float, lease_ttl: float) -> Admission:
+    async def acquire(
+        self,
+        pool: str,
+        lease: str,
+        max_wait: float,
+        lease_ttl: float,
+        claim: Claim | None = None,
+    ) -> Admission:
         """Reserve a slot (and a concurrency lease named ``lease``) unless the wait is too long.
 
         When the rate changed since the waits already granted were laid out, the backlog
         first moves to the new rate: what is left of it is scaled by old rate / new rate,
-        at most ``max_wait`` ahead.
+        at most ``max_wait`` ahead. With a claim (``lease`` from ``lease_id``), the
+        client's budgets and the fair share of the cap apply (see the module docstring).
         """
         ...
 
@@ -200,9 +377,15 @@ class LimiterStore(Protocol):
         pool: str,
         ticks: Mapping[int, Mapping[str, float]],
         release: Sequence[str] = (),
+        tokens: Mapping[str, int] | None = None,
     ) -> None:
-        """Add tick counts (sums, or extremes for MAX_FIELDS / MIN_FIELDS), release leases,
-        and push what a probing limit's 429 changes (see the module docstring)."""
+        """Add tick counts (sums, or extremes for MAX_FIELDS / MIN_FIELDS), release leases
+        (and the waiting of requests that gave up), add clients' tokens to their day's
+        count, and push what a probing limit's 429 changes (see the module docstring)."""
+        ...
+
+    async def flows(self, pool: str) -> list[Flow]:
+        """The pool's flows now: leases held and requests waiting, by claim."""
         ...
 
     async def renew(self, pool: str, leases: Sequence[str], ttl: float) -> int:

@@ -1044,7 +1044,7 @@ async def test_a_redis_that_stops_answering_raises_store_unavailable_within_the_
 def test_every_key_of_a_pool_hashes_to_one_cluster_slot() -> None:
     pool_keys = keys.pool_keys("zaiproxy", "glm-4.6:key-1")
     names = [pool_keys.state, pool_keys.bounds, pool_keys.tat, pool_keys.leases]
-    names += [pool_keys.replicas, pool_keys.parked]
+    names += [pool_keys.replicas, pool_keys.parked, pool_keys.waiters]
     names += [pool_keys.tick(index) for index in (0, 7_200_000_000)]
     assert len({key_slot(name.encode()) for name in names}) == 1
     assert key_slot(names[0].encode()) == key_slot(b"glm-4.6:key-1")

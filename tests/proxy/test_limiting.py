@@ -24,6 +24,7 @@ from zai_proxy.limiter.memory_store import MemoryStore
 from zai_proxy.limiter.redis_store import RedisStore
 from zai_proxy.limiter.store import (
     Admission,
+    Claim,
     LimiterStore,
     StoreConfig,
     StoreUnavailable,
@@ -69,9 +70,16 @@ class FlakyStore(MemoryStore):
     def count(self, name: str) -> int:
         return sum(1 for called, _ in self.calls if called == name)
 
-    async def acquire(self, pool: str, lease: str, max_wait: float, lease_ttl: float) -> Admission:
+    async def acquire(
+        self,
+        pool: str,
+        lease: str,
+        max_wait: float,
+        lease_ttl: float,
+        claim: Claim | None = None,
+    ) -> Admission:
         self._check("acquire")
-        admission = await super().acquire(pool, lease, max_wait, lease_ttl)
+        admission = await super().acquire(pool, lease, max_wait, lease_ttl, claim)
         self.done["acquire"] += 1
         return admission
 
@@ -80,9 +88,10 @@ class FlakyStore(MemoryStore):
         pool: str,
         ticks: Mapping[int, Mapping[str, float]],
         release: Sequence[str] = (),
+        tokens: Mapping[str, int] | None = None,
     ) -> None:
         self._check("report")
-        await super().report(pool, ticks, release)
+        await super().report(pool, ticks, release, tokens)
         self.done["report"] += 1
 
     async def heartbeat(self, pool: str, replica: str, ttl: float) -> int:
