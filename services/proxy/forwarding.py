@@ -14,17 +14,19 @@ import asyncio
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from zai_proxy.limiter.store import PRIORITIES, Claim
 from zai_proxy.proxy.accesslog import AccessLog
 from zai_proxy.proxy.accounting import Accounting, Body, JsonBody, Request, StreamTap
 from zai_proxy.proxy.admission import BodyBudget, WorkerPool
 from zai_proxy.proxy.auth import ANONYMOUS, ClientKeys
 from zai_proxy.proxy.classify import classify_status, key_verdict
+from zai_proxy.proxy.clients import BudgetExceeded
 from zai_proxy.proxy.errors import (
     REFUSED_CODE,
     REFUSED_STATUS,
@@ -126,6 +128,8 @@ class Exchange:
     trace: RequestTrace | None = None  # tracing on (tracing.py)
     facts: ResponseFacts | None = None  # what the answer says of itself, when traced
     limited_by: str = ""  # the upstream key whose 429 the next attempt waits its turn on
+    claim: Claim | None = None  # the client's, for the limiter (clients.py); None: no clients
+    admitted: bool = False  # its first attempt was admitted
 
 
 class DisconnectWatch:
@@ -302,6 +306,7 @@ class Forwarder:
         if exchange.method in REFUSED_METHODS:
             raise MethodNotAllowed(f"{exchange.method} is not forwarded")
         exchange.key = self.keys.alias_of(scope["headers"])
+        exchange.claim = self.keys.claim(exchange.key, scope["headers"])
         if self.pool.is_full():
             # Refused before its body is read: reading it would only be thrown away.
             raise Overloaded("the proxy's request queue is full", retry_after=1.0)
@@ -383,9 +388,16 @@ class Forwarder:
         trace = exchange.trace
         if trace is not None:
             trace.admitting()
-        key, ticket = await self.upstream.admit(skipped, stay=exchange.limited_by)
-        limiter = key.limiter
+        claim = exchange.claim
+        key, ticket = await self.upstream.admit(skipped, stay=exchange.limited_by, claim=claim)
         metrics, pool = self.metrics, self.pool
+        if not exchange.admitted:
+            exchange.admitted = True
+            priority = PRIORITIES[0] if claim is None else PRIORITIES[claim.rank]
+            metrics.client_waited(exchange.key, priority, ticket.waited)
+            if claim is not None:
+                exchange.claim = replace(claim, charge=False)  # counted once per request
+        limiter = key.limiter
         metrics.rate_limit_wait_child.observe(ticket.waited)
         outcome: Outcome | None = None  # None: nothing reached the upstream
         metrics.queued.inc()
@@ -613,6 +625,8 @@ class Forwarder:
             return
         exchange.status, exchange.origin = err.status, ORIGIN_PROXY
         self.metrics.refusal(err.code)
+        reason = f"client_budget_{err.budget}" if isinstance(err, BudgetExceeded) else err.code
+        self.metrics.client_refused(exchange.key, reason)
         body = err.body(exchange.dialect)
         headers = [*err.headers(), (b"x-request-id", exchange.request_id.encode())]
         await send({"type": "http.response.start", "status": err.status, "headers": headers})
@@ -647,6 +661,10 @@ class Forwarder:
             self.metrics.observe_tokens(
                 exchange.model, exchange.key, exchange.usage, exchange.usage_source
             )
+            claim = exchange.claim
+            if claim is not None and claim.budgets.tokens_per_day is not None:
+                usage = exchange.usage
+                self.upstream.add_tokens(claim.client, usage.input + usage.output)
 
     def _record(self, exchange: Exchange) -> None:
         if exchange.disconnected and not exchange.finished:

@@ -35,7 +35,7 @@ import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
-from zai_proxy.limiter.store import Admission, StoreError
+from zai_proxy.limiter.store import Admission, Claim, StoreError
 from zai_proxy.proxy.errors import ProxyError
 from zai_proxy.proxy.headers import UpstreamAuth
 from zai_proxy.proxy.limiting import Parked, ProxyLimiter, Ticket
@@ -122,12 +122,13 @@ class KeyRouter:
         return any(key.alias not in skipped for key in self.keys)
 
     async def admit(
-        self, skipped: Collection[str] = (), stay: str = ""
+        self, skipped: Collection[str] = (), stay: str = "", claim: Claim | None = None
     ) -> tuple[UpstreamKey, Ticket]:
         """A key and its ticket for one attempt (see the module docstring); with ``stay``
         (the key whose 429 this attempt retries), a turn on that key unless it is parked.
         KeysParked when every key outside ``skipped`` is parked, RateLimited when the
-        chosen key's wait is over budget."""
+        chosen key's wait is over budget, BudgetExceeded when the client (``claim``) is
+        over one of its budgets."""
         while True:
             candidates = self._candidates(skipped)
             if not candidates:
@@ -137,7 +138,7 @@ class KeyRouter:
                 key = (staying or candidates)[0]
                 key.waiting += 1
                 try:
-                    return key, self._took(key, await key.limiter.admit())
+                    return key, self._took(key, await key.limiter.admit(claim))
                 except Parked as parked:
                     self._parked_for(key, parked.seconds, parked.reason)
                     continue
@@ -147,7 +148,7 @@ class KeyRouter:
             best_wait = math.inf
             for key in candidates:
                 try:
-                    answer = await key.limiter.try_admit()
+                    answer = await key.limiter.try_admit(claim)
                 except Parked as parked:
                     self._parked_for(key, parked.seconds, parked.reason)
                     continue
@@ -161,11 +162,16 @@ class KeyRouter:
                 continue  # every candidate turned out parked: look again
             best.waiting += 1
             try:
-                return best, self._took(best, await best.limiter.admit())
+                return best, self._took(best, await best.limiter.admit(claim))
             except Parked as parked:
                 self._parked_for(best, parked.seconds, parked.reason)
             finally:
                 best.waiting -= 1
+
+    def add_tokens(self, client: str, tokens: int) -> None:
+        """Count a client's tokens against its tokens budget (which holds in every pool:
+        the first key's limiter carries the count to the store)."""
+        self.keys[0].limiter.add_tokens(client, tokens)
 
     def release(self, key: UpstreamKey) -> None:
         """An attempt on ``key`` is over."""

@@ -25,6 +25,14 @@ wakes this replica's n oldest waiters, which ask the store again (a waiter that 
 slot to another replica keeps its place). Announcements are at most once, so a waiter
 also asks again now and then, less and less often.
 
+With client keys (ADR 0020) each attempt carries its client's claim: the store applies
+the client's budgets (a refusal is BudgetExceeded, 429 at once) and its fair share of the
+cap (a refusal with reason "share" waits for a slot like one at the cap, and hands the
+announcement it used on to a waiter of another flow). This replica's waiters are woken
+lower priority rank first, oldest first within a rank. A request that stops waiting
+(over budget, or its client left) releases its lease, so the store stops counting it as
+waiting at the next flush.
+
 If the store cannot be reached, the proxy goes on at its share of the last known limits
 (divided by the replicas that were alive), enforced by a private in-memory store, reports
 itself degraded, and goes back to the shared store within a second of it answering again.
@@ -45,10 +53,18 @@ import random
 import time
 import uuid
 from collections import defaultdict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from zai_proxy.limiter.memory_store import MemoryStore
-from zai_proxy.limiter.store import Admission, LimiterStore, StoreError, state_version
+from zai_proxy.limiter.store import (
+    Admission,
+    Claim,
+    LimiterStore,
+    StoreError,
+    lease_id,
+    state_version,
+)
+from zai_proxy.proxy.clients import budget_exceeded
 from zai_proxy.proxy.errors import ProxyError
 from zai_proxy.shared.outcomes import Outcome
 
@@ -88,6 +104,15 @@ class RateLimited(ProxyError):
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [*super().headers(), (b"x-ratelimit-source", b"proxy")]
+
+
+def _refuse_now(admission: Admission, claim: Claim | None) -> None:
+    """Raise for the refusals no wait can help: a parked pool, a client over budget."""
+    if admission.reason == "parked":
+        raise Parked(admission.wait, admission.parked)
+    if admission.reason == "budget":
+        client = "" if claim is None else claim.client
+        raise budget_exceeded(client, admission.budget, admission.wait)
 
 
 class Parked(Exception):
@@ -146,9 +171,14 @@ class ProxyLimiter:
         self._suspect = False  # a store call failed; the next ping decides
         # Set (and replaced) when an answer shows a new rate: wakes the waiting requests.
         self._rate_changed = asyncio.Event()
-        # Requests waiting for a concurrency slot, oldest first (see the module docstring).
-        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        # Requests waiting for a concurrency slot, oldest first, with their flow and rank
+        # (see the module docstring).
+        self._slot_waiters: deque[tuple[str, int, asyncio.Future[None]]] = deque()
+        # Tokens of clients with a tokens budget, for the next flush.
+        self._tokens: defaultdict[str, int] = defaultdict(int)
         self._rate_seen_at = -math.inf  # store time of the answer self.rate came from
+        # Leases of requests the store counts as waiting for a slot (a claim's, queued).
+        self._waiting: set[str] = set()
 
     def _tick(self) -> dict[str, float]:
         return self._counts[self.store.config.tick_of(time.time() + self._offset)]
@@ -161,35 +191,50 @@ class ProxyLimiter:
         counts = self._tick()
         counts[name] = counts.get(name, 0) + value
 
-    async def try_admit(self) -> Ticket | Admission:
+    async def try_admit(self, claim: Claim | None = None) -> Ticket | Admission:
         """One store round trip without waiting: a ticket when the pool has room now,
         else the refusal (counted as throttled or capped: demand the pool could not take).
-        Raises Parked when the pool is parked."""
-        lease = f"{self.replica}-{next(self._leases)}"
-        admission, local = await self._acquire(lease, 0.0)
+        Raises Parked when the pool is parked, BudgetExceeded when the client is over a
+        budget."""
+        if claim is not None and claim.queue:
+            claim = replace(claim, queue=False)  # asked once: not waiting for a slot here
+        lease = lease_id(claim, f"{self.replica}-{next(self._leases)}")
+        admission, local = await self._acquire(lease, 0.0, claim)
         if admission.granted:  # with no wait allowed, a grant is a slot now
             if not local:
                 self._held.add(lease)
             self._count("sent", local=local)
             now = time.monotonic()
             return Ticket(lease, 0.0, local, admission.in_flight, admission.epoch, now, exact=True)
-        if admission.reason == "parked":
-            raise Parked(admission.wait, admission.parked)
+        _refuse_now(admission, claim)
         self._count("throttled" if admission.reason == "rate" else "capped", local=local)
         return admission
 
-    async def admit(self) -> Ticket:
+    async def admit(self, claim: Claim | None = None) -> Ticket:
         """Wait for a slot; raise RateLimited when it would take longer than the budget,
-        Parked when the pool is parked."""
-        lease = f"{self.replica}-{next(self._leases)}"
+        Parked when the pool is parked, BudgetExceeded when the client is over a budget."""
+        lease = lease_id(claim, f"{self.replica}-{next(self._leases)}")
+        try:
+            return await self._admit(lease, claim)
+        except BaseException:
+            if lease in self._waiting:
+                # It stopped waiting: the store stops counting it at the next flush.
+                self._waiting.discard(lease)
+                self._released.append(lease)
+                self._wake.set()
+            raise
+
+    async def _admit(self, lease: str, claim: Claim | None) -> Ticket:
         start = time.monotonic()
         deadline = start + self.max_wait
         poll = CONCURRENCY_POLL_SECONDS
         capped = False
+        flow, rank = ("", 0) if claim is None else (claim.flow, claim.rank)
         while True:
             budget = max(0.0, deadline - time.monotonic())
-            admission, local = await self._acquire(lease, budget)
+            admission, local = await self._acquire(lease, budget, claim)
             if admission.granted:
+                self._waiting.discard(lease)
                 if not local:
                     self._held.add(lease)
                 if admission.wait > 0:
@@ -216,33 +261,42 @@ class ProxyLimiter:
                     now,
                     exact=admission.wait == 0,
                 )
-            if admission.reason == "parked":
-                raise Parked(admission.wait, admission.parked)
+            _refuse_now(admission, claim)
             if admission.reason == "rate" or budget <= 0:
                 by_rate = admission.reason == "rate"
                 self._count("throttled" if by_rate else "capped", local=local)
-                limit = "rate" if by_rate else "concurrency"
+                if admission.reason == "share":
+                    message = "other clients wait for their share of the upstream's limit"
+                else:
+                    limit = "rate" if by_rate else "concurrency"
+                    message = f"the upstream's {limit} limit is reached"
                 raise RateLimited(
-                    f"the upstream's {limit} limit is reached; the proxy is holding requests back",
+                    f"{message}; the proxy is holding requests back",
                     retry_after=max(admission.wait, 1.0),
                 )
+            if claim is not None and claim.queue and not local:
+                self._waiting.add(lease)  # the store counts it as waiting
+            if admission.reason == "share":
+                # The slot is another flow's: hand the announcement on to its waiter here.
+                self._free_slots(1, skip=flow)
             again = capped
             if not capped:
                 capped = True
                 self._count("capped", local=local)
             seconds = min(budget, poll * random.uniform(0.5, 1.0))
-            if not await self._wait_for_slot(seconds, first=again):
+            if not await self._wait_for_slot(seconds, flow, rank, first=again):
                 poll = min(2 * poll, CONCURRENCY_POLL_MAX_SECONDS)
 
-    async def _wait_for_slot(self, seconds: float, *, first: bool) -> bool:
+    async def _wait_for_slot(self, seconds: float, flow: str, rank: int, *, first: bool) -> bool:
         """Wait in the queue for a slot to be announced free, at most ``seconds``: at its
         back, or (``first``: woken before, but the slot went elsewhere) at its front.
         True when woken by an announcement."""
         waiter = asyncio.get_running_loop().create_future()
+        entry = (flow, rank, waiter)
         if first:
-            self._slot_waiters.appendleft(waiter)
+            self._slot_waiters.appendleft(entry)
         else:
-            self._slot_waiters.append(waiter)
+            self._slot_waiters.append(entry)
         try:
             async with asyncio.timeout(seconds):
                 await waiter
@@ -252,17 +306,26 @@ class ProxyLimiter:
             if not waiter.done():
                 waiter.cancel()
             with contextlib.suppress(ValueError):
-                self._slot_waiters.remove(waiter)
+                self._slot_waiters.remove(entry)
         return True
 
-    def _free_slots(self, slots: int) -> None:
-        """Wake the ``slots`` oldest requests waiting for a slot."""
+    def _free_slots(self, slots: int, skip: str | None = None) -> None:
+        """Wake ``slots`` requests waiting for a slot: the lowest rank first, oldest first
+        within it, none of flow ``skip``."""
         waiters = self._slot_waiters
         while slots > 0 and waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                slots -= 1
+            best = None
+            for entry in waiters:
+                if entry[0] != skip and not entry[2].done():
+                    if best is None or entry[1] < best[1]:
+                        best = entry
+                    if entry[1] == 0:
+                        break
+            if best is None:
+                return
+            waiters.remove(best)
+            best[2].set_result(None)
+            slots -= 1
 
     async def _wait_turn(self, lease: str, wait: float, rate: float) -> None:
         """Sleep until the granted turn, rescaling what is left whenever the rate changes."""
@@ -288,18 +351,22 @@ class ProxyLimiter:
                 async with asyncio.timeout(end - now):
                     await changed.wait()
 
-    async def _acquire(self, lease: str, budget: float) -> tuple[Admission, bool]:
+    async def _acquire(
+        self, lease: str, budget: float, claim: Claim | None
+    ) -> tuple[Admission, bool]:
         """An admission, and whether the local store gave it."""
         if not self.degraded:
             try:
-                admission = await self.store.acquire(self.pool, lease, budget, LEASE_TTL_SECONDS)
+                admission = await self.store.acquire(
+                    self.pool, lease, budget, LEASE_TTL_SECONDS, claim
+                )
             except StoreError:
                 self._suspect = True
                 self._wake.set()
             else:
                 self._learn(admission)
                 return admission, False
-        local = await self._local.acquire(self.pool, lease, budget, LOCAL_LEASE_TTL_SECONDS)
+        local = await self._local.acquire(self.pool, lease, budget, LOCAL_LEASE_TTL_SECONDS, claim)
         return local, True
 
     def _learn(self, admission: Admission) -> None:
@@ -437,12 +504,24 @@ class ProxyLimiter:
                     # Woken by a release: let the others finishing now join this batch.
                     await asyncio.sleep(RELEASE_SECONDS)
 
+    def add_tokens(self, client: str, tokens: int) -> None:
+        """Count a client's tokens against its tokens budget (sent with the next flush)."""
+        if tokens > 0:
+            self._tokens[client] += tokens
+            self._wake.set()
+
     async def flush(self) -> None:
-        """Send the counted ticks and released leases in one store call."""
-        if not self._counts and not self._released:
+        """Send the counted ticks, released leases and tokens in one store call."""
+        if not self._counts and not self._released and not self._tokens:
             return
-        counts, released = self._counts, self._released
-        self._counts, self._released = defaultdict(dict), []
-        # On a store failure this batch is lost: its ticks are stepped without it, and
-        # its leases expire by themselves.
-        await self.store.report(self.pool, counts, released)
+        counts, released, tokens = self._counts, self._released, self._tokens
+        self._counts, self._released, self._tokens = defaultdict(dict), [], defaultdict(int)
+        # On a store failure this batch's ticks and leases are lost: its ticks are stepped
+        # without it, and its leases expire by themselves. Its tokens are kept for the
+        # next flush (a budget is money; while degraded, the local store counts none).
+        try:
+            await self.store.report(self.pool, counts, released, tokens)
+        except StoreError:
+            for client, spent in tokens.items():
+                self._tokens[client] += spent
+            raise

@@ -28,6 +28,8 @@ from zai_proxy.proxy.buckets import LATENCY_BUCKETS
 from zai_proxy.proxy.usage import Usage
 from zai_proxy.shared.proxy_metrics import (
     BUILD_INFO,
+    CLIENT_REFUSALS,
+    CLIENT_WAIT,
     IN_FLIGHT,
     KEY_ATTEMPTS,
     KEY_CONCURRENCY,
@@ -257,6 +259,21 @@ class ProxyMetrics:
             ["key", "variant"],
             registry=r,
         )
+        self.client_wait = Histogram(
+            CLIENT_WAIT,
+            "Time a request's first upstream attempt waited for the limiter, by client key "
+            "alias and priority class.",
+            ["client", "class", "variant"],
+            buckets=WAIT_BUCKETS,
+            registry=r,
+        )
+        self.client_refusals = Counter(
+            CLIENT_REFUSALS,
+            "Requests the proxy refused itself, by client key alias and reason (the "
+            "X-Proxy-Error code; a budget: client_budget_<rpm|concurrent|tokens_per_day>).",
+            ["client", "reason", "variant"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             IN_FLIGHT,
             "Requests being proxied now (holding a worker).",
@@ -356,6 +373,14 @@ class ProxyMetrics:
     def refusal(self, reason: str) -> None:
         """Count one answer the proxy made itself; ``reason`` is a ProxyError code."""
         self._child(self.refusals, reason, self.variant).inc()
+
+    def client_waited(self, client: str, priority: str, seconds: float) -> None:
+        """Record how long a request's first attempt waited for the limiter."""
+        self._child(self.client_wait, client, priority, self.variant).observe(seconds)
+
+    def client_refused(self, client: str, reason: str) -> None:
+        """Count one request of a client the proxy refused itself."""
+        self._child(self.client_refusals, client, reason, self.variant).inc()
 
     def retry(self, reason: str) -> None:
         """Count one repeated upstream attempt."""

@@ -34,6 +34,9 @@ KEY_CONCURRENCY = "proxy_upstream_key_concurrency_limit"
 KEY_PARKED = "proxy_upstream_key_parked"
 KEY_PARKED_UNTIL = "proxy_upstream_key_parked_until_timestamp_seconds"
 KEY_ATTEMPTS = "proxy_upstream_key_attempts_total"
+# Per client, labelled by the client key's alias (``client``) and priority ``class``.
+CLIENT_WAIT = "proxy_client_limiter_wait_seconds"
+CLIENT_REFUSALS = "proxy_client_refusals_total"
 
 # Values of the duration histogram's ``origin`` label: who ended the exchange. The
 # upstream's answer was passed on (its errors too); the proxy answered itself (a refusal:

@@ -13,6 +13,7 @@ import pytest
 
 from tests.support import TEST_KEY, Scrape, ServiceProcess, scrape, start_proxy
 from zai_proxy.proxy.auth import ANONYMOUS, ClientKeys, Unauthorized, parse_file, parse_inline
+from zai_proxy.shared.keyfiles import Entry
 from zai_proxy.simulator.process import SimulatorProcess
 
 CHAT = {"model": "glm-4.6", "messages": [{"role": "user", "content": "hi"}]}
@@ -21,11 +22,14 @@ KEYS = "alice:alice-key-0001,bob:bob-key-000002"
 
 def test_inline_and_file_keys_are_parsed_and_bad_entries_are_named_not_shown() -> None:
     assert parse_inline(" alice:alice-key-0001 , bob:bob-key-000002,") == {
-        "alice": "alice-key-0001",
-        "bob": "bob-key-000002",
+        "alice": Entry("alice-key-0001"),
+        "bob": Entry("bob-key-000002"),
     }
     text = "# team keys\nalice alice-key-0001  # laptop\n\nci ci-key-00000003\n"
-    assert parse_file(text, "keys.txt") == {"alice": "alice-key-0001", "ci": "ci-key-00000003"}
+    assert parse_file(text, "keys.txt") == {
+        "alice": Entry("alice-key-0001"),
+        "ci": Entry("ci-key-00000003"),
+    }
     for bad in ("alice", "alice:short", "bad alias:abcdefghij", "a:abcdefgh1,a:abcdefgh2"):
         with pytest.raises(ValueError) as error:
             parse_inline(bad)
