@@ -47,7 +47,7 @@ def run(case: str, requests: int, endpoint: str) -> float:
     from zai_proxy.proxy.tracing import ProxyTracer
 
     with patched_env({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, **CASES[case]}):
-        telemetry = telemetry_from_env("zai-proxy")
+        telemetry = telemetry_from_env("zai-proxy", export="process")
     assert telemetry is not None
     tracer = ProxyTracer(
         telemetry,

@@ -169,7 +169,7 @@ class ProxyApp:
             ]
         )
         access_log = AccessLog(path=s.access_log_file) if s.access_log else None
-        self.telemetry = telemetry_from_env("zai-proxy")
+        self.telemetry = telemetry_from_env("zai-proxy", export="process")
         tracer = None
         if self.telemetry is not None:
             from zai_proxy.proxy.tracing import ProxyTracer

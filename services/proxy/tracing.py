@@ -28,18 +28,17 @@ from urllib.parse import urlsplit
 
 import orjson
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from zai_proxy.proxy.errors import ProxyError
 from zai_proxy.proxy.response_facts import ResponseFacts
 from zai_proxy.proxy.retries import RetryableAttempt
 from zai_proxy.shared.outcomes import Outcome
+from zai_proxy.shared.span_export import SpanRecord
 from zai_proxy.shared.telemetry import Telemetry
 
 if TYPE_CHECKING:
-    from opentelemetry.trace import Span
-
     from zai_proxy.proxy.forwarding import Exchange
     from zai_proxy.proxy.limiting import Ticket
     from zai_proxy.proxy.routing import Route
@@ -60,6 +59,9 @@ DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 
 MAX_MODEL_CHARS = 128
 _TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 _NO_RETRY = frozenset({Outcome.OK, Outcome.CLIENT_ERROR})
+_SERVER, _CLIENT, _INTERNAL = SpanKind.SERVER.value, SpanKind.CLIENT.value, SpanKind.INTERNAL.value
+_UNSET, _ERROR = StatusCode.UNSET.value, StatusCode.ERROR.value
+_SAMPLED, _RANDOM = int(TraceFlags.SAMPLED), int(TraceFlags.RANDOM_TRACE_ID)
 
 
 def _address(url: str) -> tuple[str, int]:
@@ -81,7 +83,12 @@ class ProxyTracer:
         capture_content: bool = False,
     ) -> None:
         """``upstreams``: the base URL of each dialect (server.address and server.port)."""
-        self.tracer = telemetry.tracer
+        if telemetry.spans is None:
+            raise ValueError("the proxy's telemetry exports its spans from a process of its own")
+        self.spans = telemetry.spans
+        self.sampler = telemetry.sampler
+        self.ids = telemetry.id_generator
+        self.random_ids = self.ids.is_trace_id_random()
         self.provider = provider
         self.variant = variant
         self.capture_content = capture_content
@@ -134,50 +141,97 @@ class ProxyTracer:
         return attributes
 
     def begin(self, scope: dict[str, Any]) -> RequestTrace:
-        """The trace of a request just arrived: its SERVER span, started now."""
+        """The trace of a request just arrived: its SERVER span's ids and the sampler's
+        decision, as the SDK's ``Tracer.start_span`` makes them; its start, now."""
         carrier: dict[str, str] = {}
         for name, value in scope["headers"]:
             if name in (b"traceparent", b"tracestate"):
                 carrier[name.decode()] = value.decode("latin-1")
         context = self.propagator.extract(carrier) if carrier else None
-        span = self.tracer.start_span("proxy", context=context, kind=SpanKind.SERVER)
-        return RequestTrace(self, span)
+        parent = trace.get_current_span(context).get_span_context() if context else None
+        if parent is not None and parent.is_valid:
+            trace_id, random = parent.trace_id, parent.trace_flags.random_trace_id
+        else:
+            parent, trace_id, random = None, self.ids.generate_trace_id(), self.random_ids
+        result = self.sampler.should_sample(context, trace_id, "proxy", SpanKind.SERVER)
+        # RECORD_ONLY (recorded, not sampled) is never exported: it is recorded as little
+        # as a dropped span.
+        flags = _SAMPLED if result.decision.is_sampled() else 0
+        if random:
+            flags |= _RANDOM
+        return RequestTrace(
+            self,
+            trace_id,
+            self.ids.generate_span_id(),
+            flags,
+            result.trace_state.to_header() if result.trace_state else "",
+            parent.span_id if parent is not None else 0,
+            result.attributes,
+        )
 
 
 class RequestTrace:
-    """One request's spans, fed by the forwarder's hooks."""
+    """One request's spans, fed by the forwarder's hooks: plain numbers and dicts while
+    the request runs, records for the export process (shared/span_export.py) at its end.
+
+    Every span of the request shares the SERVER span's sampling decision: the SDK's
+    built-in samplers decide a child as its parent (``parentbased_*``) or from the trace
+    id alone (``traceidratio``, ``always_*``), the same answer for the whole request."""
 
     __slots__ = (
         "_admit_from",
         "_attempt",
         "_attempts",
-        "_context",
         "_error",
         "_failure",
         "_limited",
         "_pool",
         "_retry_after",
+        "_sampler_attributes",
+        "_spans",
         "_status",
         "_upstream_headers",
         "facts",
+        "flags",
+        "parent_id",
         "recording",
-        "span",
+        "span_id",
+        "start",
+        "state",
+        "trace_int",
         "tracer",
     )
 
-    def __init__(self, tracer: ProxyTracer, span: Span) -> None:
+    def __init__(
+        self,
+        tracer: ProxyTracer,
+        trace_id: int,
+        span_id: int,
+        flags: int,
+        state: str,
+        parent_id: int,
+        sampler_attributes: Any,
+    ) -> None:
+        """The SERVER span's context (``state``: its tracestate header; ``parent_id``:
+        the client's span, 0 for none) and the sampler's attributes for it."""
         self.tracer = tracer
-        self.span = span
-        self.recording = span.is_recording()
+        self.trace_int = trace_id
+        self.span_id = span_id
+        self.flags = flags
+        self.state = state
+        self.parent_id = parent_id
+        self.recording = bool(flags & _SAMPLED)
+        self.start = time.time_ns()
         self.facts: ResponseFacts | None = None  # set once the dialect is known
-        # The parent of the attempts' and the limiter's spans; a request left out by the
-        # sampler has none of them.
-        self._context = trace.set_span_in_context(span) if self.recording else None
+        self._sampler_attributes = sampler_attributes
+        # The finished child spans; a request left out by the sampler has none.
+        self._spans: list[SpanRecord] = []
         # Unrecorded, every attempt sends the same trace context: the headers are made once.
         self._upstream_headers: list[tuple[str, str]] | None = None
         self._admit_from = 0
         self._pool = ""
-        self._attempt: Span | None = None
+        # The attempt under way: its span id, name, start and attributes.
+        self._attempt: tuple[int, str, int, dict[str, Any]] | None = None
         self._attempts = 0
         self._failure: Outcome | None = None  # of the attempt before this one
         self._retry_after: float | None = None
@@ -188,7 +242,25 @@ class RequestTrace:
     @property
     def trace_id(self) -> str:
         """The trace id in hex, for the access log."""
-        return format(self.span.get_span_context().trace_id, "032x")
+        return format(self.trace_int, "032x")
+
+    def _record(
+        self,
+        span_id: int,
+        name: str,
+        kind: int,
+        start: int,
+        end: int,
+        attributes: dict[str, Any],
+        status: int = _UNSET,
+    ) -> SpanRecord:
+        # The SERVER span's parent is the client's (remote) span, if any; the others' is it.
+        if kind == _SERVER:
+            parent, remote = self.parent_id, self.parent_id != 0
+        else:
+            parent, remote = self.span_id, False
+        return (self.trace_int, span_id, parent, remote, self.flags, self.state, name, kind,
+                start, end, attributes, status, None, ())  # fmt: skip
 
     def routed(self, route: Route) -> ResponseFacts | None:
         """The route is known: the facts to collect from the answer (None: not recorded)."""
@@ -223,7 +295,7 @@ class RequestTrace:
         self._status, self._retry_after = 0, None
         if not self.recording:
             if self._upstream_headers is None:
-                self._upstream_headers = _traced(headers, self.span)
+                self._upstream_headers = self._traced(headers, self.span_id)
             return self._upstream_headers
         self._pool = pool
         now = time.time_ns()
@@ -241,28 +313,29 @@ class RequestTrace:
             attributes["http.request.resend_count"] = self._attempts - 1
             if self._failure is not None:
                 attributes["zai_proxy.retry.reason"] = self._failure.value
-        span = self._attempt = self.tracer.tracer.start_span(
-            f"{method} {route.template}",
-            context=self._context,
-            kind=SpanKind.CLIENT,
-            attributes=attributes,
-        )
-        return _traced(headers, span)
+        span_id = self.tracer.ids.generate_span_id()
+        self._attempt = (span_id, f"{method} {route.template}", now, attributes)
+        return self._traced(headers, span_id)
+
+    def _traced(self, headers: list[tuple[str, str]], span_id: int) -> list[tuple[str, str]]:
+        """``headers`` with the client's trace context replaced by the span ``span_id``'s."""
+        out = [pair for pair in headers if pair[0].lower() not in _TRACE_HEADERS]
+        out.append(("traceparent", f"00-{self.trace_int:032x}-{span_id:016x}-{self.flags:02x}"))
+        if self.state:
+            out.append(("tracestate", self.state))
+        return out
 
     def _limiter_span(self, waited: float, *, local: bool, end: int, refused: bool = False) -> None:
         self._limited += waited
-        span = self.tracer.tracer.start_span(
-            "limiter wait",
-            context=self._context,
-            start_time=self._admit_from or end - int(waited * 1e9),
-            attributes={
-                "zai_proxy.limiter.pool": self._pool,
-                "zai_proxy.limiter.wait": waited,
-                "zai_proxy.limiter.local": local,
-                "zai_proxy.limiter.refused": refused,
-            },
-        )
-        span.end(end)
+        attributes = {
+            "zai_proxy.limiter.pool": self._pool,
+            "zai_proxy.limiter.wait": waited,
+            "zai_proxy.limiter.local": local,
+            "zai_proxy.limiter.refused": refused,
+        }
+        start = self._admit_from or end - int(waited * 1e9)
+        span_id = self.tracer.ids.generate_span_id()
+        self._spans.append(self._record(span_id, "limiter wait", _INTERNAL, start, end, attributes))
 
     def retryable(self, failed: RetryableAttempt) -> None:
         """The attempt failed in a way another may fix."""
@@ -274,11 +347,12 @@ class RequestTrace:
         """The attempt is over (its answer passed on, or failed)."""
         if outcome is not None and outcome not in _NO_RETRY:
             self._failure = outcome  # the next attempt's retry reason, the metrics' error
-        span, self._attempt = self._attempt, None
-        if span is None:
+        attempt, self._attempt = self._attempt, None
+        if attempt is None:
             return
+        span_id, name, start, attributes = attempt
         status = self._status or (exchange.status if exchange.started else 0)
-        attributes: dict[str, Any] = {}
+        code = _UNSET
         if status:
             attributes["http.response.status_code"] = status
         if outcome is not None:
@@ -286,11 +360,11 @@ class RequestTrace:
             if outcome is not Outcome.OK:
                 error = str(status) if outcome is Outcome.CLIENT_ERROR else outcome.value
                 attributes["error.type"] = error
-                span.set_status(Status(StatusCode.ERROR))
+                code = _ERROR
         if self._retry_after is not None:
             attributes["zai_proxy.upstream.retry_after"] = self._retry_after
-        span.set_attributes(attributes)
-        span.end()
+        record = self._record(span_id, name, _CLIENT, start, time.time_ns(), attributes, code)
+        self._spans.append(record)
 
     def refused(self, err: ProxyError) -> None:
         """The proxy answers the request itself (or ends a stream) with this error."""
@@ -302,15 +376,13 @@ class RequestTrace:
         self._admit_from = 0
 
     def end(self, exchange: Exchange, duration: float) -> None:
-        """The request is over: name the SERVER span, give it its attributes, end it, and
-        count the GenAI metrics."""
-        span = self.span
+        """The request is over: the SERVER span's name and attributes, its record and its
+        children's to the export process; the GenAI metrics."""
         operation = OPERATIONS.get(exchange.template)
         error = self._error_type(exchange)
         if operation is not None:
             self._measure(exchange, operation, duration, error)
         if not self.recording:
-            span.end()
             return
         address, port = self.tracer.addresses[exchange.dialect]
         attributes: dict[str, Any] = {
@@ -321,6 +393,8 @@ class RequestTrace:
             "server.address": address,
             "server.port": port,
         }
+        if self._sampler_attributes:
+            attributes.update(self._sampler_attributes)
         if exchange.status:
             attributes["http.response.status_code"] = exchange.status
         if exchange.ttfb is not None:
@@ -330,14 +404,18 @@ class RequestTrace:
         if self._attempts:
             attributes["zai_proxy.upstream.attempts"] = self._attempts
         if operation is None:
-            span.update_name(f"{exchange.method} {exchange.template}")
+            name = f"{exchange.method} {exchange.template}"
         else:
-            self._genai(exchange, operation, attributes)
+            name = self._genai(exchange, operation, attributes)
+        code = _UNSET
         if error:
             attributes["error.type"] = error
-            span.set_status(Status(StatusCode.ERROR))
-        span.set_attributes(attributes)
-        span.end()
+            code = _ERROR
+        spans = self._spans
+        spans.append(
+            self._record(self.span_id, name, _SERVER, self.start, time.time_ns(), attributes, code)
+        )
+        self.tracer.spans.add(spans)
 
     def _error_type(self, exchange: Exchange) -> str:
         if exchange.disconnected and not exchange.finished:
@@ -351,12 +429,11 @@ class RequestTrace:
             return str(status)
         return "" if status else "_OTHER"
 
-    def _genai(self, exchange: Exchange, operation: str, attributes: dict[str, Any]) -> None:
+    def _genai(self, exchange: Exchange, operation: str, attributes: dict[str, Any]) -> str:
         """The GenAI conventions' attributes, into ``attributes``; the span's name."""
         request = exchange.request
         info = request.info if request is not None else None
         model = (info.model or "")[:MAX_MODEL_CHARS] if info is not None else ""
-        self.span.update_name(f"{operation} {model}" if model else operation)
         attributes["gen_ai.operation.name"] = operation
         attributes["gen_ai.provider.name"] = self.tracer.provider
         if model:
@@ -382,6 +459,7 @@ class RequestTrace:
                 attributes["gen_ai.usage.reasoning.output_tokens"] = usage.reasoning
         if self.tracer.capture_content:
             self._content(exchange, attributes)
+        return f"{operation} {model}" if model else operation
 
     def _content(self, exchange: Exchange, attributes: dict[str, Any]) -> None:
         """Message content, only when capture is on (the conventions' JSON forms)."""
@@ -413,20 +491,6 @@ class RequestTrace:
             tracer.token_usage.record((operation, model, upstream, "output"), usage.output)
         if tracer.duration is not None:
             tracer.duration.record((operation, model, upstream, error), duration)
-
-
-def _traced(headers: list[tuple[str, str]], span: Span) -> list[tuple[str, str]]:
-    """``headers`` with the client's trace context replaced by ``span``'s."""
-    context = span.get_span_context()
-    out = [pair for pair in headers if pair[0].lower() not in _TRACE_HEADERS]
-    out.append(
-        ("traceparent", f"00-{context.trace_id:032x}-{context.span_id:016x}-"
-         f"{context.trace_flags:02x}")
-    )  # fmt: skip
-    state = context.trace_state.to_header()
-    if state:
-        out.append(("tracestate", state))
-    return out
 
 
 def _parts(content: object) -> list[dict[str, Any]]:
