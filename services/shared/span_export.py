@@ -40,6 +40,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
 
 log = logging.getLogger("zai_proxy.telemetry")
@@ -218,6 +219,21 @@ class SpanForwarder(SpanProcessor):
             self._export.add((record_of(span),))
 
 
+class _FixedResource(Resource):
+    """A resource whose hash is computed once: the OTLP encoder groups spans by resource,
+    and ``Resource.__hash__`` serialises the attributes to JSON at every call."""
+
+    def __init__(self, resource: Resource) -> None:
+        super().__init__(resource.attributes, resource.schema_url)
+        self._hash = super().__hash__()
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or super().__eq__(other)
+
+
 def _code(child: subprocess.Popen[bytes] | None) -> str:
     return "not started" if child is None else f"status {child.returncode}"
 
@@ -271,18 +287,22 @@ def serve(service_name: str, scope_name: str, scope_version: str, stream: IO[byt
     from zai_proxy.shared.telemetry import SHUTDOWN_SECONDS, resource_of, span_exporter
 
     environ = os.environ
-    resource = resource_of(service_name)
+    resource = _FixedResource(resource_of(service_name))
     scope = InstrumentationScope(scope_name, scope_version)
     processor = BatchSpanProcessor(span_exporter(environ))
     limits = SpanLimits()
     kinds = {kind.value: kind for kind in SpanKind}
     statuses = {code.value: Status(code) for code in StatusCode}
     states: dict[str, TraceState] = {}
+    length = limits.max_span_attribute_length
 
-    def bounded(attributes: Attributes, count: int | None) -> BoundedAttributes:
-        return BoundedAttributes(
-            count, attributes, immutable=True, max_value_len=limits.max_span_attribute_length
-        )
+    def bounded(attributes: dict[str, Any], count: int | None) -> Attributes:
+        # The records' values are the SDK's kinds already (the proxy sets str, bool, int,
+        # float and lists of str; a span of the SDK's was cleaned when it was set): only
+        # the OTEL_*_LIMIT variables are left to apply, as the SDK's span applies them.
+        if length is None and (count is None or len(attributes) <= count):
+            return attributes
+        return BoundedAttributes(count, attributes, immutable=True, max_value_len=length)
 
     for batch in _read_batches(stream):
         for record in batch:
