@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 import orjson
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, StatusCode, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -62,6 +63,7 @@ _NO_RETRY = frozenset({Outcome.OK, Outcome.CLIENT_ERROR})
 _SERVER, _CLIENT, _INTERNAL = SpanKind.SERVER.value, SpanKind.CLIENT.value, SpanKind.INTERNAL.value
 _UNSET, _ERROR = StatusCode.UNSET.value, StatusCode.ERROR.value
 _SAMPLED, _RANDOM = int(TraceFlags.SAMPLED), int(TraceFlags.RANDOM_TRACE_ID)
+_ROOT = Context()
 
 
 def _address(url: str) -> tuple[str, int]:
@@ -147,7 +149,10 @@ class ProxyTracer:
         for name, value in scope["headers"]:
             if name in (b"traceparent", b"tracestate"):
                 carrier[name.decode()] = value.decode("latin-1")
-        context = self.propagator.extract(carrier) if carrier else None
+        # Nothing in the proxy makes a span current: without a traceparent the request is
+        # a root, decided on an empty context (the sampler's look-up of the current one
+        # costs more than the rest of its decision).
+        context = self.propagator.extract(carrier) if carrier else _ROOT
         parent = trace.get_current_span(context).get_span_context() if context else None
         if parent is not None and parent.is_valid:
             trace_id, random = parent.trace_id, parent.trace_flags.random_trace_id
