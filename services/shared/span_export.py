@@ -4,9 +4,10 @@ process that serves requests (ADR 0019).
 
 The OTLP exporters build every attribute as protobuf objects in Python: about 100 µs per
 span of the proxy's, on a thread that holds the GIL beside the event loop. Here the
-serving process only turns a finished span into a tuple of plain values (``SpanRecord``)
-and appends it to a bounded list; a thread of its own hands the list to the child every
-HANDOFF_SECONDS as one pickle (the pipe's write releases the GIL). The child
+serving process only turns a request's finished spans into tuples of plain values
+(``SpanRecord``), pickles them and appends the bytes to a bounded list; a thread of its
+own writes the list to the child every HANDOFF_SECONDS (the pipe's write releases the
+GIL). The child
 (``python -m zai_proxy.shared.span_export``) rebuilds each record as the SDK's
 ``ReadableSpan`` (the attribute limits of OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT and
 OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT applied as the SDK's spans apply them) and gives it to
@@ -70,7 +71,7 @@ HANDOFF_SECONDS = 0.05  # the longest a finished span waits in the serving proce
 RESTART_SECONDS = 5.0
 DEFAULT_MAX_QUEUE = 2048  # OTEL_BSP_MAX_QUEUE_SIZE's default
 QUEUE_FULL_LOG_SECONDS = 60.0
-_HEADER = struct.Struct("<I")  # each batch on the pipe: its length, then its pickle
+_HEADER = struct.Struct("<I")  # each frame on the pipe: its length, then its pickle
 _PIPE_BYTES = 1 << 20  # the pipe's buffer, where Linux lets it be raised (F_SETPIPE_SZ)
 
 
@@ -105,7 +106,11 @@ class SpanExportProcess:
         self._environ = {**os.environ, **environ}
         self._limit = max_queue(environ)
         self._wake_at = max(1, self._limit // 2)
-        self._pending: list[SpanRecord] = []
+        # Pickled at once (the records' dicts and tuples die young, which the garbage
+        # collector's youngest generation prefers to 50 ms of survivors): the frames for
+        # the pipe, and the spans they hold.
+        self._pending: list[bytes] = []
+        self._spans = 0
         self._lock = threading.Lock()  # add on the event loop, take on the handoff thread
         self._wake = threading.Event()
         self._stopping = False
@@ -118,14 +123,17 @@ class SpanExportProcess:
         self._thread.start()
 
     def add(self, records: Sequence[SpanRecord]) -> None:
-        """Queue finished spans for export: an append under a lock, never a wait."""
+        """Queue finished spans for export: a pickle and an append under a lock, never a
+        wait."""
+        count = len(records)
+        data = pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
-            pending = self._pending
-            if len(pending) + len(records) > self._limit:
-                self._dropped += len(records)
+            if self._spans + count > self._limit:
+                self._dropped += count
                 return
-            pending.extend(records)
-            wake = len(pending) >= self._wake_at
+            self._spans += count
+            self._pending.append(_HEADER.pack(len(data)) + data)
+            wake = self._spans >= self._wake_at
         if wake:
             self._wake.set()
 
@@ -145,31 +153,30 @@ class SpanExportProcess:
             self._wake.wait(HANDOFF_SECONDS)
             self._wake.clear()
             with self._lock:
-                batch, self._pending = self._pending, []
+                frames, self._pending = self._pending, []
+                spans, self._spans = self._spans, 0
                 stopping = self._stopping
-            if batch:
-                self._send(batch)
+            if frames:
+                self._send(frames, spans)
             self._log_drops()
             if stopping:
                 return
 
-    def _send(self, batch: list[SpanRecord]) -> None:
+    def _send(self, frames: list[bytes], spans: int) -> None:
         child = self._child
         if child is None or child.poll() is not None:
             if self._stopping or time.monotonic() - self._started < RESTART_SECONDS:
-                self._dropped += len(batch)
+                self._dropped += spans
                 return
             log.warning("the span exporter process exited (%s): starting another", _code(child))
             self._start_child()
             child = self._child
         assert child is not None and child.stdin is not None
-        data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
         try:
-            child.stdin.write(_HEADER.pack(len(data)))
-            child.stdin.write(data)
+            child.stdin.write(b"".join(frames))
             child.stdin.flush()
         except (BrokenPipeError, ValueError, OSError):
-            self._dropped += len(batch)
+            self._dropped += spans
 
     def _log_drops(self) -> None:
         if not self._dropped:
@@ -262,7 +269,7 @@ def record_of(span: ReadableSpan) -> SpanRecord:
 
 
 def _read_batches(stream: IO[bytes]) -> Any:
-    """The batches of records on ``stream``, until its end."""
+    """The frames of records on ``stream`` (a request's spans each), until its end."""
     while True:
         header = stream.read(_HEADER.size)
         if len(header) < _HEADER.size:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -436,6 +437,27 @@ def rss_kib(pid: int) -> int:
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS")))
 
 
+def export_process(proxy: ServiceProcess) -> int:
+    """The pid of the proxy's span export process (services/shared/span_export.py)."""
+
+    pid = proxy.process.pid
+    children: list[str] = []
+
+    def started() -> bool:
+        children[:] = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        return len(children) == 1
+
+    wait_until(started, 10.0)
+    return int(children[0])
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def hammer(proxy: ServiceProcess, count: int, workers: int = 8) -> list[float]:
     """``count`` chat requests over ``workers`` connections; each one's seconds."""
     body = {"model": "glm-4.6", "messages": [{"role": "user", "content": "hi"}]}
@@ -471,16 +493,57 @@ def test_an_exporter_endpoint_down_or_slow_never_holds_a_request_and_memory_stay
             "ACCESS_LOG": "false",
         }
         with start_proxy(upstream.url, env=env) as proxy:
+            exporter = export_process(proxy)
             hammer(proxy, 400)  # warm: pools, caches, the queue filled
-            before = rss_kib(proxy.process.pid)
+            before = rss_kib(proxy.process.pid), rss_kib(exporter)
             times = hammer(proxy, 4000)
-            after = rss_kib(proxy.process.pid)
+            after = rss_kib(proxy.process.pid), rss_kib(exporter)
             log = proxy.log()
-    # A span is some kilobytes: 4,000 of them kept would be tens of megabytes.
-    assert after - before < 12 * 1024, (before, after)
+    # A span is some kilobytes: 4,000 of them kept would be tens of megabytes, in the
+    # proxy or in the process that exports them.
+    assert after[0] - before[0] < 12 * 1024, (before, after)
+    assert after[1] - before[1] < 12 * 1024, (before, after)
     assert max(times) < 2.0, max(times)
     warnings = [line for line in log.splitlines() if "span queue full" in line]
     assert 1 <= len(warnings) <= 2, warnings  # thinned, not one line per dropped span
+
+
+def test_spans_queued_at_shutdown_go_out_before_the_proxy_exits(
+    upstream: SimulatorProcess, otlp: OTLPReceiver
+) -> None:
+    # The SDK's default schedule: a span would wait 5 s for its batch, the proxy stops first.
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp.url, "OTEL_BSP_SCHEDULE_DELAY": "5000"}
+    with start_proxy(upstream.url, env=env) as proxy:
+        exporter = export_process(proxy)
+        traceparent, trace_id, _ = new_traceparent()
+        response, _ = call(proxy, "openai", traceparent=traceparent)
+        assert response.status_code == 200
+        assert proxy.stop() == 0
+    server, (attempt,) = server_span(otlp, trace_id)
+    assert server.kind == "server" and attempt.kind == "client"
+    # The export process ends with the proxy: none is left behind.
+    wait_until(lambda: not alive(exporter), 5.0)
+
+
+def test_an_export_process_that_dies_is_started_again(
+    upstream: SimulatorProcess, otlp: OTLPReceiver
+) -> None:
+    with start_proxy(upstream.url, env=traced_env(otlp)) as proxy:
+        first = export_process(proxy)
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: not alive(first), 5.0)
+
+        # Spans finished while it was down are lost (counted); those after the restart
+        # delay (span_export.RESTART_SECONDS) arrive through a new one.
+        def delivered() -> bool:
+            traceparent, trace_id, _ = new_traceparent()
+            assert call(proxy, "openai", traceparent=traceparent)[0].status_code == 200
+            time.sleep(0.5)
+            return bool(otlp.trace(trace_id))
+
+        wait_until(delivered, 20.0)
+        assert export_process(proxy) != first
+        assert "the span exporter process exited" in proxy.log()
 
 
 def test_without_an_endpoint_no_tracing_is_loaded_or_started() -> None:
