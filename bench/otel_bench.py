@@ -110,8 +110,10 @@ def patched_env(values: dict[str, str]) -> Iterator[None]:
 
 def children(pid: int) -> list[int]:
     """The child processes of ``pid`` (its span export process, with tracing on)."""
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(child) for child in path.read_text().split()] if path.exists() else []
+    tasks = Path(f"/proc/{pid}/task")
+    if not tasks.exists():
+        return []
+    return [int(one) for task in tasks.iterdir() for one in (task / "children").read_text().split()]
 
 
 def main() -> None:

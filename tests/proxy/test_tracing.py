@@ -444,7 +444,12 @@ def export_process(proxy: ServiceProcess) -> int:
     children: list[str] = []
 
     def started() -> bool:
-        children[:] = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        # Listed under the thread that started it (a restart is the handoff thread's).
+        children[:] = [
+            child
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
         return len(children) == 1
 
     wait_until(started, 10.0)
