@@ -280,6 +280,12 @@ class MemoryStore:
         saved = state.live_state(now)
         if saved and (limited or concurrency_limited):
             _push(saved, now, limited, concurrency_limited, refused_at)
+        elif not saved and concurrency_limited and refused_at is not None:
+            # A new pool's first 1302 caps it all the same (see report.lua).
+            cap = str(max(1, refused_at - 1))
+            fields = {s.CONCURRENCY: cap, s.EPOCH: "1", s.PUSHED_CAP: repr(now), s.VERSION: "1"}
+            state.state, state.state_expiry = fields, now + STATE_TTL_SECONDS
+            saved = fields
         if freed and parse_cap(saved.get(s.CONCURRENCY)) is not None:
             self._announce(pool, freed)
 

@@ -246,6 +246,7 @@ class RedisStore:
                     pool_keys.freed,
                     self._clients_prefix,
                     pool,
+                    _millis(STATE_TTL_SECONDS),
                     len(release),
                     *release,
                     len(spent),
