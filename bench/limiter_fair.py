@@ -217,8 +217,28 @@ def run(args: argparse.Namespace, name: str, loads: list[Load], log: Path) -> di
                 )
                 time.sleep(SAMPLE_S)
 
+        def watcher() -> None:
+            import redis
+
+            from zai_proxy.limiter.store import count_flows
+
+            client = redis.Redis.from_url(redis_url)
+            while not stopped.is_set():
+                time.sleep(1.0)
+                for key in client.scan_iter(match="bench:{*}:leases"):
+                    base = key.decode().rpartition(":")[0]
+                    leases = [m.decode() for m in client.zrange(key, 0, -1)]
+                    waiters = [m.decode() for m in client.zrange(f"{base}:waiters", 0, -1)]
+                    cap = client.hget(f"{base}:state", "concurrency")
+                    flows = {f.client: (f.held, f.waiting) for f in count_flows(leases, waiters)}
+                    upstream = samples[-1][1] if samples else None
+                    at = time.monotonic() - start
+                    print(f"{at:5.1f} s cap {cap} upstream {upstream} (held, waiting) {flows}")
+
         thread = threading.Thread(target=sampler, daemon=True)
         thread.start()
+        if args.watch:
+            threading.Thread(target=watcher, daemon=True).start()
         seen = asyncio.run(run_load([r.url for r in replicas], loads, args.seconds, start))
         stopped.set()
         thread.join()
@@ -230,12 +250,13 @@ def run(args: argparse.Namespace, name: str, loads: list[Load], log: Path) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=40.0)
-    parser.add_argument("--measure", type=float, default=20.0, help="the last seconds measured")
+    parser.add_argument("--seconds", type=float, default=50.0)
+    parser.add_argument("--measure", type=float, default=25.0, help="the last seconds measured")
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--cap", type=int, default=12, help="the upstream's hidden limit")
     parser.add_argument("--scenario", choices=["equal", "light", "classes", "all"], default="all")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--watch", action="store_true", help="print the store's flows each second")
     args = parser.parse_args()
     chosen = scenarios(args.cap)
     names = list(chosen) if args.scenario == "all" else [args.scenario]
