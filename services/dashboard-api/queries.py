@@ -14,9 +14,15 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from zai_proxy.collector.history import ALL_VARIANTS, DEFAULT_MAX_POINTS, SnapshotHistory
-from zai_proxy.collector.rollup import downsample
-from zai_proxy.collector.snapshot import Snapshot
-from zai_proxy.dashboard_api.points import Round, point, rounds_of
+from zai_proxy.collector.rollup import (
+    OTHER_CLIENT,
+    derive_client,
+    downsample,
+    fold_clients,
+    merge_clients,
+)
+from zai_proxy.collector.snapshot import ClientFigures, Snapshot
+from zai_proxy.dashboard_api.points import Round, clients_of, point, rounds_of
 
 RangeName = Literal["5m", "15m", "1h", "6h", "24h", "7d"]
 # Range name → seconds, in the order the UI offers them.
@@ -44,6 +50,23 @@ class Series:
     step: int
     series: dict[str, list[dict[str, Any]]]
     summary: dict[str, dict[str, Any] | None]
+    clients: dict[str, dict[str, Any]]  # each client's range, over the variants
+
+
+def clients_over(summaries: list[Snapshot]) -> dict[str, ClientFigures]:
+    """Each client's figures over the variants' summaries of one range: totals summed,
+    wait percentiles from the merged buckets, the variants' admitted rates added (each is
+    per second of what its own points cover)."""
+    merged = fold_clients(merge_clients(s.clients for s in summaries))
+    rates: dict[str, float] = {}
+    for summary in summaries:
+        for client, figures in summary.clients.items():
+            name = client if client in merged else OTHER_CLIENT
+            rates[name] = rates.get(name, 0.0) + figures.admitted_per_s
+    for client, figures in merged.items():
+        derive_client(figures, 1.0)
+        figures.admitted_per_s = rates.get(client, 0.0)
+    return merged
 
 
 class HistoryReader:
@@ -82,11 +105,10 @@ class HistoryReader:
         for snapshot in rows:
             series.setdefault(snapshot.variant, []).append(point(snapshot))
             by_variant.setdefault(snapshot.variant, []).append(snapshot)
-        summary = {
-            name: point(downsample(found, start, span)) if found else None
-            for name, found in by_variant.items()
-        }
-        return Series(start, end, plan.step, series, summary)
+        whole = {name: downsample(part, start, span) for name, part in by_variant.items() if part}
+        summary = {name: point(whole[name]) if name in whole else None for name in by_variant}
+        clients = clients_of(clients_over(list(whole.values())))
+        return Series(start, end, plan.step, series, summary, clients)
 
     async def latest(self) -> dict[str, dict[str, Any] | None]:
         """The newest point of every variant."""

@@ -76,13 +76,13 @@ def test_a_round_gives_each_client_its_answers_admissions_refusals_tokens_and_wa
     b.admit("ci", 0.07, priority="interactive")  # a request may ask for another class
     for _ in range(3):
         a.refuse("ci", "client_budget_rpm")
-    b.refuse("ide", "rate_limited")
+    b.refuse("ide", "proxy_rate_limited")
     [s] = merger.merge(105.0, [a.scrape("a", 105.0), b.scrape("b", 105.0)])
 
     assert set(s.clients) == {"ide", "ci"}
     ide, ci = s.clients["ide"], s.clients["ci"]
     assert (ide.requests, ide.requests_2xx, ide.admitted, ide.refused) == (4, 3, 3, 1)
-    assert ide.refused_by == {"rate_limited": 1}
+    assert ide.refused_by == {"proxy_rate_limited": 1}
     assert ide.admitted_by_class == {"interactive": 3}
     assert (ide.tokens_in, ide.tokens_out) == (300, 60)
     assert ide.admitted_per_s == 3 / 5
@@ -117,7 +117,7 @@ def figures(requests: float, *waits: float) -> ClientFigures:
         requests_2xx=requests,
         admitted=float(len(waits)),
         tokens_in=10 * requests,
-        refused_by={"rate_limited": 1.0},
+        refused_by={"proxy_rate_limited": 1.0},
         refused=1.0,
         admitted_by_class={"interactive": float(len(waits))},
         wait_buckets=wait_buckets(*waits) if waits else {},
@@ -132,7 +132,8 @@ def test_downsampling_sums_each_client_and_reads_its_wait_from_the_merged_bucket
     out = downsample([derive(first), derive(second)], 0, 60)
     ide = out.clients["ide"]
     assert (ide.requests, ide.admitted, ide.refused, ide.tokens_in) == (3, 3, 2, 30)
-    assert ide.refused_by == {"rate_limited": 2} and ide.admitted_by_class == {"interactive": 3}
+    assert ide.refused_by == {"proxy_rate_limited": 2}
+    assert ide.admitted_by_class == {"interactive": 3}
     # Rates are per second the snapshots cover (10 s), as the variant's are.
     assert ide.admitted_per_s == 3 / 10
     merged = merge_buckets(wait_buckets(0.02, 0.4), wait_buckets(3.0))
