@@ -9,7 +9,7 @@ stay exactly one collector round, whatever ``SCRAPE_INTERVAL`` is).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -53,20 +53,35 @@ class Series:
     clients: dict[str, dict[str, Any]]  # each client's range, over the variants
 
 
-def clients_over(summaries: list[Snapshot]) -> dict[str, ClientFigures]:
-    """Each client's figures over the variants' summaries of one range: totals summed,
-    wait percentiles from the merged buckets, the variants' admitted rates added (each is
-    per second of what its own points cover)."""
-    merged = fold_clients(merge_clients(s.clients for s in summaries))
+def clients_over(points: Mapping[str, list[Snapshot]]) -> dict[str, ClientFigures]:
+    """Each client's figures over a range from every variant's points: totals summed, wait
+    percentiles from the merged buckets, the variants' admitted rates added, each over the
+    seconds its own points cover (a bucket with missed rounds covers less than its
+    length; its rates say how much, as the web UI reads them)."""
+    merged = fold_clients(merge_clients(p.clients for found in points.values() for p in found))
     rates: dict[str, float] = {}
-    for summary in summaries:
-        for client, figures in summary.clients.items():
-            name = client if client in merged else OTHER_CLIENT
-            rates[name] = rates.get(name, 0.0) + figures.admitted_per_s
+    for found in points.values():
+        covered = sum(covered_seconds(p) for p in found)
+        admitted: dict[str, float] = {}
+        for p in found:
+            for client, figures in p.clients.items():
+                name = client if client in merged else OTHER_CLIENT
+                admitted[name] = admitted.get(name, 0.0) + figures.admitted
+        for name, count in admitted.items():
+            rates[name] = rates.get(name, 0.0) + (count / covered if covered > 0 else 0.0)
     for client, figures in merged.items():
         derive_client(figures, 1.0)
         figures.admitted_per_s = rates.get(client, 0.0)
     return merged
+
+
+def covered_seconds(snapshot: Snapshot) -> float:
+    """The seconds a point's totals were counted over, recovered from a rate and its total."""
+    if snapshot.requests_per_s > 0 and snapshot.requests_total > 0:
+        return snapshot.requests_total / snapshot.requests_per_s
+    if snapshot.tokens_in_per_s > 0 and snapshot.tokens_in_total > 0:
+        return snapshot.tokens_in_total / snapshot.tokens_in_per_s
+    return snapshot.seconds
 
 
 class HistoryReader:
@@ -107,7 +122,7 @@ class HistoryReader:
             by_variant.setdefault(snapshot.variant, []).append(snapshot)
         whole = {name: downsample(part, start, span) for name, part in by_variant.items() if part}
         summary = {name: point(whole[name]) if name in whole else None for name in by_variant}
-        clients = clients_of(clients_over(list(whole.values())))
+        clients = clients_of(clients_over(by_variant))
         return Series(start, end, plan.step, series, summary, clients)
 
     async def latest(self) -> dict[str, dict[str, Any] | None]:
