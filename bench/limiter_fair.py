@@ -32,7 +32,6 @@ import contextlib
 import json
 import platform
 import random
-import statistics
 import tempfile
 import threading
 import time
@@ -78,12 +77,18 @@ class Seen:
     sent: list[float] = field(default_factory=list)  # when each request was sent
 
 
-def scenarios(cap: int) -> dict[str, list[Load]]:
-    capacity = cap / MEAN_LATENCY_S  # requests per second the upstream can serve
+def capacity_of(args: argparse.Namespace) -> float:
+    """Requests per second the upstream can serve: its rate, or its cap over the latency."""
+    return float(args.rate) if args.rate else args.cap / MEAN_LATENCY_S
+
+
+def scenarios(args: argparse.Namespace) -> dict[str, list[Load]]:
+    capacity = capacity_of(args)
+    many = 10 * round(capacity * MEAN_LATENCY_S)  # connections: ten times the capacity
     return {
-        "equal": [Load("heavy", connections=10 * cap), Load("light", connections=cap)],
-        "light": [Load("heavy", connections=10 * cap), Load("light", rate=0.3 * capacity / 2)],
-        "classes": [Load("batch", connections=10 * cap), Load("interactive", rate=capacity / 2)],
+        "equal": [Load("heavy", connections=many), Load("light", connections=many // 10)],
+        "light": [Load("heavy", connections=many), Load("light", rate=0.3 * capacity / 2)],
+        "classes": [Load("batch", connections=many), Load("interactive", rate=capacity / 2)],
     }
 
 
@@ -150,7 +155,7 @@ def percentile(values: list[float], q: float) -> float | None:
 def analyse(
     seen: dict[str, Seen],
     samples: list[tuple[float, int, int, int]],
-    cap: int,
+    capacity: float,
     seconds: float,
     measure: float,
     loads: list[Load],
@@ -175,12 +180,11 @@ def analyse(
         }
     for figures in clients.values():
         figures["share"] = round(figures["goodput_rps"] / total, 3) if total else None
-    in_flight = statistics.fmean(s[1] for s in window) if window else 0.0
     accepted = window[-1][2] - window[0][2] if len(window) > 1 else 0
     refused = window[-1][3] - window[0][3] if len(window) > 1 else 0
     return {
         "clients": clients,
-        "utilisation": round(in_flight / cap, 3),
+        "goodput_of_capacity": round(total / capacity, 3),
         "upstream_429_ratio": round(refused / (accepted + refused), 4) if accepted else None,
     }
 
@@ -197,7 +201,10 @@ def run(args: argparse.Namespace, name: str, loads: list[Load], log: Path) -> di
         redis_url = stack.enter_context(private_redis(log))
         shared = limiter_env(redis_url, "bench", {})
         stack.enter_context(limiter(shared, log))
-        sim = stack.enter_context(simulator(free_port(), ["--max-concurrency", str(args.cap)]))
+        limit = (
+            ["--rate-limit", str(args.rate)] if args.rate else ["--max-concurrency", str(args.cap)]
+        )
+        sim = stack.enter_context(simulator(free_port(), limit))
         extra = {"PROXY_API_KEYS": clients, "RATE_LIMIT_MAX_WAIT": "60"}
         replicas = stack.enter_context(proxies(args.replicas, sim.url, shared, extra, log))
         start = time.monotonic()
@@ -217,12 +224,35 @@ def run(args: argparse.Namespace, name: str, loads: list[Load], log: Path) -> di
                 )
                 time.sleep(SAMPLE_S)
 
+        def watcher() -> None:
+            import redis
+
+            from zai_proxy.limiter.store import count_flows
+
+            client = redis.Redis.from_url(redis_url, decode_responses=True)
+            while not stopped.is_set():
+                time.sleep(1.0)
+                for key in client.scan_iter(match="bench:{*}:leases"):
+                    base = str(key).rpartition(":")[0]
+                    held = f"{base}:queued" if args.rate else key  # a rate's: turns ahead
+                    leases = [str(m) for m in client.zrange(held, 0, -1)]
+                    waiters = [str(m) for m in client.zrange(f"{base}:waiters", 0, -1)]
+                    cap = str(client.hget(f"{base}:state", "concurrency"))
+                    rate = str(client.hget(f"{base}:state", "rate"))
+                    flows = {f.client: (f.held, f.waiting) for f in count_flows(leases, waiters)}
+                    upstream = samples[-1][1] if samples else None
+                    at = time.monotonic() - start
+                    print(f"{at:5.1f} s cap {cap} rate {rate} upstream {upstream}", end=" ")
+                    print(f"(held or ahead, waiting) {flows}")
+
         thread = threading.Thread(target=sampler, daemon=True)
         thread.start()
+        if args.watch:
+            threading.Thread(target=watcher, daemon=True).start()
         seen = asyncio.run(run_load([r.url for r in replicas], loads, args.seconds, start))
         stopped.set()
         thread.join()
-    result = analyse(seen, samples, args.cap, args.seconds, args.measure, loads)
+    result = analyse(seen, samples, capacity_of(args), args.seconds, args.measure, loads)
     result["scenario"] = name
     result["replicas"] = args.replicas
     return result
@@ -230,14 +260,18 @@ def run(args: argparse.Namespace, name: str, loads: list[Load], log: Path) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=40.0)
-    parser.add_argument("--measure", type=float, default=20.0, help="the last seconds measured")
+    parser.add_argument("--seconds", type=float, default=50.0)
+    parser.add_argument("--measure", type=float, default=25.0, help="the last seconds measured")
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--cap", type=int, default=12, help="the upstream's hidden limit")
+    parser.add_argument(
+        "--rate", type=int, default=0, help="a hidden rate limit (req/s) instead of the cap"
+    )
     parser.add_argument("--scenario", choices=["equal", "light", "classes", "all"], default="all")
     parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--watch", action="store_true", help="print the store's flows each second")
     args = parser.parse_args()
-    chosen = scenarios(args.cap)
+    chosen = scenarios(args)
     names = list(chosen) if args.scenario == "all" else [args.scenario]
     results = []
     for name in names:

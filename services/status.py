@@ -3,7 +3,9 @@
 It asks each part over HTTP, where the environment says they listen (the same variables
 the parts read; ``--host`` picks the machine): the proxy's and the collector's health, the
 limiter's metrics (rate and ceiling per pool, and which upstream key, by alias, each pool is
-and whether it is parked), and the dashboard API's last five minutes of
+and whether it is parked), the clients' flows in each pool (leases held and requests
+waiting, from the limiter's admin ``/state``: only with ``LIMITER_ADMIN_TOKEN`` set), and
+the dashboard API's last five minutes of
 history (of which it sums the last minute). A part that does not answer shows as down;
 the exit status is 0 when every part answered and 1 otherwise.
 """
@@ -101,6 +103,33 @@ def _pools(client: httpx.Client, limiter: Part) -> list[list[str]]:
     return rows
 
 
+def _flows(client: httpx.Client, limiter: Part) -> dict[str, list[list[str]]]:
+    """Each pool's flows now (client, class, weight, held, waiting), for pools with any."""
+    token = os.environ.get("LIMITER_ADMIN_TOKEN")
+    if not token:
+        return {}
+    try:
+        answer = client.get(f"{limiter.url}/state", headers={"authorization": f"Bearer {token}"})
+        pools = answer.json().get("pools", {}) if answer.status_code == 200 else {}
+    except (httpx.HTTPError, ValueError):
+        return {}
+    found: dict[str, list[list[str]]] = {}
+    for pool, state in sorted(pools.items()):
+        flows = state.get("clients") or []
+        if flows:
+            found[pool] = [["client", "class", "weight", "held", "waiting"]] + [
+                [
+                    str(flow["client"]),
+                    str(flow["class"]),
+                    f"{flow['weight']:g}",
+                    str(flow["held"]),
+                    str(flow["waiting"]),
+                ]
+                for flow in flows
+            ]
+    return found
+
+
 _POOL_FIGURES = frozenset(
     {
         "limiter_rate",
@@ -177,6 +206,8 @@ def report(host: str = "127.0.0.1") -> tuple[str, bool]:
         pools = _pools(client, found[1])
         if len(pools) > 1:
             sections.append("limiter\n" + table(pools))
+        for pool, flows in _flows(client, found[1]).items():
+            sections.append(f"clients of pool {pool}\n" + table(flows))
         minute = _last_minute(client, found[3])
         if len(minute) > 1:
             sections.append("last minute\n" + table(minute))

@@ -44,6 +44,13 @@ counts attempts exactly except for requests answered before their first attempt 
 reason (a body over the limit, a client that left while queued): a slight overcount.
 ``rollup.derive`` holds the formula, so coarser resolutions recompute it from totals.
 
+Per client key alias (``Snapshot.clients``): answers and 2xx from ``proxy_requests_total``'s
+``key`` label, tokens in and out from the token counters' ``key``, refusals by reason from
+``proxy_client_refusals_total``, and the limiter wait from
+``proxy_client_limiter_wait_seconds`` (its count is the admitted requests, split by
+``class``), merged over the classes and thinned; series without the label (proxies from
+before client keys) count for no client. At most ``rollup.MAX_CLIENTS`` aliases are kept.
+
 Limiter figures come from the limiter's own exposition (any scraped target exporting
 ``limiter_*``; several limiter replicas agree, so their gauges are combined with max and
 their decision increases summed, as only the leader counts decisions). They describe one
@@ -65,9 +72,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 
 from zai_proxy.collector.baselines import Baseline
-from zai_proxy.collector.percentiles import merge_buckets
+from zai_proxy.collector.percentiles import merge_buckets, thin_buckets
 from zai_proxy.collector.pricing import PriceTable, default_prices
-from zai_proxy.collector.rollup import bucket_start, derive
+from zai_proxy.collector.rollup import bucket_start, derive, fold_clients
 from zai_proxy.collector.scrape_parse import (
     START_TIME,
     Buckets,
@@ -75,7 +82,7 @@ from zai_proxy.collector.scrape_parse import (
     SeriesKey,
     parse_exposition,
 )
-from zai_proxy.collector.snapshot import ModelFigures, Snapshot
+from zai_proxy.collector.snapshot import ClientFigures, ModelFigures, Snapshot
 from zai_proxy.shared import limiter_metrics, proxy_metrics
 
 # A previous scrape older than this many intervals only primes (see the module docstring).
@@ -224,6 +231,7 @@ class RoundMerger:
             snapshot.replicas = len(answered)
             self._add_counters(snapshot, variant, counted)
             _add_histograms(snapshot, variant, counted)
+            _add_clients(snapshot, variant, counted)
             _add_gauges(snapshot, variant, answered)
             _add_limiter(snapshot, variant, answered, limiter)
             snapshots.append(derive(snapshot))
@@ -401,6 +409,52 @@ def _add_histograms(s: Snapshot, variant: str, counted: list[_Increase]) -> None
     s.latency_buckets = _nonempty(merge_buckets(*latency))
     s.ttfb_buckets = _nonempty(merge_buckets(*ttfb))
     s.refusal_wait_buckets = _nonempty(merge_buckets(*refusal_wait))
+
+
+_CLIENT_TOKENS = {
+    proxy_metrics.TOKEN_INPUT: "tokens_in",
+    proxy_metrics.TOKEN_OUTPUT: "tokens_out",
+}
+
+
+def _add_clients(s: Snapshot, variant: str, counted: list[_Increase]) -> None:
+    clients: dict[str, ClientFigures] = defaultdict(ClientFigures)
+    waits: dict[str, list[Buckets]] = defaultdict(list)
+    for increase in counted:
+        for (name, labels), value in increase.counters.items():
+            label = dict(labels)
+            if label.get("variant") != variant or value == 0:
+                continue
+            if name == proxy_metrics.REQUESTS_TOTAL and "key" in label:
+                figures = clients[label["key"]]
+                figures.requests += value
+                status = label.get("status", "")
+                if status.isdigit() and 200 <= int(status) < 300:
+                    figures.requests_2xx += value
+            elif name in _CLIENT_TOKENS and "key" in label:
+                figures = clients[label["key"]]
+                token_field = _CLIENT_TOKENS[name]
+                setattr(figures, token_field, getattr(figures, token_field) + value)
+            elif name == proxy_metrics.CLIENT_REFUSALS and "client" in label:
+                figures = clients[label["client"]]
+                figures.refused += value
+                reason = label.get("reason", proxy_metrics.UNKNOWN)
+                figures.refused_by[reason] = figures.refused_by.get(reason, 0.0) + value
+        for (name, labels), buckets in increase.histograms.items():
+            label = dict(labels)
+            if name != proxy_metrics.CLIENT_WAIT or label.get("variant") != variant:
+                continue
+            admitted = buckets.get(math.inf, 0.0)
+            if "client" not in label or admitted == 0:
+                continue
+            figures = clients[label["client"]]
+            figures.admitted += admitted
+            rank = label.get("class", proxy_metrics.UNKNOWN)
+            figures.admitted_by_class[rank] = figures.admitted_by_class.get(rank, 0.0) + admitted
+            waits[label["client"]].append(buckets)
+    for client, found in waits.items():
+        clients[client].wait_buckets = thin_buckets(merge_buckets(*found))
+    s.clients = fold_clients(dict(clients))
 
 
 def _nonempty(buckets: Buckets) -> Buckets:

@@ -9,7 +9,7 @@ ts) is the upsert key and serves one variant's range query; the (resolution, ts)
 serves the all-variant range query, downsampling and expiry.
 
 Every Snapshot field that is charted or filtered has a typed column; histogram buckets,
-quota maps and per-model figures are JSON (read whole, never filtered). The migrations
+quota maps, per-model and per-client figures are JSON (read whole, never filtered). The migrations
 under ``migrations/versions/`` create the same schema; a test compares the two.
 """
 
@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from zai_proxy.collector.baselines import Baseline, decode_series, encode_series
-from zai_proxy.collector.snapshot import Buckets, ModelFigures, Snapshot
+from zai_proxy.collector.snapshot import Buckets, ClientFigures, ModelFigures, Snapshot
 
 # Constraint names that are the same on every database, so migrations can name them.
 NAMING_CONVENTION = {
@@ -119,6 +119,7 @@ class SnapshotRow(Base):
     quota_reset_at: Mapped[dict[str, Any]]
 
     models: Mapped[dict[str, Any]]
+    clients: Mapped[dict[str, Any]] = mapped_column(server_default="{}")
 
 
 class RollupWatermark(Base):
@@ -157,6 +158,7 @@ SNAPSHOT_COLUMNS = tuple(snapshots.c[name] for name in SNAPSHOT_FIELDS)
 _BUCKET_FIELDS = ("latency_buckets", "ttfb_buckets", "refusal_wait_buckets")
 # A set: rows written before a ModelFigures field was removed still decode.
 _MODEL_FIELDS = frozenset(f.name for f in fields(ModelFigures))
+_CLIENT_FIELDS = frozenset(f.name for f in fields(ClientFigures)) - {"wait_buckets"}
 INF_KEY = "+Inf"  # the bucket bound as Prometheus spells it
 
 
@@ -170,6 +172,13 @@ def to_row(snapshot: Snapshot, resolution: int) -> dict[str, Any]:
         model: {name: getattr(figures, name) for name in _MODEL_FIELDS}
         for model, figures in snapshot.models.items()
     }
+    row["clients"] = {
+        client: {
+            **{name: getattr(figures, name) for name in _CLIENT_FIELDS},
+            "wait_buckets": {_bound_key(b): n for b, n in figures.wait_buckets.items()},
+        }
+        for client, figures in snapshot.clients.items()
+    }
     return row
 
 
@@ -181,6 +190,13 @@ def from_row(values: Sequence[Any]) -> Snapshot:
     row["models"] = {
         model: ModelFigures(**{k: v for k, v in figures.items() if k in _MODEL_FIELDS})
         for model, figures in row["models"].items()
+    }
+    row["clients"] = {
+        client: ClientFigures(
+            **{k: v for k, v in figures.items() if k in _CLIENT_FIELDS},
+            wait_buckets=_buckets(figures.get("wait_buckets", {})),
+        )
+        for client, figures in row["clients"].items()
     }
     return Snapshot(**row)
 

@@ -2,7 +2,8 @@
 
 How each kind of field combines (see ``snapshot.py``):
 
-- totals (``TOTALS``) and per-model figures: summed;
+- totals (``TOTALS``), per-model and per-client figures: summed (a client's wait buckets
+  merged), then the clients folded to at most ``MAX_CLIENTS`` (``fold_clients``);
 - rates and ratios: recomputed from the summed totals (``derive``), per second of the
   seconds the finer snapshots cover, so a bucket with missing 5 s points is not diluted;
 - latency percentiles: re-derived from the summed bucket increments, a true p99 of the
@@ -19,8 +20,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import fields
 
-from zai_proxy.collector.percentiles import merge_buckets, quantile
-from zai_proxy.collector.snapshot import ModelFigures, Snapshot
+from zai_proxy.collector.percentiles import merge_buckets, quantile, thin_buckets
+from zai_proxy.collector.snapshot import ClientFigures, ModelFigures, Snapshot
 
 TOTALS = (
     "requests_total",
@@ -79,6 +80,14 @@ KEYS = ("ts", "seconds", "variant")
 
 PERCENTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 _MODEL_FIELDS = tuple(f.name for f in fields(ModelFigures))
+# A client's totals and its maps of counts (summed key by key).
+CLIENT_TOTALS = ("requests", "requests_2xx", "admitted", "refused", "tokens_in", "tokens_out")
+CLIENT_COUNTS = ("refused_by", "admitted_by_class")
+# Client aliases a snapshot keeps, ``OTHER_CLIENT`` included: client keys are configured,
+# so a fleet has few, but rows of several proxies' configurations, or of a renamed key
+# each day, must not grow without bound. The least busy (fewest answers) are folded.
+MAX_CLIENTS = 32
+OTHER_CLIENT = "other"
 
 
 def bucket_start(ts: float, seconds: float) -> float:
@@ -119,7 +128,17 @@ def derive(snapshot: Snapshot, covered: float | None = None) -> Snapshot:
     for family, buckets in HISTOGRAMS.items():
         for suffix, q in PERCENTILES:
             setattr(s, f"{family}_{suffix}", quantile(getattr(s, buckets), q))
+    for figures in s.clients.values():
+        derive_client(figures, per)
     return s
+
+
+def derive_client(figures: ClientFigures, seconds: float) -> ClientFigures:
+    """Set a client's rate (over ``seconds``) and wait percentiles; returns it."""
+    figures.admitted_per_s = figures.admitted / seconds if seconds > 0 else 0.0
+    for suffix, q in PERCENTILES:
+        setattr(figures, f"wait_{suffix}", quantile(figures.wait_buckets, q))
+    return figures
 
 
 def downsample(snapshots: Sequence[Snapshot], ts: float, seconds: float) -> Snapshot:
@@ -150,6 +169,7 @@ def downsample(snapshots: Sequence[Snapshot], ts: float, seconds: float) -> Snap
             last.update(getattr(s, name))
         setattr(out, name, last)
     out.models = merge_models(s.models for s in ordered)
+    out.clients = fold_clients(merge_clients(s.clients for s in ordered))
     return derive(out, covered)
 
 
@@ -162,6 +182,45 @@ def merge_models(maps: Iterable[dict[str, ModelFigures]]) -> dict[str, ModelFigu
             for name in _MODEL_FIELDS:
                 setattr(total, name, getattr(total, name) + getattr(figures, name))
     return merged
+
+
+def merge_clients(maps: Iterable[dict[str, ClientFigures]]) -> dict[str, ClientFigures]:
+    """Per-client totals summed client by client, their wait buckets merged (not derived)."""
+    merged: dict[str, ClientFigures] = {}
+    for clients in maps:
+        for client, figures in clients.items():
+            merged[client] = _plus(merged.get(client), figures)
+    return merged
+
+
+def fold_clients(
+    clients: dict[str, ClientFigures], limit: int = MAX_CLIENTS
+) -> dict[str, ClientFigures]:
+    """At most ``limit`` clients by alias: past that, the least busy folded into ``other``."""
+    if len(clients) <= limit:
+        return dict(sorted(clients.items()))
+    busiest = sorted(clients, key=lambda c: (-clients[c].requests, c))
+    kept = [c for c in busiest if c != OTHER_CLIENT][: limit - 1]
+    folded = merge_clients({OTHER_CLIENT: clients[c]} for c in clients if c not in kept)
+    out = {c: clients[c] for c in kept} | folded
+    return dict(sorted(out.items()))
+
+
+def _plus(total: ClientFigures | None, figures: ClientFigures) -> ClientFigures:
+    # A new ClientFigures: the stored ones are never changed in place.
+    out = ClientFigures()
+    for part in (total, figures):
+        if part is None:
+            continue
+        for name in CLIENT_TOTALS:
+            setattr(out, name, getattr(out, name) + getattr(part, name))
+        for name in CLIENT_COUNTS:
+            counts = getattr(out, name)
+            for key, count in getattr(part, name).items():
+                counts[key] = counts.get(key, 0.0) + count
+    parts = [p.wait_buckets for p in (total, figures) if p is not None]
+    out.wait_buckets = thin_buckets(merge_buckets(*parts))
+    return out
 
 
 def _weighted(pairs: Iterable[tuple[float, float]]) -> float:

@@ -13,6 +13,11 @@ downsamples into a coarser resolution (5 s → 1 min → 1 h):
   cumulative per upper bound), so a 1 h p99 is a true p99 of the hour, within histogram
   resolution (ADR 0017).
 
+Per client key (``clients``, by alias: ``anonymous`` without PROXY_API_KEYS): its totals
+(answered, 2xx, admitted by the limiter, refused by the proxy and why, tokens in and out)
+and its limiter wait's buckets, summed like the variant's; at most ``rollup.MAX_CLIENTS``
+aliases, the least busy folded into ``other`` (``rollup.fold_clients``).
+
 Three latency populations, never mixed: ``latency_*`` is the whole duration of requests
 the upstream answered (``origin="upstream"``: its answer was passed on, errors included);
 ``ttfb_*`` is the time to the first body byte of those same answers; ``refusal_wait_*``
@@ -40,6 +45,35 @@ class ModelFigures:
     tokens_cache_write: float = 0.0
     tokens_reasoning: float = 0.0
     cost_usd: float = 0.0
+
+
+@dataclass(slots=True)
+class ClientFigures:
+    """One client key's share of an interval: totals, its limiter wait, and what derives.
+
+    ``admitted`` counts the requests whose first upstream attempt the limiter admitted
+    (each observed once in ``wait_buckets``, its waits' cumulative buckets);
+    ``admitted_by_class`` splits them by priority class (``interactive``, ``batch``: a
+    request may lower its class); ``refused`` counts the requests the proxy answered
+    itself, ``refused_by`` splits them by reason (the X-Proxy-Error code, or
+    ``client_budget_<rpm|concurrent|tokens_per_day>``). ``requests`` (every answer, the
+    refused included) and ``requests_2xx`` are the proxy's answers to the client.
+    """
+
+    requests: float = 0.0
+    requests_2xx: float = 0.0
+    admitted: float = 0.0
+    refused: float = 0.0
+    tokens_in: float = 0.0
+    tokens_out: float = 0.0
+    refused_by: dict[str, float] = field(default_factory=dict)
+    admitted_by_class: dict[str, float] = field(default_factory=dict)
+    wait_buckets: Buckets = field(default_factory=dict)
+    # derived (``rollup.derive``): per second of the interval, and from ``wait_buckets``
+    admitted_per_s: float = 0.0
+    wait_p50: float | None = None
+    wait_p95: float | None = None
+    wait_p99: float | None = None
 
 
 @dataclass(slots=True)
@@ -113,3 +147,4 @@ class Snapshot:
     quota_reset_at: dict[str, float] = field(default_factory=dict)  # window → epoch s
 
     models: dict[str, ModelFigures] = field(default_factory=dict)
+    clients: dict[str, ClientFigures] = field(default_factory=dict)

@@ -180,6 +180,7 @@ def build_app(
                 "step": found.step,
                 "series": found.series,
                 "summary": found.summary,
+                "clients": found.clients,
             }
         )
 

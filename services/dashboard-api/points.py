@@ -1,7 +1,8 @@
 """What the dashboard sends: snapshots as JSON points, rounds of them, and their schemas.
 
 A point is a stored ``Snapshot`` with every scalar field, the quota maps, the per-model
-figures and its three latency histograms, thinned (``percentiles.thin_buckets``: only the
+and per-client figures (each client's limiter wait as a histogram) and its three latency
+histograms, thinned (``percentiles.thin_buckets``: only the
 bounds a quantile or a merge can need) as ``{"count": n, "buckets": [[le, cumulative],
 ...]}`` with finite bounds only (``count`` is the +Inf bucket). The web UI merges the
 histograms of the points of a range and reads its percentiles from them, as the
@@ -21,10 +22,15 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from zai_proxy.collector.percentiles import thin_buckets
 from zai_proxy.collector.rollup import BUCKETS
-from zai_proxy.collector.snapshot import Buckets, ModelFigures, Snapshot
+from zai_proxy.collector.snapshot import Buckets, ClientFigures, ModelFigures, Snapshot
 
-POINT_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Snapshot) if f.name not in BUCKETS)
+POINT_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in fields(Snapshot) if f.name not in (*BUCKETS, "models", "clients")
+)
 _MODEL_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(ModelFigures))
+_CLIENT_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in fields(ClientFigures) if f.name != "wait_buckets"
+)
 
 
 def histogram(buckets: Buckets) -> dict[str, Any]:
@@ -44,9 +50,21 @@ def point(snapshot: Snapshot) -> dict[str, Any]:
         model: {name: getattr(figures, name) for name in _MODEL_FIELDS}
         for model, figures in snapshot.models.items()
     }
+    out["clients"] = clients_of(snapshot.clients)
     for name in BUCKETS:
         out[name] = histogram(getattr(snapshot, name))
     return out
+
+
+def clients_of(clients: typing.Mapping[str, ClientFigures]) -> dict[str, Any]:
+    """Per-client figures as JSON: every field, the wait buckets as a histogram."""
+    return {
+        client: {
+            **{name: getattr(figures, name) for name in _CLIENT_FIELDS},
+            "wait_buckets": histogram(figures.wait_buckets),
+        }
+        for client, figures in clients.items()
+    }
 
 
 def event_id(ts: float) -> int:
@@ -98,9 +116,18 @@ ModelPoint = create_model(
     __doc__="One model's share of a point's interval (totals).",
     **{name: (float, Field(...)) for name in _MODEL_FIELDS},  # type: ignore[call-overload]
 )
-_POINT_TYPES: dict[str, Any] = {
-    name: _HINTS[name] for name in POINT_FIELDS if name not in ("models", "variant")
-}
+_CLIENT_HINTS = typing.get_type_hints(ClientFigures)
+ClientPoint = create_model(
+    "ClientPoint",
+    __doc__=(
+        "One client key's share of an interval: answers, admissions by class, refusals by "
+        "reason, tokens, and its limiter wait (see ClientFigures in "
+        "services/collector/snapshot.py)."
+    ),
+    wait_buckets=(Histogram, Field(...)),
+    **{name: (_CLIENT_HINTS[name], Field(...)) for name in _CLIENT_FIELDS},  # type: ignore[call-overload]
+)
+_POINT_TYPES: dict[str, Any] = {name: _HINTS[name] for name in POINT_FIELDS if name != "variant"}
 Point = create_model(
     "Point",
     __doc__=(
@@ -109,6 +136,7 @@ Point = create_model(
     ),
     variant=(str, Field(...)),
     models=(dict[str, ModelPoint], Field(...)),  # type: ignore[valid-type]
+    clients=(dict[str, ClientPoint], Field(...)),  # type: ignore[valid-type]
     **{name: (Histogram, Field(...)) for name in BUCKETS},  # type: ignore[call-overload]
     **{name: (hint, Field(...)) for name, hint in _POINT_TYPES.items()},
 )
@@ -126,6 +154,11 @@ class MetricsAnswer(BaseModel):
     summary: dict[str, Point | None] = Field(  # type: ignore[valid-type]
         description="Each variant's whole range as one point: totals summed, percentiles "
         "from the merged histograms (the figures the dashboard's headline shows)."
+    )
+    clients: dict[str, ClientPoint] = Field(  # type: ignore[valid-type]
+        description="Each client key's whole range, summed over the variants answered: "
+        "totals summed, admitted_per_s the variants' rates added, wait percentiles from "
+        "the merged histograms."
     )
 
 

@@ -9,14 +9,20 @@ stay exactly one collector round, whatever ``SCRAPE_INTERVAL`` is).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from zai_proxy.collector.history import ALL_VARIANTS, DEFAULT_MAX_POINTS, SnapshotHistory
-from zai_proxy.collector.rollup import downsample
-from zai_proxy.collector.snapshot import Snapshot
-from zai_proxy.dashboard_api.points import Round, point, rounds_of
+from zai_proxy.collector.rollup import (
+    OTHER_CLIENT,
+    derive_client,
+    downsample,
+    fold_clients,
+    merge_clients,
+)
+from zai_proxy.collector.snapshot import ClientFigures, Snapshot
+from zai_proxy.dashboard_api.points import Round, clients_of, point, rounds_of
 
 RangeName = Literal["5m", "15m", "1h", "6h", "24h", "7d"]
 # Range name → seconds, in the order the UI offers them.
@@ -44,6 +50,38 @@ class Series:
     step: int
     series: dict[str, list[dict[str, Any]]]
     summary: dict[str, dict[str, Any] | None]
+    clients: dict[str, dict[str, Any]]  # each client's range, over the variants
+
+
+def clients_over(points: Mapping[str, list[Snapshot]]) -> dict[str, ClientFigures]:
+    """Each client's figures over a range from every variant's points: totals summed, wait
+    percentiles from the merged buckets, the variants' admitted rates added, each over the
+    seconds its own points cover (a bucket with missed rounds covers less than its
+    length; its rates say how much, as the web UI reads them)."""
+    merged = fold_clients(merge_clients(p.clients for found in points.values() for p in found))
+    rates: dict[str, float] = {}
+    for found in points.values():
+        covered = sum(covered_seconds(p) for p in found)
+        admitted: dict[str, float] = {}
+        for p in found:
+            for client, figures in p.clients.items():
+                name = client if client in merged else OTHER_CLIENT
+                admitted[name] = admitted.get(name, 0.0) + figures.admitted
+        for name, count in admitted.items():
+            rates[name] = rates.get(name, 0.0) + (count / covered if covered > 0 else 0.0)
+    for client, figures in merged.items():
+        derive_client(figures, 1.0)
+        figures.admitted_per_s = rates.get(client, 0.0)
+    return merged
+
+
+def covered_seconds(snapshot: Snapshot) -> float:
+    """The seconds a point's totals were counted over, recovered from a rate and its total."""
+    if snapshot.requests_per_s > 0 and snapshot.requests_total > 0:
+        return snapshot.requests_total / snapshot.requests_per_s
+    if snapshot.tokens_in_per_s > 0 and snapshot.tokens_in_total > 0:
+        return snapshot.tokens_in_total / snapshot.tokens_in_per_s
+    return snapshot.seconds
 
 
 class HistoryReader:
@@ -82,11 +120,10 @@ class HistoryReader:
         for snapshot in rows:
             series.setdefault(snapshot.variant, []).append(point(snapshot))
             by_variant.setdefault(snapshot.variant, []).append(snapshot)
-        summary = {
-            name: point(downsample(found, start, span)) if found else None
-            for name, found in by_variant.items()
-        }
-        return Series(start, end, plan.step, series, summary)
+        whole = {name: downsample(part, start, span) for name, part in by_variant.items() if part}
+        summary = {name: point(whole[name]) if name in whole else None for name in by_variant}
+        clients = clients_of(clients_over(by_variant))
+        return Series(start, end, plan.step, series, summary, clients)
 
     async def latest(self) -> dict[str, dict[str, Any] | None]:
         """The newest point of every variant."""

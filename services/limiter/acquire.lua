@@ -2,13 +2,14 @@
 -- client's budgets, then the concurrency lease and the fair share of it, then GCRA. A
 -- refusal reserves nothing (no TAT advance, no lease).
 --
--- KEYS: state hash, tat string, leases zset, parked hash, waiters zset (all in the pool's
--- hash slot)
+-- KEYS: state hash, tat string, leases zset, parked hash, waiters zset, queued zset (all
+-- in the pool's hash slot)
 -- ARGV: initial_rate, burst_seconds, max_wait, lease id, lease_ttl, concurrency_retry,
 --   flow ('' without a claim), queue (1: a refused request waits and asks again),
 --   charge (1: a grant counts against the requests-per-minute budget), client key base
 --   ('' without budgets: the client's keys, '{prefix}:{client:<alias>}:', another hash
---   slot), rpm, concurrent, tokens_per_day ('' for none), waiting_seconds, pool name
+--   slot), rpm, concurrent, tokens_per_day ('' for none), waiting_seconds, pool name,
+--   fair_horizon (seconds of the rate's backlog a claim may book ahead)
 -- Returns {granted 1/0, reason, wait, rate, cap ('' for none), in_flight, epoch, now,
 -- parked reason ('' unless parked), budget ('' unless refused by one)}.
 -- Floats go back as %.17g strings: Redis truncates Lua numbers to integers on the way out.
@@ -16,7 +17,7 @@
 -- flow of every lease and waiter is in its id ('rank:weight:client/...'), so it is
 -- counted from the sets themselves, with nothing to drift.
 local state_key, tat_key, leases_key, parked_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local waiters_key = KEYS[5]
+local waiters_key, queued_key = KEYS[5], KEYS[6]
 local burst = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])
 local lease = ARGV[4]
@@ -29,6 +30,7 @@ local client_base = ARGV[10]
 local rpm, concurrent, tokens_per_day = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13])
 local waiting_seconds = tonumber(ARGV[14])
 local pool_name = ARGV[15]
+local fair_horizon = tonumber(ARGV[16])
 
 local function fmt(x)
   return string.format('%.17g', x)
@@ -164,15 +166,17 @@ if cap and in_flight >= cap then
   return refuse_slot('concurrency', slot_wait())
 end
 
--- Weighted max-min shares of the cap (rank by rank, each flow's demand its leases and
--- its waiters), weighed only while someone else waits: a free slot is refused to a flow
--- at or over its share only for the sake of another below its share that waits.
+-- Weighted max-min shares of a capacity (rank by rank, each flow's demand what it holds
+-- and its waiters), weighed only while someone else waits: a free slot is refused to a
+-- flow at or over its share only for the sake of another below its share that waits.
+-- What a flow holds: its leases (of the cap), or its reservations still ahead in the
+-- rate's backlog (of the fair horizon's slots).
 local function parse_flow(name)
   local rank, weight = string.match(name, '^(%d+):([^:]+):')
   return tonumber(rank) or 0, tonumber(weight) or 1
 end
 
-local function over_share()
+local function over_share(held_key, capacity)
   local flows, order = {}, {}
   local function entry(name)
     local e = flows[name]
@@ -184,7 +188,7 @@ local function over_share()
     end
     return e
   end
-  for _, member in ipairs(redis.call('ZRANGE', leases_key, 0, -1)) do
+  for _, member in ipairs(redis.call('ZRANGE', held_key, 0, -1)) do
     local e = entry(string.match(member, '^(.-)/') or '')
     e.held = e.held + 1
   end
@@ -206,7 +210,6 @@ local function over_share()
     end
   end
   table.sort(ranks)
-  local capacity = cap
   for _, rank in ipairs(ranks) do
     local open = {}
     for _, name in ipairs(order) do
@@ -248,7 +251,7 @@ end
 if cap and flow ~= '' then
   redis.call('ZREMRANGEBYSCORE', waiters_key, '-inf', now)
   local others = redis.call('ZCARD', waiters_key) - redis.call('ZREM', waiters_key, lease)
-  if others > 0 and over_share() then
+  if others > 0 and over_share(leases_key, cap) then
     return refuse_slot('share', concurrency_retry)
   end
 end
@@ -261,6 +264,25 @@ else
   wait = math.max(0, tat - burst - now)
   if wait > max_wait then
     return {0, 'rate', fmt(wait), rate_text, cap_text, in_flight, epoch, fmt(now), '', ''}
+  end
+  if flow ~= '' then
+    -- A claim books no further ahead than the fair horizon (beyond it, it waits and asks
+    -- again), and within it only its share of the horizon's slots while another flow
+    -- below its share waits: by Little's law each flow's rate is then its share of the
+    -- backlog's, and a light client never queues behind a heavy one's long backlog.
+    redis.call('ZREMRANGEBYSCORE', queued_key, '-inf', now)
+    if wait > fair_horizon then
+      return refuse_slot('queue', wait - fair_horizon)
+    end
+    redis.call('ZREMRANGEBYSCORE', waiters_key, '-inf', now)
+    local others = redis.call('ZCARD', waiters_key) - redis.call('ZREM', waiters_key, lease)
+    if others > 0 and over_share(queued_key, math.max(1, math.floor(fair_horizon * rate))) then
+      return refuse_slot('queue', 1 / rate)
+    end
+    if wait > 0 then
+      redis.call('ZADD', queued_key, now + wait, lease)
+      redis.call('PEXPIRE', queued_key, math.ceil((fair_horizon + 1) * 1000))
+    end
   end
   save_tat(tat + 1 / rate)
 end

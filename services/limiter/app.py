@@ -25,7 +25,7 @@ from zai_proxy.limiter.control import apply_bounds
 from zai_proxy.limiter.metrics import LimiterMetrics
 from zai_proxy.limiter.plane import ControlPlane
 from zai_proxy.limiter.settings import LimiterSettings
-from zai_proxy.limiter.store import FOREVER, LimiterStore, StoreError
+from zai_proxy.limiter.store import FOREVER, PRIORITIES, Flow, LimiterStore, StoreError
 from zai_proxy.limiter.stores import open_store
 from zai_proxy.shared.exposition import renderer
 from zai_proxy.shared.tasks import cancel_and_wait
@@ -147,6 +147,7 @@ class LimiterService:
             replicas = await self.store.replicas(pool)
             params = self.loop.params_for(pool, await self.store.load_bounds(pool))
             parking = await self.store.parking(pool)
+            flows = await self.store.flows(pool)
             self.metrics.pool_state(pool, saved, params, replicas)
             alias = aliases.get(pool)
             if alias is not None:
@@ -175,6 +176,7 @@ class LimiterService:
                     "reason": parking.reason,
                     "since": parking.since,
                 },
+                "clients": [_flow(flow) for flow in flows],
                 "bounds": {
                     "min_rate": params.min_rate,
                     "max_rate": params.max_rate,
@@ -241,6 +243,18 @@ class LimiterService:
         return {"pool": name, **merged}
 
 
+def _flow(flow: Flow) -> dict[str, Any]:
+    # A rank the store cannot name (written by a newer proxy) shows as its number.
+    rank = PRIORITIES[flow.rank] if 0 <= flow.rank < len(PRIORITIES) else str(flow.rank)
+    return {
+        "client": flow.client,
+        "class": rank,
+        "weight": flow.weight,
+        "held": flow.held,
+        "waiting": flow.waiting,
+    }
+
+
 def build_app(settings: LimiterSettings, store: LimiterStore | None = None) -> FastAPI:
     """The limiter's HTTP application."""
     telemetry = telemetry_from_env("zai-limiter")
@@ -292,7 +306,8 @@ def build_app(settings: LimiterSettings, store: LimiterStore | None = None) -> F
 
     @app.get("/state", dependencies=guarded)
     async def state() -> dict[str, Any]:
-        """Every pool: rate, learned limit, hold line, cap, probing, last decision, replicas."""
+        """Every pool: rate, learned limit, hold line, cap, probing, last decision, replicas,
+        and its clients' flows now (leases held, requests waiting)."""
         try:
             return await service.state()
         except StoreError as exc:

@@ -107,7 +107,9 @@ def load_law(saved: Mapping[str, str], now: float, max_age: float, params: Param
     updated = _number(saved.get("updated_at"))
     state = decode_law(saved.get("law", "")) if now - updated <= max_age else None
     if state is None:
-        return law.initial_state(params, now)
+        # Fresh; a cap pushed meanwhile (a new pool's first 1302) still counts.
+        state = law.initial_state(params, now)
+        updated = now - max_age
     pushed_rate = _number(saved.get(s.PUSHED_RATE))
     if pushed_rate > updated:
         state = law.rate_pushed(state, pushed_rate)

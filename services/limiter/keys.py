@@ -43,6 +43,10 @@ key                                type    TTL                    written by / r
                                                                   they count as waiting),
                                                                   ``report`` removes (gave up)
                                                                   / ``acquire`` (fair share)
+``{prefix}:{pool}:queued``         zset    the fair horizon       ``acquire`` (a claim's lease id
+                                           past the last add      -> its send time, while it
+                                                                  waits for its turn at the
+                                                                  rate) / ``acquire``
 ``{prefix}:{client:<alias>}:rpm``  string  until its TAT passes   ``acquire`` (a client's
                                                                   requests-per-minute GCRA)
 ``{prefix}:{client:<alias>}:       zset    the longest lease      ``acquire`` adds ("<pool>
@@ -95,6 +99,7 @@ class PoolKeys:
     freed: str  # the pub/sub channel of slots freed
     parked: str  # why and until when the pool's key refuses work
     waiters: str  # the requests refused a slot that will ask again (the fair share)
+    queued: str  # claims' reservations still ahead in the rate's backlog (the fair share)
 
     def tick(self, index: int) -> str:
         """The counter hash of one tick."""
@@ -117,6 +122,7 @@ def pool_keys(prefix: str, pool: str) -> PoolKeys:
         freed=f"{base}:freed",
         parked=f"{base}:parked",
         waiters=f"{base}:waiters",
+        queued=f"{base}:queued",
     )
 
 

@@ -18,6 +18,7 @@ from zai_proxy.limiter import store as s
 from zai_proxy.limiter.store import (
     CONCURRENCY_RETRY_SECONDS,
     DAY_SECONDS,
+    FAIR_HORIZON_SECONDS,
     MINUTE_SECONDS,
     REGISTER_SECONDS,
     STATE_TTL_SECONDS,
@@ -56,6 +57,7 @@ class _Pool:
     seen: float = -math.inf  # last acquire, for pools()
     parked: s.Parking | None = None
     waiters: dict[str, float] = field(default_factory=dict)  # lease id -> waiting until
+    queued: dict[str, float] = field(default_factory=dict)  # a claim's lease id -> send time
 
     def drop_expired_leases(self, now: float) -> None:
         self.leases = {lease: end for lease, end in self.leases.items() if end > now}
@@ -63,9 +65,13 @@ class _Pool:
     def drop_expired_waiters(self, now: float) -> None:
         self.waiters = {lease: end for lease, end in self.waiters.items() if end > now}
 
+    def drop_sent(self, now: float) -> None:
+        self.queued = {lease: at for lease, at in self.queued.items() if at > now}
+
     def drop_expired(self, now: float, ttl: float) -> None:
         self.drop_expired_leases(now)
         self.drop_expired_waiters(now)
+        self.drop_sent(now)
         self.replicas = {name: end for name, end in self.replicas.items() if end > now}
         self.ticks = {index: t for index, t in self.ticks.items() if t.expiry > now}
         if self.state is not None and self.state_expiry <= now:
@@ -85,6 +91,7 @@ class _Pool:
             or self.seen > -math.inf
             or self.parked is not None
             or self.waiters
+            or self.queued
         )
 
     def parking(self, now: float) -> s.Parking | None:
@@ -132,7 +139,7 @@ class MemoryStore:
     def footprint(self) -> int:
         """How many entries the store holds (pools, ticks, leases, replicas): for tests."""
         pools = sum(
-            1 + len(p.ticks) + len(p.leases) + len(p.replicas) + len(p.waiters)
+            1 + len(p.ticks) + len(p.leases) + len(p.replicas) + len(p.waiters) + len(p.queued)
             for p in self._pools.values()
         )
         return pools + sum(1 + len(c.leases) + len(c.tokens) for c in self._clients.values())
@@ -208,7 +215,7 @@ class MemoryStore:
             # The fair share of the cap, weighed while another request waits (acquire.lua).
             state.drop_expired_waiters(now)
             state.waiters.pop(lease, None)
-            if state.waiters and over_share(flow, *_counts(state, flow), cap):
+            if state.waiters and over_share(flow, *_counts(state.leases, state, flow), cap):
                 self._wait(state, claim, lease, now)
                 wait = CONCURRENCY_RETRY_SECONDS
                 return Admission(False, wait, "share", rate, cap, in_flight, epoch, now)
@@ -219,6 +226,22 @@ class MemoryStore:
             wait = max(0.0, tat - burst - now)
             if wait > max_wait:
                 return Admission(False, wait, "rate", rate, cap, in_flight, epoch, now)
+            if flow:
+                # The fair share of the rate's backlog (acquire.lua).
+                state.drop_sent(now)
+                if wait > FAIR_HORIZON_SECONDS:
+                    self._wait(state, claim, lease, now)
+                    refused = wait - FAIR_HORIZON_SECONDS
+                    return Admission(False, refused, "queue", rate, cap, in_flight, epoch, now)
+                state.drop_expired_waiters(now)
+                state.waiters.pop(lease, None)
+                slots = max(1, math.floor(FAIR_HORIZON_SECONDS * rate))
+                counts = _counts(state.queued, state, flow)
+                if state.waiters and over_share(flow, *counts, slots):
+                    self._wait(state, claim, lease, now)
+                    return Admission(False, 1 / rate, "queue", rate, cap, in_flight, epoch, now)
+                if wait > 0:
+                    state.queued[lease] = now + wait
             state.tat, state.tat_rate = tat + 1 / rate, rate
         else:
             state.tat, state.tat_rate = 0.0, 0.0
@@ -280,6 +303,12 @@ class MemoryStore:
         saved = state.live_state(now)
         if saved and (limited or concurrency_limited):
             _push(saved, now, limited, concurrency_limited, refused_at)
+        elif not saved and concurrency_limited and refused_at is not None:
+            # A new pool's first 1302 caps it all the same (see report.lua).
+            cap = str(max(1, refused_at - 1))
+            fields = {s.CONCURRENCY: cap, s.EPOCH: "1", s.PUSHED_CAP: repr(now), s.VERSION: "1"}
+            state.state, state.state_expiry = fields, now + STATE_TTL_SECONDS
+            saved = fields
         if freed and parse_cap(saved.get(s.CONCURRENCY)) is not None:
             self._announce(pool, freed)
 
@@ -432,6 +461,7 @@ class MemoryStore:
             state.tat = state.tat_rate = 0.0
             state.leases.clear()
             state.waiters.clear()
+            state.queued.clear()
         self._announce(pool, s.ALL_SLOTS)
 
     async def lead(self, node: str, ttl: float) -> bool:
@@ -482,11 +512,13 @@ class MemoryStore:
             self._leader = None
 
 
-def _counts(state: _Pool, flow: str) -> tuple[dict[str, int], dict[str, int]]:
-    """Every flow's leases held and requests waiting, the asking request (of ``flow``)
-    counted as waiting (acquire.lua)."""
+def _counts(
+    holding: Mapping[str, float], state: _Pool, flow: str
+) -> tuple[dict[str, int], dict[str, int]]:
+    """Every flow's holdings (leases, or reservations ahead) and requests waiting, the
+    asking request (of ``flow``) counted as waiting (acquire.lua)."""
     held: dict[str, int] = {}
-    for lease in state.leases:
+    for lease in holding:
         name = flow_of(lease)
         held[name] = held.get(name, 0) + 1
     waiting = {flow: 1}

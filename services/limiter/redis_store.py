@@ -25,6 +25,7 @@ from zai_proxy.limiter import keys
 from zai_proxy.limiter import store as s
 from zai_proxy.limiter.store import (
     CONCURRENCY_RETRY_SECONDS,
+    FAIR_HORIZON_SECONDS,
     REGISTER_SECONDS,
     STATE_TTL_SECONDS,
     WAITING_SECONDS,
@@ -64,8 +65,16 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,  # includes the built-in TimeoutError
 )
 
-_Reason = Literal["ok", "rate", "concurrency", "parked", "share", "budget"]
-_REASON_NAMES: tuple[_Reason, ...] = ("ok", "rate", "concurrency", "parked", "share", "budget")
+_Reason = Literal["ok", "rate", "concurrency", "parked", "share", "queue", "budget"]
+_REASON_NAMES: tuple[_Reason, ...] = (
+    "ok",
+    "rate",
+    "concurrency",
+    "parked",
+    "share",
+    "queue",
+    "budget",
+)
 _REASONS: dict[bytes | str, _Reason] = {
     **{name: name for name in _REASON_NAMES},
     **{name.encode(): name for name in _REASON_NAMES},
@@ -191,6 +200,7 @@ class RedisStore:
                     pool_keys.leases,
                     pool_keys.parked,
                     pool_keys.waiters,
+                    pool_keys.queued,
                 ),
                 args=(
                     config.initial_rate,
@@ -202,6 +212,7 @@ class RedisStore:
                     *claimed,
                     WAITING_SECONDS,
                     pool,
+                    FAIR_HORIZON_SECONDS,
                 ),
             )
         granted, reason, wait, rate, cap, in_flight, epoch, now, parked, budget = reply
@@ -246,6 +257,7 @@ class RedisStore:
                     pool_keys.freed,
                     self._clients_prefix,
                     pool,
+                    _millis(STATE_TTL_SECONDS),
                     len(release),
                     *release,
                     len(spent),
@@ -419,7 +431,13 @@ class RedisStore:
         pool_keys = keys.pool_keys(self.config.prefix, pool)
         with _translate_errors:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(pool_keys.state, pool_keys.tat, pool_keys.leases, pool_keys.waiters)
+                pipe.delete(
+                    pool_keys.state,
+                    pool_keys.tat,
+                    pool_keys.leases,
+                    pool_keys.waiters,
+                    pool_keys.queued,
+                )
                 pipe.publish(pool_keys.freed, s.ALL_SLOTS)
                 await pipe.execute()
 

@@ -2,7 +2,8 @@
 --
 -- KEYS: state hash, leases zset, waiters zset (in the pool's hash slot)
 -- ARGV: tick key prefix, tick_ttl_ms, the pool's freed channel, the clients' key prefix
---       ('{prefix}:{client:'), the pool's name, number of releases R, R lease ids,
+--       ('{prefix}:{client:'), the pool's name, the state's TTL (ms, for a state the
+--       first 1302 of a new pool creates), number of releases R, R lease ids,
 --       number of clients T, T pairs (alias, tokens), then triples of
 --       (tick index, field, value). ok_at keeps the highest value, refused_at and told
 --       the lowest, latency_sum adds floats; the rest add integers.
@@ -11,16 +12,17 @@
 -- hash slot); tokens go to the client's count of the UTC day.
 -- The push (stores.pushed_cap and memory_store._push say the same): a frequency 429
 -- while the rate probes puts probe_base back in force; a 1302 puts cap_base back, or caps
--- an uncapped pool at one below the lowest in-flight count a 1302 came at.
+-- an uncapped pool at one below the lowest in-flight count a 1302 came at (a pool without
+-- a saved state too: its state is then that cap alone, which the law's first step takes).
 -- While a cap is in force, the number of leases released is published on the freed
 -- channel, so that every replica wakes as many of its requests waiting for a slot.
 -- Returns 1.
 local state_key, leases_key, waiters_key = KEYS[1], KEYS[2], KEYS[3]
 local prefix, ttl_ms, channel = ARGV[1], ARGV[2], ARGV[3]
-local client_prefix, pool_name = ARGV[4], ARGV[5]
-local releases = tonumber(ARGV[6])
+local client_prefix, pool_name, state_ttl_ms = ARGV[4], ARGV[5], ARGV[6]
+local releases = tonumber(ARGV[7])
 local freed = 0
-for i = 7, 6 + releases do
+for i = 8, 7 + releases do
   local lease = ARGV[i]
   freed = freed + redis.call('ZREM', leases_key, lease)
   redis.call('ZREM', waiters_key, lease)
@@ -29,7 +31,7 @@ for i = 7, 6 + releases do
     redis.call('ZREM', client_prefix .. client .. '}:leases', pool_name .. ' ' .. lease)
   end
 end
-local i = 7 + releases
+local i = 8 + releases
 local clients = tonumber(ARGV[i])
 if clients > 0 then
   local clock = redis.call('TIME')
@@ -77,11 +79,22 @@ local function announce()
   return 1
 end
 
-if not (limited or concurrency_limited) or redis.call('EXISTS', state_key) == 0 then
+if not (limited or concurrency_limited) then
   return announce()
 end
 local clock = redis.call('TIME')
 local now = string.format('%.17g', tonumber(clock[1]) + tonumber(clock[2]) / 1000000)
+if redis.call('EXISTS', state_key) == 0 then
+  -- A pool the law has not stepped yet (it is new): the first 1302 caps it all the same,
+  -- one below the count it came at, so that its retries meet the cap at once instead of
+  -- burning their attempts until the limiter's first step. Nothing else is pushed.
+  if concurrency_limited and refused_at then
+    redis.call('HSET', state_key, 'concurrency', tostring(math.max(1, refused_at - 1)),
+      'epoch', 1, 'pushed_cap', now, 'version', 1)
+    redis.call('PEXPIRE', state_key, state_ttl_ms)
+  end
+  return announce()
+end
 local saved = redis.call('HMGET', state_key, 'probe_base', 'cap_base', 'concurrency', 'cap_floor')
 local changed = false
 if limited and saved[1] and saved[1] ~= '' then

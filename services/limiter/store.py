@@ -30,6 +30,11 @@ else needs counting (no counter to drift when a lease expires):
   max-min share (``fair_shares``: priority ranks first, each flow's demand its leases
   held plus its waiters), unless no other flow below its share is waiting: a flow over
   its share is refused with reason "share" only for the sake of one that waits.
+- **Fair share of a rate.** A claim books no further than FAIR_HORIZON_SECONDS ahead in
+  the rate's backlog (refused "queue" beyond it, with the wait until it is within), and
+  within it the same rule holds with the flow's reservations still ahead (``queued``)
+  in place of its leases and the horizon's slots (horizon x rate) in place of the cap
+  (refused "queue" too).
 - **Budgets**, per client and fleet-wide: requests per minute (GCRA, charged when a
   request is first granted), concurrent requests (the client's leases in every pool) and
   tokens per UTC day (added by ``report``); a client over one is refused with reason
@@ -73,6 +78,9 @@ REGISTER_SECONDS = 5.0
 # asks again: a waiter asks at least every CONCURRENCY_POLL_MAX_SECONDS (0.5 s), and one
 # that gives up releases its lease at once; this bounds a waiter whose proxy died.
 WAITING_SECONDS = 1.0
+# A claim books no further ahead than this in a rate's backlog (beyond, it waits and asks
+# again), and within it only its fair share of the horizon's slots while others wait.
+FAIR_HORIZON_SECONDS = 0.5
 # The client budgets' periods: requests per minute, tokens per UTC day.
 MINUTE_SECONDS = 60.0
 DAY_SECONDS = 86_400.0
@@ -286,7 +294,8 @@ class Admission:
     # granted: seconds to wait before sending; refused: the wait it would need (parked:
     # until the pool comes back, FOREVER until it is lifted; a budget: until it allows one)
     wait: float
-    reason: Literal["ok", "rate", "concurrency", "parked", "share", "budget"]
+    # share: another flow's turn at the cap; queue: at the rate (its backlog's fair share)
+    reason: Literal["ok", "rate", "concurrency", "parked", "share", "queue", "budget"]
     rate: float  # the pool's rate now (infinity: none)
     concurrency: int | None  # the pool's cap now (None: none)
     in_flight: int  # leases held in the pool, this one's included when granted

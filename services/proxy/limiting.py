@@ -28,10 +28,11 @@ also asks again now and then, less and less often.
 With client keys (ADR 0020) each attempt carries its client's claim: the store applies
 the client's budgets (a refusal is BudgetExceeded, 429 at once) and its fair share of the
 cap (a refusal with reason "share" waits for a slot like one at the cap, and hands the
-announcement it used on to a waiter of another flow). This replica's waiters are woken
-lower priority rank first, oldest first within a rank. A request that stops waiting
-(over budget, or its client left) releases its lease, so the store stops counting it as
-waiting at the next flush.
+announcement it used on to a waiter of another flow) or of the rate's backlog (reason
+"queue": it asks again when its turn can be within the fair horizon, counted throttled).
+This replica's waiters are woken lower priority rank first, oldest first within a rank.
+A request that stops waiting (over budget, or its client left) releases its lease, so the
+store stops counting it as waiting at the next flush.
 
 If the store cannot be reached, the proxy goes on at its share of the last known limits
 (divided by the replicas that were alive), enforced by a private in-memory store, reports
@@ -262,10 +263,11 @@ class ProxyLimiter:
                     exact=admission.wait == 0,
                 )
             _refuse_now(admission, claim)
+            # Held back by the rate: its own refusal, or its turn in the rate's backlog.
+            by_rate = admission.reason in ("rate", "queue")
             if admission.reason == "rate" or budget <= 0:
-                by_rate = admission.reason == "rate"
                 self._count("throttled" if by_rate else "capped", local=local)
-                if admission.reason == "share":
+                if admission.reason in ("share", "queue"):
                     message = "other clients wait for their share of the upstream's limit"
                 else:
                     limit = "rate" if by_rate else "concurrency"
@@ -282,9 +284,11 @@ class ProxyLimiter:
             again = capped
             if not capped:
                 capped = True
-                self._count("capped", local=local)
-            seconds = min(budget, poll * random.uniform(0.5, 1.0))
-            if not await self._wait_for_slot(seconds, flow, rank, first=again):
+                self._count("throttled" if by_rate else "capped", local=local)
+            seconds = poll * random.uniform(0.5, 1.0)
+            if admission.reason == "queue":
+                seconds = max(seconds, admission.wait)  # until its turn can be within reach
+            if not await self._wait_for_slot(min(budget, seconds), flow, rank, first=again):
                 poll = min(2 * poll, CONCURRENCY_POLL_MAX_SECONDS)
 
     async def _wait_for_slot(self, seconds: float, flow: str, rank: int, *, first: bool) -> bool:

@@ -120,10 +120,15 @@ class ProxySettings(BaseSettings):
     )
     proxy_api_keys: SecretStr = Field(
         default=SecretStr(""),
-        description="Client keys as alias:key,alias:key; set: only these keys may call.",
+        description=(
+            "Client keys as alias:key,alias:key; set: only these keys may call. After a key: "
+            "weight=, class=interactive|batch, rpm=, concurrent=, tokens_per_day= "
+            "(docs/limiter.md#clients)."
+        ),
     )
     proxy_api_keys_file: Path | None = Field(
-        default=None, description="A file of client keys, one 'alias key' per line."
+        default=None,
+        description="A file of client keys, one 'alias key [option=value ...]' per line.",
     )
     metrics_token: SecretStr = Field(
         default=SecretStr(""),

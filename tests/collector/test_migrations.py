@@ -122,7 +122,7 @@ async def test_the_baselines_revision_downgrades_alone(empty_database_url: str) 
     assert await _differences(empty_database_url) == []
 
 
-async def test_rows_from_before_the_refusal_figures_read_back_without_refusals(
+async def test_rows_from_before_the_refusal_and_client_figures_read_back_without_them(
     empty_database_url: str,
 ) -> None:
     await migrate.upgrade(empty_database_url, "0002_target_baselines")
@@ -133,6 +133,7 @@ async def test_rows_from_before_the_refusal_figures_read_back_without_refusals(
     for name in ("refusals_total", "refusal_wait_p50", "refusal_wait_p95", "refusal_wait_p99"):
         del row[name]
     del row["refusal_wait_buckets"]
+    del row["clients"]  # revision 0004
     columns = ", ".join(row)
     values = ", ".join(f":{name}" for name in row)
     try:
@@ -152,3 +153,4 @@ async def test_rows_from_before_the_refusal_figures_read_back_without_refusals(
     back = from_row(stored)
     assert (back.refusals_total, back.refusal_wait_buckets, back.refusal_wait_p95) == (0, {}, None)
     assert back.latency_buckets == old.latency_buckets
+    assert back.clients == {}

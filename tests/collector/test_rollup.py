@@ -46,7 +46,17 @@ def test_buckets_start_at_multiples_of_their_length(ts: float, seconds: int, sta
 
 
 def test_every_snapshot_field_has_exactly_one_rule() -> None:
-    groups = (TOTALS, DERIVED, GAUGES, OPTIONAL_GAUGES, MAXIMA, BUCKETS, LAST, KEYS, ("models",))
+    groups = (
+        TOTALS,
+        DERIVED,
+        GAUGES,
+        OPTIONAL_GAUGES,
+        MAXIMA,
+        BUCKETS,
+        LAST,
+        KEYS,
+        ("models", "clients"),
+    )
     ruled = [name for group in groups for name in group]
     assert sorted(ruled) == sorted(f.name for f in fields(Snapshot))
 

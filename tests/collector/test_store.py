@@ -26,7 +26,7 @@ from zai_proxy.collector.database import (
 from zai_proxy.collector.models import SNAPSHOT_COLUMNS, SNAPSHOT_FIELDS, from_row, snapshots
 from zai_proxy.collector.percentiles import quantile
 from zai_proxy.collector.queries import plan_query
-from zai_proxy.collector.snapshot import ModelFigures, Snapshot
+from zai_proxy.collector.snapshot import ClientFigures, ModelFigures, Snapshot
 from zai_proxy.collector.store import BufferedWriter, SnapshotStore
 
 T0 = 1_800_000_000.0  # an hour boundary
@@ -45,6 +45,23 @@ def full_snapshot(ts: float, variant: str = "production", seconds: float = 5.0) 
         "models": {
             "glm-4.6": ModelFigures(*(float(i + 1) for i in range(len(fields(ModelFigures))))),
             "glm-4.5-air": ModelFigures(requests=2.0, tokens_in=30.5, cost_usd=0.125),
+        },
+        "clients": {
+            "ide": ClientFigures(
+                requests=4.0,
+                requests_2xx=3.0,
+                admitted=3.0,
+                refused=1.0,
+                tokens_in=400.0,
+                tokens_out=80.0,
+                refused_by={"client_budget_rpm": 1.0},
+                admitted_by_class={"interactive": 2.0, "batch": 1.0},
+                wait_buckets={0.01: 1.0, 0.5: 3.0, math.inf: 3.0},
+                admitted_per_s=0.6,
+                wait_p50=0.25,
+                wait_p95=0.475,
+                wait_p99=0.495,
+            ),
         },
         "replicas": 3,
     }

@@ -25,7 +25,10 @@ higher error ratio and latency; traffic follows the time of day; both share one 
 key, so they show the same limiter (learned ceiling about 25/s, probes every 10 minutes,
 each followed by a back-off) and quota windows (five hours and a week). Latency
 histograms are the buckets a log-normal latency would fill, so percentiles re-derived
-from merged buckets stay consistent at every resolution.
+from merged buckets stay consistent at every resolution. Two client keys share the
+traffic (``CLIENTS``): ``ide`` (interactive, short limiter waits) on both variants, and
+``ci`` (batch, longer waits, refused now and then by its requests-per-minute budget) on
+``production`` only.
 """
 
 from __future__ import annotations
@@ -41,9 +44,10 @@ from dataclasses import dataclass
 
 from zai_proxy.collector import migrate
 from zai_proxy.collector.rollup import bucket_start, derive
-from zai_proxy.collector.snapshot import Buckets, ModelFigures, Snapshot
+from zai_proxy.collector.snapshot import Buckets, ClientFigures, ModelFigures, Snapshot
 from zai_proxy.collector.store import SnapshotStore
 from zai_proxy.proxy.buckets import LATENCY_BUCKETS
+from zai_proxy.proxy.metrics import WAIT_BUCKETS
 
 VARIANTS = ("production", "canary")
 INTERVAL = 5  # seconds per collector round
@@ -75,6 +79,14 @@ PROFILES = {
 MODELS = {
     "glm-4.6": (0.8, 420.0, 80.0, (0.6, 2.2, 0.11)),
     "glm-4.5-air": (0.2, 300.0, 60.0, (0.2, 1.1, 0.03)),
+}
+
+
+# Per client key: its share of a variant's requests (by variant), its priority class, its
+# median limiter wait (seconds) and the share of its requests its budget refuses.
+CLIENTS = {
+    "ide": ({"production": 0.7, "canary": 1.0}, "interactive", 0.02, 0.0),
+    "ci": ({"production": 0.3}, "batch", 0.8, 0.05),
 }
 
 
@@ -143,6 +155,8 @@ def snapshot_at(variant: str, ts: float, seconds: float) -> Snapshot:
     s.tokens_in_total, s.tokens_out_total, s.cost_usd = tokens_in, tokens_out, cost
     s.tokens_estimated_total = count((tokens_in + tokens_out) * profile.estimated_share)
 
+    s.clients = clients_at(variant, s, rng)
+
     finished = requests - s.client_closed_total
     s.latency_buckets = lognormal_buckets(LATENCY_BUCKETS, finished, profile.latency_median, 0.6)
     s.ttfb_buckets = lognormal_buckets(LATENCY_BUCKETS, finished, profile.ttfb_median, 0.5)
@@ -167,6 +181,33 @@ def snapshot_at(variant: str, ts: float, seconds: float) -> Snapshot:
         "weekly": bucket_start(ts, WEEK) + WEEK,
     }
     return derive(s)
+
+
+def clients_at(variant: str, s: Snapshot, rng: random.Random) -> dict[str, ClientFigures]:
+    """The client keys' shares of a snapshot's requests, tokens and refusals."""
+    count = _counter(rng)
+    clients = {}
+    for client, (shares, rank, wait_median, refused_share) in CLIENTS.items():
+        share = shares.get(variant)
+        if share is None:
+            continue
+        requests = count(s.requests_total * share)
+        refused = count(requests * refused_share)
+        admitted = requests - refused
+        clients[client] = ClientFigures(
+            requests=requests,
+            requests_2xx=count(admitted * 0.98),
+            admitted=admitted,
+            refused=refused,
+            tokens_in=count(s.tokens_in_total * share),
+            tokens_out=count(s.tokens_out_total * share),
+            refused_by={"client_budget_rpm": refused} if refused else {},
+            admitted_by_class={rank: admitted} if admitted else {},
+            wait_buckets=lognormal_buckets(WAIT_BUCKETS, admitted, wait_median, 0.8)
+            if admitted
+            else {},
+        )
+    return clients
 
 
 def lognormal_buckets(

@@ -32,7 +32,7 @@ CONTRACT_FIELDS = {
     "limiter_concurrency", "limiter_increases_total", "limiter_decreases_total",
     "limiter_probes_total", "quota_used", "quota_reset_at", "models", "refusals_total",
     "refusal_wait_p50", "refusal_wait_p95", "refusal_wait_p99", "latency_buckets",
-    "ttfb_buckets", "refusal_wait_buckets",
+    "ttfb_buckets", "refusal_wait_buckets", "clients",
 }  # fmt: skip
 MODEL_FIELDS = {
     "requests", "tokens_in", "tokens_out", "tokens_cache_read", "tokens_cache_write",

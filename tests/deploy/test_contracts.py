@@ -33,6 +33,9 @@ from zai_proxy.collector.settings import CollectorSettings, DatabaseSettings
 from zai_proxy.collector.targets import parse_targets
 from zai_proxy.dashboard_api.settings import DashboardSettings
 from zai_proxy.limiter.settings import LimiterSettings
+from zai_proxy.limiter.store import Budgets
+from zai_proxy.proxy.auth import ClientKeys, parse_inline
+from zai_proxy.proxy.clients import ClientPolicy
 from zai_proxy.proxy.settings import ProxySettings
 from zai_proxy.shared import telemetry
 
@@ -175,7 +178,10 @@ def test_secret_values_live_only_in_secrets(rendered: dict[str, Manifests], valu
             given.get("secrets", {}).get("dashboardToken"),
             given.get("redis", {}).get("url"),
             given.get("database", {}).get("url"),
-            *given.get("secrets", {}).get("clientKeys", {}).values(),
+            *(
+                entry["key"] if isinstance(entry, dict) else entry
+                for entry in given.get("secrets", {}).get("clientKeys", {}).values()
+            ),
             *given.get("secrets", {}).get("upstreamKeys", {}).values(),
         )
         if value
@@ -657,7 +663,17 @@ def test_client_keys_reach_only_the_proxies(rendered: dict[str, Manifests]) -> N
     manifests = rendered["external-redis-postgres"]
     (secret,) = manifests.of_kind("Secret")
     keys = base64.b64decode(secret["data"]["PROXY_API_KEYS"]).decode()
-    assert keys == "ci-bot:sk-client-ci-bot-abcdef,team-a:sk-client-team-a-abcdef"
+    assert keys == (
+        "batch-jobs:sk-client-batch-jobs-abcdef weight=0.5 class=batch rpm=120"
+        " tokens_per_day=5000000,"
+        "ci-bot:sk-client-ci-bot-abcdef,team-a:sk-client-team-a-abcdef"
+    )
+    # What the proxy makes of it: a client entry's map became its policy.
+    policies = ClientKeys(parse_inline(keys)).policies
+    assert policies["batch-jobs"] == ClientPolicy(
+        "batch-jobs", 0.5, 1, Budgets(rpm=120, tokens_per_day=5_000_000)
+    )
+    assert policies["team-a"] == ClientPolicy("team-a")
     for owner, template in manifests.pod_templates():
         for item in containers(template):
             has_keys = "PROXY_API_KEYS" in env_of(item)

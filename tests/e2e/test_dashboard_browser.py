@@ -398,13 +398,8 @@ def readout_at(page: Any, panel: str) -> str:
     return chart.get_attribute("data-at") or ""
 
 
-def test_the_headline_and_the_chart_show_one_p95_for_a_range(
-    page: Any, server: Dashboard, rounds: Rounds
-) -> None:
-    """The status bar's p95 over the range is the latency chart's p95 over the range, and
-    both are the API's summary of the range (the collector's quantile of the merged
-    histograms); a live round merged into the chart's last bucket reads as the API's
-    bucket does."""
+def open_between_rounds(page: Any, server: Dashboard, rounds: Rounds, query: str) -> Any:
+    """Open the page with ``query`` between two rounds; the ``/api/metrics`` it fetched."""
     for _ in range(3):
         # Every round written has started by the page's fetch (the API answers rows that
         # start before now), and the next round ends after it (else the page takes it
@@ -412,12 +407,21 @@ def test_the_headline_and_the_chart_show_one_p95_for_a_range(
         rounds.catch_up()
         wait_until(rounds.writer.last + 0.2)
         with page.expect_response(lambda r: "/api/metrics?" in r.url) as answer:
-            open_dashboard(page, server, "&range=1h&variant=all")
+            open_dashboard(page, server, query)
         fetched = answer.value.json()
         if rounds.writer.last + 2 * INTERVAL > fetched["end"]:
-            break
-    else:
-        pytest.fail("the page's fetch kept ending after the next round")
+            return fetched
+    pytest.fail("the page's fetch kept ending after the next round")
+
+
+def test_the_headline_and_the_chart_show_one_p95_for_a_range(
+    page: Any, server: Dashboard, rounds: Rounds
+) -> None:
+    """The status bar's p95 over the range is the latency chart's p95 over the range, and
+    both are the API's summary of the range (the collector's quantile of the merged
+    histograms); a live round merged into the chart's last bucket reads as the API's
+    bucket does."""
+    fetched = open_between_rounds(page, server, rounds, "&range=1h&variant=all")
 
     assert readout_at(page, "latency") == "range"
     for variant in ("production", "canary"):
@@ -459,6 +463,76 @@ def test_the_headline_and_the_chart_show_one_p95_for_a_range(
     )
     for variant in ("production", "canary"):
         assert figure(page, variant, "latencyP95") == readout(page, "latency", f"p95 · {variant}")
+
+
+def test_the_clients_panel_shows_each_client_with_the_figures_the_api_gives(
+    page: Any, server: Dashboard, rounds: Rounds
+) -> None:
+    """Each client key of the range, over both variants: its class, admitted rate, refusals
+    (and why), queue wait p95 and tokens, as /api/metrics's ``clients`` gives them."""
+    fetched = open_between_rounds(page, server, rounds, "&range=1h&variant=all")
+    clients = fetched["clients"]
+    assert set(clients) == {"ide", "ci"}
+    table = page.locator("[data-testid=panel-clients] [data-testid=client-table]")
+    shown = table.locator("tbody tr").evaluate_all("(rows) => rows.map((r) => r.dataset.client)")
+    # Busiest first.
+    assert shown == sorted(clients, key=lambda c: -clients[c]["requests"])
+    for client, figures in clients.items():
+        row = table.locator(f'tbody tr[data-client="{client}"]')
+
+        def cell(field: str, row: Any = row) -> float:
+            return float(row.locator(f'[data-field="{field}"]').get_attribute("data-value"))
+
+        assert cell("admitted") == pytest.approx(figures["admitted_per_s"], rel=1e-9)
+        assert cell("refused") == pytest.approx(figures["refused"])
+        assert cell("wait") == pytest.approx(figures["wait_p95"], rel=1e-9)
+        assert cell("tokens-in") == pytest.approx(figures["tokens_in"])
+        assert cell("tokens-out") == pytest.approx(figures["tokens_out"])
+        classes = row.locator('[data-field="class"]').inner_text()
+        assert classes == ", ".join(figures["admitted_by_class"])
+        refused = row.locator('[data-field="refused"]').inner_text()
+        for reason in figures["refused_by"]:
+            assert reason in refused
+    assert clients["ci"]["refused"] > 0 and "client_budget_rpm" in table.inner_text()
+    # The limiter (its store in memory, no request in it) has no client's flow now.
+    flows = page.locator("[data-testid=limiter-flows-empty]")
+    assert flows.inner_text().startswith("No client holds or waits")
+
+
+def test_without_client_keys_the_clients_panel_says_so_on_one_line(
+    browser: Any, server: Dashboard, rounds: Rounds
+) -> None:
+    """Every request anonymous (no PROXY_API_KEYS): one sentence, no table."""
+
+    def anonymous(route: Any) -> None:
+        answer = route.fetch()
+        data = answer.json()
+        for p in [p for ps in data.get("series", {}).values() for p in ps]:
+            p["clients"] = {"anonymous": p["clients"]["ide"]}
+        route.fulfill(response=answer, body=json.dumps(data))
+
+    rounds.catch_up()
+    context = browser.new_context(viewport=DESKTOP, color_scheme="light")
+    page = context.new_page()
+    try:
+        page.route("**/api/metrics*", anonymous)
+        page.route("**/api/events*", lambda route: route.abort())
+        page.goto(f"{server.url}/?token={TOKEN}")
+        page.wait_for_selector(
+            '.app[data-loading="false"][data-range]:not([data-range=""])', timeout=WAIT_MS
+        )
+        empty = page.locator("[data-testid=panel-clients] [data-testid=clients-empty]")
+        assert empty.inner_text().startswith("No client keys configured")
+        assert page.locator("[data-testid=client-table]").count() == 0
+        lines = page.evaluate(
+            """() => { const range = document.createRange()
+                       range.selectNodeContents(document.querySelector('[data-testid=clients-empty]'))
+                       return range.getClientRects().length }"""
+        )
+        assert lines == 1
+    finally:
+        page.unroute_all(behavior="ignoreErrors")
+        context.close()
 
 
 def test_an_empty_quota_list_says_so_on_one_line(

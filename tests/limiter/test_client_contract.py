@@ -12,7 +12,9 @@ import pytest
 from tests.limiter.test_store_contract import LEASE_TTL, POOL, Backend, _save, backend
 from zai_proxy.limiter.store import (
     DAY_SECONDS,
+    FAIR_HORIZON_SECONDS,
     WAITING_SECONDS,
+    Admission,
     Budgets,
     Claim,
     Flow,
@@ -264,3 +266,46 @@ async def test_tokens_per_day_refuse_until_the_next_utc_day(backend: Backend) ->
     midnight = (refused.now // DAY_SECONDS + 1) * DAY_SECONDS
     assert refused.wait == pytest.approx(midnight - refused.now, abs=1e-3)
     assert await _ask(store, Claim("other", budgets=Budgets(tokens_per_day=1000)), "o") == "ok"
+
+
+# --- the fair share of a rate ----------------------------------------------------------------
+
+
+async def _rated(backend: Backend, rate: float) -> LimiterStore:
+    store = await backend.open(initial_rate=1.0, burst_seconds=0.0)
+    await _save(store, rate=repr(rate), concurrency="")
+    return store
+
+
+async def _book(store: LimiterStore, claim: Claim, name: str) -> Admission:
+    return await store.acquire(POOL, lease_id(claim, name), 60.0, LEASE_TTL, claim)
+
+
+async def test_a_claim_books_no_further_ahead_than_the_fair_horizon(backend: Backend) -> None:
+    interval = FAIR_HORIZON_SECONDS / 8  # the horizon holds 8 turns beyond the first
+    store = await _rated(backend, 1 / interval)
+    booked = [await _book(store, HEAVY, f"h{i}") for i in range(10)]
+    assert [a.reason for a in booked] == ["ok"] * 9 + ["queue"]
+    first = booked[0].now
+    assert booked[8].wait == pytest.approx(8 * interval - (booked[8].now - first), abs=1e-3)
+    # It may ask again once its turn is within the horizon.
+    assert booked[9].wait == pytest.approx(interval - (booked[9].now - first), abs=1e-3)
+    # Without a claim the backlog is the rate's alone, as before clients.
+    plain = await store.acquire(POOL, "plain", 60.0, LEASE_TTL)
+    assert plain.granted and plain.wait > FAIR_HORIZON_SECONDS
+
+
+async def test_a_light_client_waits_no_longer_than_the_horizon_behind_a_heavy_one(
+    backend: Backend,
+) -> None:
+    interval = FAIR_HORIZON_SECONDS / 8
+    store = await _rated(backend, 1 / interval)
+    assert [(await _book(store, HEAVY, f"h{i}")).reason for i in range(9)] == ["ok"] * 9
+    # Light arrives behind a full horizon: it waits its turn, and is counted waiting.
+    assert [(await _book(store, LIGHT, f"l{i}")).reason for i in range(6)] == ["queue"] * 6
+    # Two or three of heavy's turns go by: heavy still holds six or so of the 8 turns
+    # ahead, over its half while light waits with none; light's next turn is in reach.
+    await asyncio.sleep(2.4 * interval)
+    assert (await _book(store, HEAVY, "h9")).reason == "queue"
+    light = await _book(store, LIGHT, "l0")
+    assert light.granted and light.wait <= FAIR_HORIZON_SECONDS

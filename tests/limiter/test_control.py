@@ -162,6 +162,24 @@ async def test_a_step_that_loses_the_race_with_a_push_saves_nothing_and_steps_ag
     assert (saved["rate"], state.rate.base, state.rate.over) == ("19.6", None, 30.0)
 
 
+async def test_the_first_step_of_a_new_pool_keeps_the_cap_its_first_1302_pushed() -> None:
+    clock = Clock()
+    store = memory_store(clock)
+    loop = loop_over(store)
+    await store.acquire(POOL, "lease", 60.0, 30.0)
+    tick = store.config.tick_of(clock.now)
+    await store.report(POOL, {tick: {"sent": 6, "rate_concurrency": 1, "refused_at": 6}})
+    assert (await store.load_state(POOL) or {})["concurrency"] == "5"  # before any step
+
+    clock.now += 1.0
+    await loop.tick()
+    saved, state = await saved_law(store)
+    assert (saved["concurrency"], state.cap.cap) == ("5", 5)
+    # A stale push (older than the state's max age) does not come back with a fresh law.
+    old = {"concurrency": "3", "epoch": "1", "pushed_cap": repr(clock.now - 7200)}
+    assert load_law(old, clock.now, 3600.0, PARAMS).cap.cap is None
+
+
 @pytest.mark.parametrize(
     ("saved", "folded"),
     [

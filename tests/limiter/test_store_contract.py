@@ -471,13 +471,28 @@ async def test_answers_that_end_no_probe_and_lower_no_cap_push_nothing(
     assert await store.load_state(POOL) == saved
 
 
-async def test_a_429_for_a_pool_without_saved_state_creates_none(backend: Backend) -> None:
+async def test_a_rate_429_for_a_pool_without_saved_state_creates_none(backend: Backend) -> None:
     store = await backend.open(initial_rate=5.0)
     await store.report(POOL, {await _tick(store): {"rate_frequency": 1, "rate_concurrency": 1}})
-    await store.report(POOL, {await _tick(store): {"rate_concurrency": 1, "refused_at": 3}})
     assert await store.load_state(POOL) is None
     admission = await store.acquire(POOL, "a", 60.0, LEASE_TTL)
     assert (admission.rate, admission.concurrency) == (5.0, None)
+
+
+async def test_the_first_1302_of_a_pool_without_saved_state_caps_it_at_once(
+    backend: Backend,
+) -> None:
+    # A new pool, before the law's first step: its 1302s' retries meet the cap at once.
+    store = await backend.open(initial_rate=5.0)
+    await store.report(POOL, {await _tick(store): {"rate_concurrency": 1, "refused_at": 3}})
+    saved = await store.load_state(POOL)
+    assert saved is not None
+    assert (saved["concurrency"], saved["epoch"], saved["version"]) == ("2", "1", "1")
+    assert float(saved["pushed_cap"]) == pytest.approx(await store.now(), abs=2.0)
+    admission = await store.acquire(POOL, "a", 60.0, LEASE_TTL)
+    assert (admission.rate, admission.concurrency, admission.epoch) == (5.0, 2, 1)
+    # The law's first step loads it as any state (compare-and-set on its version).
+    assert await store.save_state(POOL, {"concurrency": "2", "epoch": "1"}, 1)
 
 
 async def test_a_1302_under_a_cap_in_force_leaves_the_cap_to_the_law(

@@ -29,6 +29,28 @@ export interface ModelFigures {
 }
 
 /**
+ * One client key's share of a point's interval (docs/dashboard-api.md): every answer
+ * (`requests`, the refused included), the requests the limiter admitted (by priority
+ * class) and those the proxy refused itself (by reason), tokens, and how long the
+ * admitted ones waited for the limiter (`wait_buckets`, its percentiles read from it).
+ */
+export interface ClientFigures {
+  requests: number
+  requests_2xx: number
+  admitted: number
+  refused: number
+  tokens_in: number
+  tokens_out: number
+  refused_by: Record<string, number>
+  admitted_by_class: Record<string, number>
+  wait_buckets: Histogram
+  admitted_per_s: number
+  wait_p50: number | null
+  wait_p95: number | null
+  wait_p99: number | null
+}
+
+/**
  * Cumulative histogram buckets of a point (seconds): `[upper bound, observations up to
  * it]` for the finite bounds in order, thinned to those a quantile or a merge can need;
  * `count` is the +Inf bucket, every observation.
@@ -105,6 +127,8 @@ export interface Point {
   quota_used: Record<string, number>
   quota_reset_at: Record<string, number>
   models: Record<string, ModelFigures>
+  /** By client key alias (`anonymous` without PROXY_API_KEYS; past 32, `other`). */
+  clients: Record<string, ClientFigures>
 }
 
 /** Points per variant, each list ordered by `ts`. */
@@ -124,6 +148,8 @@ export interface MetricsResponse {
    * the browser test holds the two equal.
    */
   summary: Record<string, Point | null>
+  /** Each client key's whole range over the variants answered (the Clients panel's figures). */
+  clients: Record<string, ClientFigures>
 }
 
 export interface VariantStatus {
@@ -167,6 +193,17 @@ export interface LimiterPool {
   key?: string | null
   /** Set while the key is parked (quota spent, arrears, expired plan); until null: until lifted. */
   parked?: { until: number | null; reason: string; since: number } | null
+  /** The clients' flows in the pool now: leases held and requests waiting for a slot. */
+  clients?: LimiterFlow[]
+}
+
+/** One client's flow in a pool (its class, its weight in the fair share of the cap). */
+export interface LimiterFlow {
+  client: string
+  class: string
+  weight: number
+  held: number
+  waiting: number
 }
 
 export interface QuotaWindowState {

@@ -1,6 +1,6 @@
 // Points and answers as the dashboard API sends them, for the tests.
 import { summarize } from '../src/lib/series'
-import type { Histogram, MetricsResponse, Point, SnapshotEvent, StatusResponse } from '../src/types'
+import type { ClientFigures, Histogram, MetricsResponse, Point, SnapshotEvent, StatusResponse } from '../src/types'
 
 const BOUNDS = [0.1, 0.25, 0.5, 1, 2.5]
 
@@ -82,7 +82,30 @@ export function makePoint(ts: number, overrides: Partial<Point> = {}): Point {
     models: {
       'glm-4.6': { requests, tokens_in: requests * 400, tokens_out: requests * 80, tokens_cache_read: requests * 100, tokens_cache_write: 0, tokens_reasoning: 0, cost_usd: requests * 0.0004 },
     },
+    clients: {},
     ...overrides,
+  }
+}
+
+/** A client's figures: `admitted` requests answered 200 after `waits`, and refusals by reason. */
+export function makeClient(waits: number[], refusedBy: Record<string, number> = {}, klass = 'interactive'): ClientFigures {
+  const bounds = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+  const refused = Object.values(refusedBy).reduce((a, b) => a + b, 0)
+  const admitted = waits.length
+  return {
+    requests: admitted + refused,
+    requests_2xx: admitted,
+    admitted,
+    refused,
+    tokens_in: admitted * 100,
+    tokens_out: admitted * 20,
+    refused_by: refusedBy,
+    admitted_by_class: admitted ? { [klass]: admitted } : {},
+    wait_buckets: { count: admitted, buckets: bounds.map((b) => [b, waits.filter((w) => w <= b).length]) },
+    admitted_per_s: admitted / 5,
+    wait_p50: null,
+    wait_p95: null,
+    wait_p99: null,
   }
 }
 
@@ -108,6 +131,7 @@ export function makeMetrics(overrides: Partial<MetricsResponse> = {}): MetricsRe
     step,
     series,
     summary: Object.fromEntries(Object.entries(series).map(([v, points]) => [v, summarize(points)])),
+    clients: {},
     ...overrides,
   }
 }

@@ -2,7 +2,7 @@
 // from points. Pure functions: numbers in, numbers out.
 import type { LimiterResponse, Point } from '../types'
 import type { ChartMarker } from './chart'
-import { coveredSeconds, perSecond, summarize, upstreamAttempts } from './series'
+import { coveredSeconds, mergeClients, perSecond, summarize, upstreamAttempts } from './series'
 
 /** The headline figures of a variant over a range. */
 export interface Headline {
@@ -130,6 +130,63 @@ export function modelTable(pointLists: Point[][]): ModelRow[] {
     }
   }
   return [...rows.values()].sort((a, b) => b.costUsd - a.costUsd || b.requests - a.requests)
+}
+
+/** One client key's row of the Clients panel: its range over the variants shown. */
+export interface ClientRow {
+  client: string
+  /** Its priority classes, most admissions first (a request may ask for a lower one). */
+  classes: string[]
+  requests: number
+  admittedPerSecond: number
+  refused: number
+  /** Refusals by reason, most first. */
+  refusedBy: [string, number][]
+  waitP95: number | null
+  tokensIn: number
+  tokensOut: number
+}
+
+/** The alias of every request without a client key (PROXY_API_KEYS unset). */
+export const ANONYMOUS = 'anonymous'
+
+function byCount(counts: Record<string, number>): [string, number][] {
+  return Object.entries(counts)
+    .filter(([, n]) => n > 0)
+    .sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]))
+}
+
+/**
+ * The Clients panel's rows from the variants' range summaries (as the API's `clients`):
+ * totals summed, admitted/s the variants' rates added, wait p95 from the merged
+ * histograms. Busiest first.
+ */
+export function clientTable(summaries: Record<string, Point | null>): ClientRow[] {
+  const shown = Object.values(summaries).filter((p): p is Point => p !== null)
+  const merged = mergeClients(
+    shown.map((p) => p.clients ?? {}),
+    1,
+  )
+  const rates: Record<string, number> = {}
+  for (const p of shown) for (const [client, f] of Object.entries(p.clients ?? {})) rates[client] = (rates[client] ?? 0) + f.admitted_per_s
+  return Object.entries(merged)
+    .map(([client, f]) => ({
+      client,
+      classes: byCount(f.admitted_by_class).map(([name]) => name),
+      requests: f.requests,
+      admittedPerSecond: rates[client] ?? 0,
+      refused: f.refused,
+      refusedBy: byCount(f.refused_by),
+      waitP95: f.wait_p95,
+      tokensIn: f.tokens_in,
+      tokensOut: f.tokens_out,
+    }))
+    .sort((a, b) => b.requests - a.requests || a.client.localeCompare(b.client))
+}
+
+/** Whether the rows name no configured client key: none, or only `anonymous`. */
+export function noClientKeys(rows: ClientRow[]): boolean {
+  return rows.every((row) => row.client === ANONYMOUS)
 }
 
 export const HEADLINE_LABELS: Record<HeadlineKey, string> = {

@@ -1,7 +1,7 @@
 // Series maths mirroring the collector's rollup rules (services/collector/rollup.py), so
 // that live points merged into a coarse bucket, and a whole range summed into one point,
 // read like the buckets the API returns.
-import type { MetricsResponse, ModelFigures, Point, SeriesByVariant, SnapshotEvent } from '../types'
+import type { ClientFigures, MetricsResponse, ModelFigures, Point, SeriesByVariant, SnapshotEvent } from '../types'
 import { histogramQuantile, mergeHistograms } from './quantile'
 
 const TOTALS = [
@@ -70,6 +70,54 @@ const MODEL_FIELDS = [
   'tokens_reasoning',
   'cost_usd',
 ] as const satisfies readonly (keyof ModelFigures)[]
+
+// A client's totals and its maps of counts, summed client by client (as rollup.py's
+// merge_clients).
+const CLIENT_TOTALS = [
+  'requests',
+  'requests_2xx',
+  'admitted',
+  'refused',
+  'tokens_in',
+  'tokens_out',
+] as const satisfies readonly (keyof ClientFigures)[]
+const CLIENT_COUNTS = ['refused_by', 'admitted_by_class'] as const satisfies readonly (keyof ClientFigures)[]
+
+function addCounts(into: Record<string, number>, from: Record<string, number>): void {
+  for (const [key, count] of Object.entries(from)) into[key] = (into[key] ?? 0) + count
+}
+
+/**
+ * Per-client figures summed client by client, the wait histograms merged and its
+ * percentiles read from them; `admitted_per_s` per second of `covered`.
+ */
+export function mergeClients(maps: Record<string, ClientFigures>[], covered: number): Record<string, ClientFigures> {
+  const grouped: Record<string, ClientFigures[]> = {}
+  for (const clients of maps) for (const [client, f] of Object.entries(clients)) (grouped[client] ??= []).push(f)
+  const out: Record<string, ClientFigures> = {}
+  for (const [client, parts] of Object.entries(grouped)) {
+    const sum = Object.fromEntries(CLIENT_TOTALS.map((f) => [f, parts.reduce((total, p) => total + p[f], 0)])) as Record<
+      (typeof CLIENT_TOTALS)[number],
+      number
+    >
+    const counts = Object.fromEntries(CLIENT_COUNTS.map((f) => [f, {} as Record<string, number>])) as Record<
+      (typeof CLIENT_COUNTS)[number],
+      Record<string, number>
+    >
+    for (const p of parts) for (const f of CLIENT_COUNTS) addCounts(counts[f], p[f])
+    const wait = mergeHistograms(parts.map((p) => p.wait_buckets))
+    out[client] = {
+      ...sum,
+      ...counts,
+      wait_buckets: wait,
+      admitted_per_s: covered > 0 ? sum.admitted / covered : 0,
+      wait_p50: histogramQuantile(wait, 0.5),
+      wait_p95: histogramQuantile(wait, 0.95),
+      wait_p99: histogramQuantile(wait, 0.99),
+    }
+  }
+  return out
+}
 
 /** The start of the `seconds`-long bucket holding `ts` (buckets align to the epoch). */
 export function bucketStart(ts: number, seconds: number): number {
@@ -148,6 +196,10 @@ export function mergePoints(points: Point[], ts: number, seconds: number): Point
     }
   }
   const per = covered.reduce((a, b) => a + b, 0)
+  out.clients = mergeClients(
+    points.map((p) => p.clients ?? {}),
+    per,
+  )
   out.requests_per_s = per > 0 ? out.requests_total / per : 0
   out.tokens_in_per_s = per > 0 ? out.tokens_in_total / per : 0
   out.tokens_out_per_s = per > 0 ? out.tokens_out_total / per : 0
